@@ -1,0 +1,48 @@
+# Seq2Seq Chatbot Arena — every target sets up what it needs in .venv on a fresh machine (Python 3.11 + pip).
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+# The CPU build of torch is pinned here (pyproject accepts a range): an unpinned torch pulls CUDA packages.
+TORCH_PIN := torch==2.13.0
+HOST      ?= 127.0.0.1
+PORT      ?= 7860
+
+.PHONY: setup demo test lint browser bench checkpoints space clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e ".[app,test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+## make demo: set up and serve the app on the shipped checkpoints (http://$(HOST):$(PORT))
+demo: setup
+	$(BIN)/chatbot-arena serve --host $(HOST) --port $(PORT)
+
+## make test: lint + the whole test suite (installs Chromium for the browser test when apt-get can)
+test: setup browser
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+## Debian's Chromium for the real-browser test (never `playwright install`)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium could not be installed: the browser test will skip"; \
+	  else echo "no root apt-get: the browser test will skip"; fi; }
+
+bench: setup
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/decode_speed.py
+
+clean:
+	rm -rf $(VENV) dist .pytest_cache .ruff_cache

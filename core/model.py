@@ -1,0 +1,247 @@
+"""Seq2seq model: bidirectional GRU/LSTM encoder, GRU/LSTM decoder with Luong attention; and a language model.
+
+Shape legend: B batch, K beam, S source length, T target length, H hidden, E embedding, V vocab, L layers.
+
+The decoder runs its RNN over the embedded target prefix only (Luong attention without input feeding), so a
+teacher-forced pass is one ``nn.GRU`` call over all T steps plus one batched attention, and it equals, step for
+step, what :meth:`Seq2Seq.decode_step` computes one token at a time.
+
+    >>> cfg = ModelConfig(vocab_size=8000)
+    >>> model = Seq2Seq(cfg)
+    >>> logits = model(src, src_lens, tgt_in)           # (B, T, V)
+    >>> mem = model.encode(src, src_lens)
+    >>> logp, state, attn = model.decode_step(tok, mem.state, mem)   # one step: (B, V), state, (B, S)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from core.tokenizer import PAD_ID
+
+State = Tensor | tuple[Tensor, Tensor]  # GRU: h (L, B, H); LSTM: (h, c) each (L, B, H)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a seq2seq model or of a language model (``kind="lm"``)."""
+
+    vocab_size: int = field(default=8000, metadata={"help": "size of the tokenizer vocabulary V"})
+    kind: str = field(
+        default="seq2seq", metadata={"help": "seq2seq (p(T|S)), backward (p(S|T), swapped pairs) or lm (p(T))"}
+    )
+    cell: str = field(default="gru", metadata={"help": "recurrent cell: gru or lstm"})
+    emb_dim: int = field(default=256, metadata={"help": "embedding size E"})
+    hidden: int = field(default=256, metadata={"help": "hidden size H of encoder (per direction) and decoder"})
+    enc_layers: int = field(default=2, metadata={"help": "encoder layers (bidirectional)"})
+    dec_layers: int = field(default=2, metadata={"help": "decoder layers"})
+    attention: str = field(default="dot", metadata={"help": "Luong score: dot, general, concat (ignored for lm)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout between layers and on embeddings"})
+    share_embeddings: bool = field(
+        default=True, metadata={"help": "encoder and decoder share one embedding table"}
+    )
+    tie_output: bool = field(
+        default=True, metadata={"help": "output projection shares the decoder embedding (needs E == H)"}
+    )
+
+    def __post_init__(self) -> None:
+        checks = {
+            "kind": (self.kind, ("seq2seq", "backward", "lm")),
+            "cell": (self.cell, ("gru", "lstm")),
+            "attention": (self.attention, ("dot", "general", "concat")),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"ModelConfig.{name}={value!r}; choose one of {allowed}")
+        if self.tie_output and self.emb_dim != self.hidden:
+            raise ValueError(f"tie_output needs emb_dim == hidden (got {self.emb_dim} and {self.hidden})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class Memory(NamedTuple):
+    """What the encoder hands the decoder."""
+
+    outputs: Tensor  # (B, S, H) encoder states (directions summed)
+    mask: Tensor  # (B, S) True at real source tokens
+    state: State  # decoder initial state, (L, B, H) or a pair of them
+
+
+# ----------------------------------------------------------------------------- state helpers
+
+
+def map_state(state: State, fn) -> State:
+    """Apply ``fn`` to the tensor(s) of a recurrent state."""
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def state_h(state: State) -> Tensor:
+    """The hidden part h (L, B, H) of a GRU or LSTM state."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def _rnn(cell: str, inp: int, hidden: int, layers: int, dropout: float, bidirectional: bool = False) -> nn.RNNBase:
+    cls = nn.GRU if cell == "gru" else nn.LSTM
+    return cls(inp, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0,
+               bidirectional=bidirectional)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class Encoder(nn.Module):
+    """Bidirectional multi-layer RNN over packed source sequences."""
+
+    def __init__(self, cfg: ModelConfig, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = embedding
+        self.drop = nn.Dropout(cfg.dropout)
+        self.rnn = _rnn(cfg.cell, cfg.emb_dim, cfg.hidden, cfg.enc_layers, cfg.dropout, bidirectional=True)
+        self.bridge = nn.Linear(cfg.hidden, cfg.hidden)  # encoder final state -> decoder initial state
+
+    def forward(self, src: Tensor, src_lens: Tensor) -> Memory:
+        B, S = src.shape
+        emb = self.drop(self.embedding(src))  # (B, S, E)
+        packed = pack_padded_sequence(emb, src_lens.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+        out, final = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, 2H)
+        H = self.cfg.hidden
+        out = out[..., :H] + out[..., H:]  # (B, S, H) directions summed
+        mask = src != PAD_ID  # (B, S)
+        # final: (2*Le, B, H) per tensor -> sum directions of the top dec_layers encoder layers
+        def to_dec(h: Tensor) -> Tensor:
+            h = h.view(self.cfg.enc_layers, 2, B, H).sum(1)  # (Le, B, H)
+            h = h[-self.cfg.dec_layers :] if self.cfg.enc_layers >= self.cfg.dec_layers else torch.cat(
+                [h, h[-1:].expand(self.cfg.dec_layers - self.cfg.enc_layers, B, H)], 0)
+            return torch.tanh(self.bridge(h))  # (L, B, H)
+
+        return Memory(out, mask, map_state(final, to_dec))
+
+
+class Attention(nn.Module):
+    """Luong global attention: score(h_t, h_s) by ``dot``, ``general`` or ``concat``."""
+
+    def __init__(self, method: str, hidden: int) -> None:
+        super().__init__()
+        self.method = method
+        if method == "general":
+            self.W = nn.Linear(hidden, hidden, bias=False)
+        elif method == "concat":
+            self.W = nn.Linear(2 * hidden, hidden)
+            self.v = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """query (B, T, H), keys (B, S, H), mask (B, S) -> context (B, T, H), weights (B, T, S)."""
+        if self.method == "dot":
+            scores = query @ keys.transpose(1, 2)  # (B, T, S)
+        elif self.method == "general":
+            scores = query @ self.W(keys).transpose(1, 2)  # (B, T, S)
+        else:
+            T, S = query.size(1), keys.size(1)
+            pair = torch.cat([query.unsqueeze(2).expand(-1, T, S, -1), keys.unsqueeze(1).expand(-1, T, S, -1)], -1)
+            scores = self.v(torch.tanh(self.W(pair))).squeeze(-1)  # (B, T, S)
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)  # (B, T, S)
+        return weights @ keys, weights  # (B, T, H), (B, T, S)
+
+
+class Decoder(nn.Module):
+    """RNN decoder; with ``attention`` it is the seq2seq decoder, without it a language model."""
+
+    def __init__(self, cfg: ModelConfig, embedding: nn.Embedding, use_attention: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = embedding
+        self.drop = nn.Dropout(cfg.dropout)
+        self.rnn = _rnn(cfg.cell, cfg.emb_dim, cfg.hidden, cfg.dec_layers, cfg.dropout)
+        self.attn = Attention(cfg.attention, cfg.hidden) if use_attention else None
+        self.combine = nn.Linear(2 * cfg.hidden, cfg.hidden) if use_attention else None
+        self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
+        if cfg.tie_output:
+            self.out.weight = embedding.weight
+
+    def forward(self, tgt_in: Tensor, state: State, memory: Memory | None) -> tuple[Tensor, State, Tensor | None]:
+        """tgt_in (B, T) -> logits (B, T, V), final state, attention (B, T, S) or None."""
+        emb = self.drop(self.embedding(tgt_in))  # (B, T, E)
+        rnn_out, state = self.rnn(emb, state)  # (B, T, H)
+        weights = None
+        if self.attn is not None:
+            context, weights = self.attn(rnn_out, memory.outputs, memory.mask)  # (B, T, H), (B, T, S)
+            rnn_out = torch.tanh(self.combine(torch.cat([rnn_out, context], -1)))  # (B, T, H)
+        return self.out(self.drop(rnn_out)), state, weights  # (B, T, V)
+
+
+class Seq2Seq(nn.Module):
+    """Encoder-decoder p(T | S). A backward model p(S | T) is the same class trained on swapped pairs."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=PAD_ID)
+        dec_emb = emb if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=PAD_ID)
+        self.encoder = Encoder(cfg, emb)
+        self.decoder = Decoder(cfg, dec_emb, use_attention=True)
+
+    def encode(self, src: Tensor, src_lens: Tensor) -> Memory:
+        """src (B, S) padded, src_lens (B,) -> Memory."""
+        return self.encoder(src, src_lens)
+
+    def forward(self, src: Tensor, src_lens: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced pass: src (B, S), tgt_in (B, T) starting with <s> -> logits (B, T, V)."""
+        mem = self.encode(src, src_lens)
+        logits, _, _ = self.decoder(tgt_in, mem.state, mem)
+        return logits
+
+    def decode_step(self, tok: Tensor, state: State, memory: Memory) -> tuple[Tensor, State, Tensor]:
+        """One step: tok (B,) -> log-probs (B, V), new state, attention (B, S)."""
+        logits, state, weights = self.decoder(tok.unsqueeze(1), state, memory)  # (B, 1, V)
+        return torch.log_softmax(logits[:, 0].float(), -1), state, weights[:, 0]
+
+
+class LanguageModel(nn.Module):
+    """Decoder without encoder: p(T), the anti-LM of Li et al. (2016)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.decoder = Decoder(cfg, nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=PAD_ID), False)
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> State:
+        """Zero state for ``batch`` sequences: (L, B, H) or a pair of them."""
+        h = torch.zeros(self.cfg.dec_layers, batch, self.cfg.hidden, device=device)
+        return (h, h.clone()) if self.cfg.cell == "lstm" else h
+
+    def forward(self, tgt_in: Tensor) -> Tensor:
+        """tgt_in (B, T) starting with <s> -> logits (B, T, V)."""
+        logits, _, _ = self.decoder(tgt_in, self.init_state(tgt_in.size(0), tgt_in.device), None)
+        return logits
+
+    def decode_step(self, tok: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step: tok (B,) -> log-probs (B, V), new state."""
+        logits, state, _ = self.decoder(tok.unsqueeze(1), state, None)
+        return torch.log_softmax(logits[:, 0].float(), -1), state
+
+
+def build_model(cfg: ModelConfig) -> Seq2Seq | LanguageModel:
+    """The module for ``cfg.kind``: Seq2Seq for seq2seq/backward, LanguageModel for lm."""
+    return LanguageModel(cfg) if cfg.kind == "lm" else Seq2Seq(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,375 @@
+"""MLE training for the seq2seq model, the backward model and the language model; resumable, DDP-ready.
+
+    chatbot-arena train --out runs/mle                                  # seq2seq on chitchat
+    chatbot-arena train --kind lm --tokenizer runs/mle/tokenizer.json --out runs/lm
+    chatbot-arena train --kind backward --tokenizer runs/mle/tokenizer.json --out runs/backward
+    chatbot-arena train --task reverse --out runs/reverse --max-minutes 1 # synthetic sanity task
+    torchrun --nproc_per_node 2 -m core.cli train --out runs/ddp         # DistributedDataParallel
+
+A run folder holds ``last/`` (full checkpoint with optimizer and RNG state, for resume), ``best/`` (best
+validation perplexity), ``tokenizer.json`` and ``log.csv``. Running the same command again resumes from
+``last/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from core.batching import Batch, Example, collate, encode_pairs, iterate_batches, make_batches
+from core.checkpoint import (
+    load_train_state,
+    load_weights,
+    pack_train_state,
+    read_config,
+    resolve,
+    save_checkpoint,
+)
+from core.corpora import load_corpus, make_pairs, split_conversations
+from core.model import LanguageModel, ModelConfig, Seq2Seq, build_model, count_parameters
+from core.synthetic import TASKS, task_splits
+from core.tokenizer import PAD_ID, Tokenizer, train_tokenizer
+
+LOG_FIELDS = ["step", "epoch", "loss", "valid_ppl", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved in each checkpoint's config.json under ``meta.train``."""
+
+    out: str = field(default="runs/mle", metadata={"help": "run folder (resumes if it has last/)"})
+    kind: str = field(default="seq2seq", metadata={"help": "seq2seq, backward (swapped pairs) or lm"})
+    task: str = field(default="chat", metadata={"help": "chat (a corpus), or a synthetic task: reverse, sort"})
+    corpus: str = field(default="chitchat", metadata={"help": "corpus name or path"})
+    corpus_format: str | None = field(default=None, metadata={"help": "chitchat, cornell, tsv, lines, reddit"})
+    tokenizer: str | None = field(default=None, metadata={"help": "existing tokenizer.json to reuse"})
+    vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary size when training a tokenizer"})
+    split_seed: int = field(default=1234, metadata={"help": "seed of the train/valid/test conversation split"})
+    max_src_len: int = field(default=40, metadata={"help": "keep the last N source tokens"})
+    max_tgt_len: int = field(default=40, metadata={"help": "drop pairs whose reply is longer than N tokens"})
+    # model
+    emb_dim: int = field(default=256, metadata={"help": "embedding size"})
+    hidden: int = field(default=256, metadata={"help": "hidden size"})
+    enc_layers: int = field(default=2, metadata={"help": "encoder layers"})
+    dec_layers: int = field(default=2, metadata={"help": "decoder layers"})
+    cell: str = field(default="gru", metadata={"help": "gru or lstm"})
+    attention: str = field(default="dot", metadata={"help": "dot, general or concat"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout"})
+    tie_output: bool = field(default=True, metadata={"help": "tie output projection to decoder embedding"})
+    # optimisation
+    batch_size: int = field(default=64, metadata={"help": "pairs per batch (per process)"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    decoder_lr_ratio: float = field(default=1.0, metadata={"help": "decoder LR = lr * ratio"})
+    warmup_steps: int = field(default=200, metadata={"help": "linear LR warm-up steps"})
+    lr_decay: float = field(default=0.5, metadata={"help": "LR factor after a validation plateau"})
+    clip: float = field(default=1.0, metadata={"help": "clip gradients to this global norm"})
+    teacher_forcing: float = field(default=1.0, metadata={"help": "probability of feeding the gold token"})
+    epochs: float = field(default=20.0, metadata={"help": "stop after this many epochs"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0: no limit)"})
+    max_minutes: float = field(default=0.0, metadata={"help": "stop (and save) after this many minutes; 0: none"})
+    eval_every: int = field(default=500, metadata={"help": "validate every N steps"})
+    save_every: int = field(default=100, metadata={"help": "write last/ every N steps"})
+    patience: int = field(default=4, metadata={"help": "stop after N validations without improvement"})
+    valid_max_batches: int = field(default=0, metadata={"help": "cap validation batches (0: all)"})
+    seed: int = field(default=0, metadata={"help": "seed for init, shuffling and dropout"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if present), cpu or cuda"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: all cores)"})
+    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=vocab_size, kind=self.kind, cell=self.cell, emb_dim=self.emb_dim, hidden=self.hidden,
+            enc_layers=self.enc_layers, dec_layers=self.dec_layers, attention=self.attention,
+            dropout=self.dropout, tie_output=self.tie_output,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    tokenizer: Tokenizer
+    train: list[Example]
+    valid: list[Example]
+    test: list[Example]
+    test_pairs: list[tuple[str, str]]
+
+
+def prepare_data(cfg: TrainConfig) -> Data:
+    """Corpus (or synthetic task) -> split -> tokenizer (trained on train only, or reused) -> examples."""
+    if cfg.task in TASKS:
+        train_p, valid_p, test_p = task_splits(cfg.task, seed=cfg.split_seed)
+        tok_kind, texts = "word", [t for p in train_p for t in p]
+    elif cfg.task == "chat":
+        split = split_conversations(load_corpus(cfg.corpus, fmt=cfg.corpus_format), seed=cfg.split_seed)
+        swap = cfg.kind == "backward"
+        train_p, valid_p, test_p = (make_pairs(c, swap=swap) for c in (split.train, split.valid, split.test))
+        tok_kind, texts = "bpe", [u for conv in split.train for u in conv]
+    else:
+        raise ValueError(f"unknown task {cfg.task!r}; use chat, {', '.join(TASKS)}")
+    tok_path = Path(cfg.out) / "tokenizer.json"
+    if cfg.tokenizer:
+        tokenizer = Tokenizer.load(cfg.tokenizer)
+    elif tok_path.exists():
+        tokenizer = Tokenizer.load(tok_path)
+    else:
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, kind=tok_kind)
+        if _is_main():
+            tok_path.parent.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(tok_path)
+    enc = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}
+    return Data(tokenizer, *(encode_pairs(tokenizer, p, **enc) for p in (train_p, valid_p, test_p)), test_p)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def sequence_nll(model: nn.Module, batch: Batch, teacher_forcing: float = 1.0) -> tuple[torch.Tensor, int]:
+    """Summed token NLL of ``batch`` and its token count. With ``teacher_forcing < 1`` each step feeds the
+    model's own greedy token with probability ``1 - teacher_forcing`` (a per-step loop; 1.0 is one pass)."""
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if teacher_forcing >= 1.0:
+        logits = model(batch.tgt_in) if isinstance(core, LanguageModel) else model(
+            batch.src, batch.src_lens, batch.tgt_in)  # (B, T, V)
+    else:
+        logits = _scheduled_sampling_logits(core, batch, teacher_forcing)
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+                          reduction="sum")
+    return nll, batch.n_tokens
+
+
+def _scheduled_sampling_logits(model: Seq2Seq | LanguageModel, batch: Batch, ratio: float) -> torch.Tensor:
+    B, T = batch.tgt_in.shape
+    if isinstance(model, LanguageModel):
+        state, mem = model.init_state(B, batch.tgt_in.device), None
+    else:
+        mem = model.encode(batch.src, batch.src_lens)
+        state = mem.state
+    tok, out = batch.tgt_in[:, 0], []
+    for t in range(T):
+        logits, state, _ = model.decoder(tok.unsqueeze(1), state, mem)  # (B, 1, V)
+        out.append(logits)
+        if t + 1 < T:
+            use_gold = torch.rand(B, device=tok.device) < ratio
+            tok = torch.where(use_gold, batch.tgt_in[:, t + 1], logits[:, 0].argmax(-1))
+    return torch.cat(out, 1)  # (B, T, V)
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, data: list[Example], *, batch_size: int = 128, device: str | torch.device = "cpu",
+               max_batches: int = 0) -> float:
+    """exp(mean token NLL) of ``data`` (fixed order, no dropout)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    batches = make_batches(data, batch_size=batch_size, seed=0, epoch=0)
+    batches = batches[:max_batches] if max_batches else batches
+    for ex in batches:
+        nll, n = sequence_nll(model, collate(ex).to(device))
+        total, count = total + float(nll), count + n
+    model.train(was_training)
+    return math.exp(total / max(count, 1))
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _setup_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present (the local rank's GPU under torchrun), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+def _param_groups(model: Seq2Seq | LanguageModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Encoder (and shared embedding) at ``lr``; decoder-only parameters at ``lr * decoder_lr_ratio``."""
+    if isinstance(model, LanguageModel):
+        return [{"params": list(model.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+    enc = list(model.encoder.parameters())
+    enc_ids = {id(p) for p in enc}
+    dec = [p for p in model.decoder.parameters() if id(p) not in enc_ids]
+    return [{"params": enc, "lr": cfg.lr, "base_lr": cfg.lr},
+            {"params": dec, "lr": cfg.lr * cfg.decoder_lr_ratio, "base_lr": cfg.lr * cfg.decoder_lr_ratio}]
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) MLE training as configured; returns a summary (steps, best validation perplexity)."""
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world = _setup_distributed(device)
+    out = Path(cfg.out)
+    data = prepare_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model_config(data.tokenizer.vocab_size)).to(device)
+    optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
+    info = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ppl": float("inf"), "bad_evals": 0, "lr_scale": 1.0,
+            "train_seconds": 0.0, "done": False}
+    if (resolve(out / "last") / "train_state.json").exists():
+        _check_same_run(cfg, read_config(out / "last")["meta"].get("train", {}))
+        load_weights(model, resolve(out / "last") / "model.safetensors")
+        info.update(load_train_state(out / "last", optimizer))
+        if _is_main():
+            _truncate_log(out / "log.csv", info["step"])
+            print(f"resumed from {out / 'last'} at step {info['step']} (epoch {info['epoch']})", flush=True)
+    if info["done"]:
+        return _summary(info, model)
+    ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    meta_base = {"train": asdict(cfg), "corpus": cfg.corpus if cfg.task == "chat" else f"synthetic:{cfg.task}",
+                 "n_train_pairs": len(data.train), "parameters": count_parameters(model)}
+    if _is_main():
+        print(f"{cfg.kind} model: {count_parameters(model):,} parameters, {len(data.train):,} training pairs, "
+              f"device {device}, {world} process(es)", flush=True)
+    log_file = out / "log.csv"
+    use_amp = device.type == "cuda"
+    n_batches = len(make_batches(data.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=0)) // world
+    max_steps = cfg.max_steps or int(cfg.epochs * n_batches)
+    t_start, t_base = time.time(), info["train_seconds"]
+    stop_reason = None
+    bar = tqdm(total=max_steps, initial=info["step"], disable=not (cfg.progress and _is_main()),
+               mininterval=5, dynamic_ncols=True)
+    tokens_since, t_since = 0, time.time()
+
+    def save_last(done: bool = False) -> None:
+        info["train_seconds"] = t_base + time.time() - t_start
+        info["done"] = done
+        if _is_main():
+            save_checkpoint(out / "last", model, data.tokenizer, meta=dict(meta_base, step=info["step"]),
+                            train_state=pack_train_state(optimizer, info))
+
+    ddp.train()
+    while stop_reason is None:
+        epoch_iter = iterate_batches(data.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=info["epoch"],
+                                     rank=rank, world=world, skip=info["batch_in_epoch"])
+        for batch in epoch_iter:
+            batch = batch.to(device)
+            # 1. learning rate: warm-up, then the plateau scale
+            warm = min(1.0, (info["step"] + 1) / max(1, cfg.warmup_steps))
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * warm * info["lr_scale"]
+            # 2. forward / backward on the mean token loss
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                nll, n_tok = sequence_nll(ddp, batch, cfg.teacher_forcing)
+            optimizer.zero_grad(set_to_none=True)
+            (nll / n_tok).backward()
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
+            optimizer.step()
+            info["step"] += 1
+            info["batch_in_epoch"] += 1
+            tokens_since += n_tok * world
+            bar.update(1)
+            loss = float(nll.detach()) / n_tok
+            bar.set_postfix(loss=f"{loss:.3f}", epoch=info["epoch"])
+            # 3. validation, best checkpoint, plateau LR decay, early stopping
+            valid_ppl = None
+            if info["step"] % cfg.eval_every == 0 or info["step"] >= max_steps:
+                valid_ppl = perplexity(model, data.valid, device=device, max_batches=cfg.valid_max_batches)
+                if valid_ppl < info["best_ppl"]:
+                    info["best_ppl"], info["bad_evals"] = valid_ppl, 0
+                    if _is_main():
+                        save_checkpoint(out / "best", model, data.tokenizer,
+                                        meta=dict(meta_base, step=info["step"], valid_ppl=valid_ppl))
+                else:
+                    info["bad_evals"] += 1
+                    info["lr_scale"] *= cfg.lr_decay
+                    if info["bad_evals"] >= cfg.patience:
+                        stop_reason = f"early stop: {cfg.patience} validations without improvement"
+            # 4. log (every step that validates, and every 50 steps)
+            if _is_main() and (valid_ppl is not None or info["step"] % 50 == 0):
+                now = time.time()
+                _append_log(log_file, {
+                    "step": info["step"], "epoch": info["epoch"], "loss": round(loss, 4),
+                    "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
+                    "lr": f"{optimizer.param_groups[0]['lr']:.3g}", "grad_norm": round(grad_norm, 3),
+                    "tokens_per_s": round(tokens_since / max(now - t_since, 1e-9)),
+                    "elapsed_s": round(t_base + now - t_start, 1)})
+                tokens_since, t_since = 0, now
+            # 5. stop conditions and the periodic resume checkpoint
+            if info["step"] >= max_steps:
+                stop_reason = f"reached {max_steps} steps"
+            elif cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60:
+                stop_reason = f"time limit of {cfg.max_minutes} min"
+            if stop_reason or info["step"] % cfg.save_every == 0:
+                save_last(done=stop_reason is not None and not stop_reason.startswith("time"))
+            if stop_reason:
+                break
+        else:
+            info["epoch"] += 1
+            info["batch_in_epoch"] = 0
+    bar.close()
+    if _is_main():
+        print(f"stopped: {stop_reason}; best valid ppl {info['best_ppl']:.2f}", flush=True)
+    return _summary(info, model)
+
+
+def _summary(info: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    return {"step": info["step"], "epoch": info["epoch"], "best_valid_ppl": info["best_ppl"],
+            "train_seconds": info["train_seconds"], "parameters": count_parameters(model), "done": info["done"]}
+
+
+# Settings that may change between a run and its resume; any other difference means a different run.
+RESUMABLE_CHANGES = {"out", "epochs", "max_steps", "max_minutes", "eval_every", "save_every", "patience",
+                     "valid_max_batches", "device", "threads", "progress", "tokenizer"}
+
+
+def _check_same_run(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    now = asdict(cfg)
+    diff = {k: (saved[k], now[k]) for k in saved if k in now and k not in RESUMABLE_CHANGES and saved[k] != now[k]}
+    if diff:
+        pretty = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{cfg.out} holds a run with other settings ({pretty}); use another --out or the same "
+                         f"settings to resume")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _append_log(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
