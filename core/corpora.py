@@ -11,11 +11,13 @@ Consecutive utterances form (query, response) pairs.
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import re
+import sqlite3
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,25 +69,217 @@ def load_chitchat(path: str | Path | None = None) -> list[Conversation]:
     return convs
 
 
-LOADERS: dict[str, Callable[..., list[Conversation]]] = {"chitchat": load_chitchat}
+def _open_bytes(path: Path):
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read ({e.strerror})") from e
 
 
-def load_corpus(name_or_path: str, *, fmt: str | None = None) -> list[Conversation]:
-    """Load a corpus by registry name (``chitchat``) or by path with a format from :data:`LOADERS`.
+def _read_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line, newline removed (and a leading UTF-8 byte-order mark).
 
-    Utterances are normalised with :func:`normalize_text`; empty utterances are dropped.
+    Decoding is strict: a byte that is not valid ``encoding`` is a CorpusError naming the line, so a broken
+    export is found and fixed rather than trained on as replacement characters.
     """
+    with _open_bytes(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                where = f"byte 0x{raw[e.start]:02x} at column {e.start + 1}"
+                raise CorpusError(f"{path}:{lineno}: not valid {encoding} ({where})") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
+            yield lineno, line.rstrip("\r\n")
+
+
+_CORNELL_SEP = " +++$+++ "
+
+
+def load_cornell(path: str | Path) -> list[Conversation]:
+    """Cornell Movie-Dialogs: a folder holding ``movie_lines.txt`` and ``movie_conversations.txt`` (or the path
+    of either file). Both are ISO-8859-1 with fields separated by `` +++$+++ ``:
+
+        movie_lines.txt          L1045 +++$+++ u0 +++$+++ m0 +++$+++ BIANCA +++$+++ They do not!
+        movie_conversations.txt  u0 +++$+++ u2 +++$+++ m0 +++$+++ ['L194', 'L195', 'L196', 'L197']
+
+    Conversations come in the order of ``movie_conversations.txt``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file or folder")
+    folder = path if path.is_dir() else path.parent
+    lines_path, convs_path = folder / "movie_lines.txt", folder / "movie_conversations.txt"
+
+    # 1. line id -> text. A line with empty text ends in "+++$+++ " or, trimmed, "+++$+++": pad with a space.
+    text_of: dict[str, str] = {}
+    for lineno, line in _read_lines(lines_path, "iso-8859-1"):
+        if not line.strip():
+            continue
+        fields = (line + " ").split(_CORNELL_SEP, 4)
+        if len(fields) != 5:
+            raise CorpusError(f"{lines_path}:{lineno}: expected 5 fields separated by '{_CORNELL_SEP.strip()}'")
+        text_of[fields[0].strip()] = fields[4][:-1]
+
+    # 2. each conversation's list of line ids -> its utterances.
+    convs = []
+    for lineno, line in _read_lines(convs_path, "iso-8859-1"):
+        if not line.strip():
+            continue
+        fields = line.split(_CORNELL_SEP)
+        if len(fields) != 4:
+            raise CorpusError(f"{convs_path}:{lineno}: expected 4 fields separated by '{_CORNELL_SEP.strip()}'")
+        try:
+            ids = ast.literal_eval(fields[3].strip())
+        except (ValueError, SyntaxError):
+            ids = None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise CorpusError(f"{convs_path}:{lineno}: expected a list of line ids like ['L194', 'L195']")
+        missing = [i for i in ids if i not in text_of]
+        if missing:
+            raise CorpusError(f"{convs_path}:{lineno}: line id {missing[0]!r} is not in {lines_path.name}")
+        convs.append([text_of[i] for i in ids])
+    return convs
+
+
+def load_tsv(path: str | Path) -> list[Conversation]:
+    """UTF-8 ``query<TAB>response`` per line; each line is a two-turn conversation. No quoting: a field holds
+    no tab. Blank (whitespace-only) lines are skipped; the first line may be the header ``query<TAB>response``
+    (any case)."""
+    path = Path(path)
+    convs = []
+    first = True
+    for lineno, line in _read_lines(path):
+        if not line.strip():
+            continue
+        if first and line.strip().lower() == "query\tresponse":
+            first = False
+            continue
+        first = False
+        n_tabs = line.count("\t")
+        if n_tabs != 1:
+            raise CorpusError(f"{path}:{lineno}: expected 'query<TAB>response', found {n_tabs} tabs")
+        convs.append(line.split("\t"))
+    return convs
+
+
+def load_lines(path: str | Path) -> list[Conversation]:
+    """UTF-8 text of dialogues separated by blank lines; within a dialogue each line answers the one before
+    (the twitter chat corpus layout)."""
+    convs: list[Conversation] = [[]]
+    for _, line in _read_lines(Path(path)):
+        if line.strip():
+            convs[-1].append(line)
+        elif convs[-1]:
+            convs.append([])
+    return [c for c in convs if c]
+
+
+_REDDIT_COLUMNS = {"name", "parent_id", "body", "score"}
+_REDDIT_GONE = ("[deleted]", "[removed]")
+
+
+def load_reddit(path: str | Path, *, min_score: int | None = None, table: str | None = None) -> list[Conversation]:
+    """Reddit comments in SQLite: every comment whose ``parent_id`` is another comment's ``name`` gives the
+    two-turn conversation ``[parent body, reply body]``.
+
+    The table is ``table``, else the one named ``comments``, else the only table with the columns ``name``,
+    ``parent_id``, ``body``, ``score``. Bodies ``[deleted]`` / ``[removed]`` are skipped; ``min_score`` keeps
+    only replies scoring at least that much. Pairs are ordered by (reply name, parent name), not by file order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file")
+    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        t = _reddit_table(con, path, table)
+        q = '"' + t.replace('"', '""') + '"'  # a quoted SQL identifier
+        sql = (
+            f"SELECT p.body, c.body FROM {q} AS c JOIN {q} AS p ON c.parent_id = p.name"
+            " WHERE p.body IS NOT NULL AND c.body IS NOT NULL"
+            " AND TRIM(p.body) NOT IN (?, ?) AND TRIM(c.body) NOT IN (?, ?)"
+        )
+        params: list = [*_REDDIT_GONE, *_REDDIT_GONE]
+        if min_score is not None:
+            sql += " AND c.score >= ?"
+            params.append(min_score)
+        rows = con.execute(sql + " ORDER BY c.name, p.name", params).fetchall()
+    except sqlite3.DatabaseError as e:
+        raise CorpusError(f"{path}: cannot read as a SQLite comments database ({e})") from e
+    finally:
+        con.close()
+    return [[str(parent), str(reply)] for parent, reply in rows]
+
+
+def _reddit_table(con: sqlite3.Connection, path: Path, table: str | None) -> str:
+    """The comments table: ``table`` if given, else ``comments``, else the only table with the needed columns."""
+    sql = "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name"
+    names = [r[0] for r in con.execute(sql)]
+    columns = {n: {r[0] for r in con.execute("SELECT name FROM pragma_table_info(?)", (n,))} for n in names}
+    fits = [n for n in names if _REDDIT_COLUMNS <= columns[n]]
+    need = ", ".join(sorted(_REDDIT_COLUMNS))
+    if table is not None:
+        if table not in fits:
+            raise CorpusError(f"{path}: no table {table!r} with columns {need}")
+        return table
+    if "comments" in fits:
+        return "comments"
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise CorpusError(f"{path}: no table with columns {need} (tables: {', '.join(names) or 'none'})")
+    raise CorpusError(f"{path}: several tables have columns {need} ({', '.join(fits)}); pass table=")
+
+
+LOADERS: dict[str, Callable[..., list[Conversation]]] = {
+    "chitchat": load_chitchat,
+    "cornell": load_cornell,
+    "tsv": load_tsv,
+    "lines": load_lines,
+    "reddit": load_reddit,
+}
+BUILTIN = ("chitchat",)  # registry names that load without a path
+
+
+def load_corpus(
+    name_or_path: str | Path, *, fmt: str | None = None, max_chars: int | None = None, **options
+) -> list[Conversation]:
+    """Load a corpus by registry name (``chitchat``) or by path with a format from :data:`LOADERS` (guessed from
+    the path when ``fmt`` is None). ``options`` go to the loader (``min_score=`` for ``reddit``).
+
+    Utterances are normalised with :func:`normalize_text`; empty utterances are dropped. With ``max_chars``,
+    an utterance longer than that is dropped and its conversation cut in two there, so no pair joins the turns
+    either side of it (truncating would leave replies that stop mid-sentence). Conversations shorter than two
+    turns are dropped.
+    """
+    name = str(name_or_path)
     if fmt is None:
-        fmt = name_or_path if name_or_path in LOADERS else _guess_format(Path(name_or_path))
+        fmt = name if name in LOADERS else _guess_format(Path(name))
     if fmt not in LOADERS:
         raise CorpusError(f"unknown corpus format {fmt!r}; known: {', '.join(sorted(LOADERS))}")
-    convs = LOADERS[fmt]() if name_or_path == fmt else LOADERS[fmt](name_or_path)
+    if name == fmt and fmt not in BUILTIN:
+        raise CorpusError(f"format {fmt!r} needs the path of your corpus")
+    convs = LOADERS[fmt](**options) if name == fmt else LOADERS[fmt](Path(name), **options)
     cleaned = [[t for t in (normalize_text(u) for u in conv) if t] for conv in convs]
+    if max_chars is not None:
+        cleaned = [piece for conv in cleaned for piece in _cut_long(conv, max_chars)]
     return [c for c in cleaned if len(c) >= 2]
 
 
+def _cut_long(conv: Conversation, max_chars: int) -> list[Conversation]:
+    """``conv`` split at each utterance longer than ``max_chars``, which is left out."""
+    pieces: list[Conversation] = [[]]
+    for u in conv:
+        if len(u) > max_chars:
+            pieces.append([])
+        else:
+            pieces[-1].append(u)
+    return pieces
+
+
 def _guess_format(path: Path) -> str:
-    if path.is_dir():
+    if path.is_dir() or path.name in ("movie_lines.txt", "movie_conversations.txt"):
         return "cornell"
     suffix = path.suffix.lower()
     return {".tsv": "tsv", ".db": "reddit", ".sqlite": "reddit", ".sqlite3": "reddit", ".json": "chitchat"}.get(

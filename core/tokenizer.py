@@ -81,7 +81,7 @@ def train_tokenizer(
     elif kind == "word":
         hf = HFTokenizer(models.WordLevel(unk_token=UNK))
         hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        hf.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with spaces
+        # no decoder: tokens are joined with single spaces (WordPiece's decoder would also glue "a ," into "a,")
         trainer = trainers.WordLevelTrainer(
             vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIALS, show_progress=False
         )
