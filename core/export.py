@@ -1,0 +1,105 @@
+"""Export a training run's best checkpoint for shipping: fp16 weights, the training log and a model card.
+
+    chatbot-arena export runs/mle checkpoints/mle
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.checkpoint import load_checkpoint, resolve, save_checkpoint
+
+MAX_WEIGHT_BYTES = 25 * 1024 * 1024
+
+
+def export_run(run_dir: str | Path, dest: str | Path, *, which: str = "best", notes: str = "") -> Path:
+    """Write ``dest`` from ``run_dir/<which>``: fp16 ``model.safetensors``, config, tokenizer, ``train_log.csv``
+    and ``MODEL_CARD.md``. Refuses to write a weight file over 25 MB."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    src = resolve(run_dir / which)
+    model, tokenizer, config = load_checkpoint(src)
+    meta = dict(config["meta"])
+    state_file = resolve(run_dir / "last") / "train_state.json"
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        meta["train_seconds"] = round(state.get("train_seconds", 0.0), 1)
+        meta["trained_steps"] = state.get("step")
+    meta["hardware"] = _hardware(meta)
+    log_rows = _read_log(run_dir / "log.csv")
+    extra = {"MODEL_CARD.md": model_card(dest.name, model.cfg.to_dict(), meta, log_rows, notes)}
+    if log_rows:
+        extra["train_log.csv"] = (run_dir / "log.csv").read_text()
+    save_checkpoint(dest, model, tokenizer, meta=meta, dtype=torch.float16, extra_files=extra)
+    size = (dest / "model.safetensors").stat().st_size
+    if size > MAX_WEIGHT_BYTES:
+        shutil.rmtree(dest)
+        raise ValueError(f"{dest}/model.safetensors would be {size / 2**20:.1f} MB (limit 25 MB)")
+    return dest
+
+
+def _hardware(meta: dict[str, Any]) -> str:
+    device = meta.get("train", {}).get("device", "auto")
+    return f"{platform.machine()} CPU ({torch.get_num_threads()} threads)" if device != "cuda" else "CUDA GPU"
+
+
+def _read_log(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def model_card(name: str, model_cfg: dict[str, Any], meta: dict[str, Any], log_rows: list[dict[str, str]],
+               notes: str = "") -> str:
+    """A one-page Markdown card: data, split, config, training time, hardware, curve, known weaknesses."""
+    train = meta.get("train", {})
+    evals = [(int(r["step"]), float(r["valid_ppl"])) for r in log_rows if r.get("valid_ppl")]
+    curve = "\n".join(f"| {s} | {p:.2f} |" for s, p in evals) or "| - | - |"
+    hours = meta.get("train_seconds", 0) / 3600
+    kind = {"seq2seq": "p(reply | message)", "backward": "p(message | reply), trained on swapped pairs",
+            "lm": "p(reply), a language model for the anti-LM penalty"}.get(model_cfg["kind"], model_cfg["kind"])
+    arch = ("GRU language model" if model_cfg["kind"] == "lm" else
+            f"bidirectional {model_cfg['cell'].upper()} encoder + {model_cfg['cell'].upper()} decoder with Luong "
+            f"`{model_cfg['attention']}` attention")
+    return f"""# Model card: `{name}`
+
+**What it is.** {arch}; models {kind}. {meta.get('parameters', 0):,} parameters, weights stored in fp16.
+
+## Data
+- Corpus: `{meta.get('corpus')}` (Chit-Chat Challenge, from the `chitchat-dataset` wheel unless stated otherwise).
+- Split by conversation with seed {train.get('split_seed')}: 90% train / 5% valid / 5% test.
+- {meta.get('n_train_pairs', 0):,} training pairs after filtering (source: last {train.get('max_src_len')} tokens;
+  replies longer than {train.get('max_tgt_len')} tokens dropped). Text is NFKC-normalised and lower-cased by the
+  byte-level BPE tokenizer ({model_cfg['vocab_size']} tokens), trained on the training split only.
+
+## Configuration
+```json
+{json.dumps(model_cfg, indent=2)}
+```
+Training: Adam lr {train.get('lr')}, batch {train.get('batch_size')}, dropout {model_cfg['dropout']}, gradient clip
+{train.get('clip')}, teacher forcing {train.get('teacher_forcing')}, seed {train.get('seed')}; LR halved on each
+validation without improvement.
+
+## Training
+- Steps: {meta.get('trained_steps', meta.get('step'))}; exported from step {meta.get('step')}
+  (best validation perplexity {meta.get('valid_ppl', float('nan')):.2f}).
+- Time: {hours:.2f} h on {meta.get('hardware')}.
+
+| step | validation perplexity |
+|---:|---:|
+{curve}
+
+## Known weaknesses
+- Small model, short context (one previous turn): it forgets everything said before the last message.
+- Trained on crowd-sourced small talk: generic, often dull replies under beam search ("i don't know"); that is
+  what the anti-LM and RL bots are for.
+- English only; lower-cased output; no safety filtering beyond the corpus itself.
+{notes}
+"""
