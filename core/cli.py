@@ -2,6 +2,11 @@
 
     chatbot-arena train --out runs/mle                      # MLE seq2seq on chitchat (resumes if interrupted)
     chatbot-arena train --task reverse --out runs/rev       # synthetic sanity task
+    chatbot-arena train-rl --policy runs/mle/best --backward runs/backward/best --out runs/rl
+    chatbot-arena export runs/mle checkpoints/mle           # fp16 + model card, ready to ship
+    chatbot-arena evaluate                                  # the evaluation table of the shipped bots
+    chatbot-arena chat --bot antilm                         # talk to a bot in the terminal
+    chatbot-arena respond --file prompts.txt --format csv   # one reply per line, every bot
     chatbot-arena --help                                    # every subcommand, each with its own --help
 """
 
@@ -13,6 +18,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 EXAMPLES = {
     "train": """examples:
@@ -23,32 +29,150 @@ EXAMPLES = {
   chatbot-arena train --task reverse --out runs/reverse --max-minutes 1
   torchrun --nproc_per_node 2 -m core.cli train --out runs/ddp          # DistributedDataParallel
 Run the same command again to resume from <out>/last.""",
+    "train-rl": """examples:
+  chatbot-arena train-rl --policy runs/mle/best --backward runs/backward/best --out runs/rl
+  chatbot-arena train-rl --steps 200 --batch-size 16 --max-minutes 30 --out runs/rl-short
+Run the same command again to resume from <out>/last.""",
+    "export": """examples:
+  chatbot-arena export runs/mle checkpoints/mle              # best/ of the run, fp16, with MODEL_CARD.md
+  chatbot-arena export runs/rl checkpoints/rl --which best""",
+    "evaluate": """examples:
+  chatbot-arena evaluate                                     # shipped bots -> checkpoints/report.csv and .md
+  chatbot-arena evaluate --bots beam,antilm --n-prompts 100 --out runs/eval.csv
+  chatbot-arena evaluate --checkpoints runs/compare          # any folder with a bots.json""",
+    "chat": """examples:
+  chatbot-arena chat                                         # the beam bot of the shipped checkpoints
+  chatbot-arena chat --bot antilm --antilm 0.3 --gamma 4
+  chatbot-arena chat --checkpoint runs/mle/best --strategy greedy
+Type a message and press Enter; an empty line or Ctrl-D quits.""",
+    "respond": """examples:
+  chatbot-arena respond --file prompts.txt                   # CSV: prompt, bot, reply, score, latency_ms
+  chatbot-arena respond --file prompts.txt --bots beam,rl --format json > replies.json
+  chatbot-arena respond --file prompts.txt --checkpoint runs/mle/best --beam-size 5""",
 }
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per dataclass field, with the field's help text and default."""
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, only_given: bool = False) -> None:
+    """One ``--flag`` per dataclass field, with the field's help text and default. ``only_given``: flags the
+    user did not type are left out of the namespace (for overrides of another set of defaults)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
         help_text = f.metadata.get("help", "")
+        default = argparse.SUPPRESS if only_given else f.default
+        shown = "" if only_given else " (default: %(default)s)"
         if typ is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
             typ = next(a for a in typing.get_args(typ) if a is not type(None))
-        parser.add_argument(flag, type=typ, default=f.default, help=f"{help_text} (default: %(default)s)")
+        parser.add_argument(flag, type=typ, default=default, help=f"{help_text}{shown}")
+
+
+def _from_args(cls: type, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from core.train import TrainConfig, train
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    summary = train(cfg)
-    print(summary)
+    print(train(_from_args(TrainConfig, args)))
     return 0
 
+
+def _cmd_train_rl(args: argparse.Namespace) -> int:
+    from core.rl import RLConfig, train_rl
+
+    print(train_rl(_from_args(RLConfig, args)))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from core.export import export_run
+
+    print(f"wrote {export_run(args.run, args.dest, which=args.which)}")
+    return 0
+
+
+def _decoder_overrides(args: argparse.Namespace) -> dict:
+    from core.decoding import DecodeConfig
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig) if hasattr(args, f.name)}
+
+
+def _pick_bots(args: argparse.Namespace, default: list[str] | None) -> dict:
+    """Bots named by --bots/--bot from --checkpoints, or one bot made from --checkpoint."""
+    from core.bots import bot_from_checkpoint, load_bots
+
+    if getattr(args, "checkpoint", None):
+        bot = bot_from_checkpoint(args.checkpoint, device=args.device)
+        return {bot.name: bot}
+    bots = load_bots(args.checkpoints, device=args.device)
+    names = args.bots.split(",") if getattr(args, "bots", None) else default or list(bots)
+    unknown = [n for n in names if n not in bots]
+    if unknown:
+        raise SystemExit(f"unknown bot(s) {unknown}; this folder has {list(bots)}")
+    return {n: bots[n] for n in names}
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    bot = next(iter(_pick_bots(args, [args.bot]).values()))
+    overrides = _decoder_overrides(args)
+    bot.settings(**overrides)  # bad settings fail here, before the first prompt
+    print(f"{bot.label}: {bot.description}\n(empty line or Ctrl-D to quit)")
+    while True:
+        try:
+            prompt = input("you> ")
+        except EOFError:
+            break
+        if not prompt.strip():
+            break
+        try:
+            reply = bot.respond(prompt, **overrides)
+        except ValueError as e:
+            print(f"({e})")
+            continue
+        print(f"{bot.name}> {reply.text}    [score {reply.score:.2f}, {1000 * reply.latency_s:.0f} ms]")
+    return 0
+
+
+def _cmd_respond(args: argparse.Namespace) -> int:
+    import json
+
+    import pandas as pd
+
+    from core.corpora import read_prompts
+
+    prompts = read_prompts(Path(args.file).read_bytes())
+    bots = _pick_bots(args, None)
+    overrides = _decoder_overrides(args)
+    rows = []
+    for name, bot in bots.items():
+        for prompt, reply in zip(prompts, bot.respond_batch(prompts, **overrides)):
+            rows.append({"prompt": prompt, "bot": name, "reply": reply.text, "score": round(reply.score, 4),
+                         "latency_ms": round(1000 * reply.latency_s, 1)})
+    if args.format == "json":
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+    else:
+        print(pd.DataFrame(rows).to_csv(index=False), end="")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.bots import default_checkpoint_dir
+    from core.evaluate import evaluate_bots, load_split_for, to_markdown, write_report
+    from core.rewards import dull_list
+
+    bots = _pick_bots(args, None)
+    split = load_split_for(next(iter(bots.values())))
+    df = evaluate_bots(bots, split, n_prompts=args.n_prompts, n_dialogues=args.n_dialogues,
+                       dull=dull_list(split.train), seed=args.seed)
+    out = args.out or Path(args.checkpoints or default_checkpoint_dir()) / "report.csv"
+    write_report(df, out)
+    print(to_markdown(df))
+    print(f"\nwrote {out} and {Path(out).with_suffix('.md')}")
+    return 0
 
 def build_parser() -> argparse.ArgumentParser:
     from core.train import TrainConfig
@@ -61,6 +185,53 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES["train"], formatter_class=fmt)
     add_dataclass_args(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
+
+    from core.decoding import DecodeConfig
+    from core.rl import RLConfig
+
+    p = sub.add_parser("train-rl", help="RL fine-tuning by self-play from an MLE checkpoint",
+                       epilog=EXAMPLES["train-rl"], formatter_class=fmt)
+    add_dataclass_args(p, RLConfig)
+    p.set_defaults(func=_cmd_train_rl)
+
+    p = sub.add_parser("export", help="ship a run's checkpoint: fp16 weights, training log, model card",
+                       epilog=EXAMPLES["export"], formatter_class=fmt)
+    p.add_argument("run", help="run folder (with best/, last/, log.csv)")
+    p.add_argument("dest", help="destination folder, e.g. checkpoints/mle")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="which checkpoint of the run")
+    p.set_defaults(func=_cmd_export)
+
+    def bot_args(p: argparse.ArgumentParser, *, many: bool) -> None:
+        p.add_argument("--checkpoints", default=None, help="folder with bots.json (default: the shipped one)")
+        p.add_argument("--checkpoint", default=None, help="one checkpoint folder instead of bots.json")
+        if many:
+            p.add_argument("--bots", default=None, help="comma-separated bot names (default: all)")
+        else:
+            p.add_argument("--bot", default="beam", help="bot name in bots.json (default: beam)")
+        p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+
+    p = sub.add_parser("evaluate", help="evaluation table: perplexity, distinct-1/2, dull rate, BLEU, "
+                       "simulated dialogues, latency", epilog=EXAMPLES["evaluate"], formatter_class=fmt)
+    bot_args(p, many=True)
+    p.add_argument("--n-prompts", type=int, default=300, help="test prompts sampled (seeded)")
+    p.add_argument("--n-dialogues", type=int, default=100, help="simulated dialogues from test openings")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the test prompts")
+    p.add_argument("--out", default=None, help="CSV path (default: <checkpoints>/report.csv); .md beside it")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("chat", help="talk to one bot in the terminal", epilog=EXAMPLES["chat"],
+                       formatter_class=fmt)
+    bot_args(p, many=False)
+    add_dataclass_args(p, DecodeConfig, only_given=True)
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("respond", help="one reply per input line, as CSV or JSON", epilog=EXAMPLES["respond"],
+                       formatter_class=fmt)
+    bot_args(p, many=True)
+    p.add_argument("--file", required=True, help="text file, one prompt per line (blank lines skipped)")
+    p.add_argument("--format", choices=["csv", "json"], default="csv", help="output format (default: csv)")
+    add_dataclass_args(p, DecodeConfig, only_given=True)
+    p.set_defaults(func=_cmd_respond)
     return parser
 
 

@@ -322,3 +322,16 @@ def make_pairs(convs: list[Conversation], *, swap: bool = False) -> list[tuple[s
 def opening_messages(convs: list[Conversation]) -> list[str]:
     """The first utterance of each conversation (used to start simulated dialogues)."""
     return [conv[0] for conv in convs if conv]
+
+
+MAX_PROMPTS = 1000
+
+
+def read_prompts(data: bytes | str, *, limit: int = MAX_PROMPTS) -> list[str]:
+    """Prompts from an uploaded or pasted text, one per line: bytes are decoded as UTF-8 (bad bytes replaced),
+    lines normalised, blank lines skipped. More than ``limit`` prompts is a ValueError."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    prompts = [p for p in (normalize_text(line) for line in text.splitlines()) if p]
+    if len(prompts) > limit:
+        raise ValueError(f"{len(prompts)} prompts; at most {limit} at a time")
+    return prompts

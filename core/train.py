@@ -36,7 +36,7 @@ from core.checkpoint import (
     resolve,
     save_checkpoint,
 )
-from core.corpora import load_corpus, make_pairs, split_conversations
+from core.corpora import Split, load_corpus, make_pairs, split_conversations
 from core.model import LanguageModel, ModelConfig, Seq2Seq, build_model, count_parameters
 from core.synthetic import TASKS, task_splits
 from core.tokenizer import PAD_ID, Tokenizer, train_tokenizer
@@ -110,13 +110,14 @@ class Data:
     valid: list[Example]
     test: list[Example]
     test_pairs: list[tuple[str, str]]
+    split: Split | None = None  # the conversations (chat task only): openings, dull replies, evaluation
 
 
 def prepare_data(cfg: TrainConfig) -> Data:
     """Corpus (or synthetic task) -> split -> tokenizer (trained on train only, or reused) -> examples."""
     if cfg.task in TASKS:
         train_p, valid_p, test_p = task_splits(cfg.task, seed=cfg.split_seed)
-        tok_kind, texts = "word", [t for p in train_p for t in p]
+        tok_kind, texts, split = "word", [t for p in train_p for t in p], None
     elif cfg.task == "chat":
         split = split_conversations(load_corpus(cfg.corpus, fmt=cfg.corpus_format), seed=cfg.split_seed)
         swap = cfg.kind == "backward"
@@ -135,7 +136,7 @@ def prepare_data(cfg: TrainConfig) -> Data:
             tok_path.parent.mkdir(parents=True, exist_ok=True)
             tokenizer.save(tok_path)
     enc = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}
-    return Data(tokenizer, *(encode_pairs(tokenizer, p, **enc) for p in (train_p, valid_p, test_p)), test_p)
+    return Data(tokenizer, *(encode_pairs(tokenizer, p, **enc) for p in (train_p, valid_p, test_p)), test_p, split)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -237,16 +238,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = build_model(cfg.model_config(data.tokenizer.vocab_size)).to(device)
     optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
     info = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ppl": float("inf"), "bad_evals": 0, "lr_scale": 1.0,
-            "train_seconds": 0.0, "done": False}
+            "train_seconds": 0.0, "early_stopped": False}
     if (resolve(out / "last") / "train_state.json").exists():
         _check_same_run(cfg, read_config(out / "last")["meta"].get("train", {}))
         load_weights(model, resolve(out / "last") / "model.safetensors")
         info.update(load_train_state(out / "last", optimizer))
         if _is_main():
-            _truncate_log(out / "log.csv", info["step"])
+            truncate_log(out / "log.csv", info["step"])
             print(f"resumed from {out / 'last'} at step {info['step']} (epoch {info['epoch']})", flush=True)
-    if info["done"]:
-        return _summary(info, model)
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     meta_base = {"train": asdict(cfg), "corpus": cfg.corpus if cfg.task == "chat" else f"synthetic:{cfg.task}",
                  "n_train_pairs": len(data.train), "parameters": count_parameters(model)}
@@ -257,15 +256,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     use_amp = device.type == "cuda"
     n_batches = len(make_batches(data.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=0)) // world
     max_steps = cfg.max_steps or int(cfg.epochs * n_batches)
+    if info["early_stopped"] or info["step"] >= max_steps:  # finished before: nothing to do
+        return _summary(info, model, max_steps)
     t_start, t_base = time.time(), info["train_seconds"]
     stop_reason = None
     bar = tqdm(total=max_steps, initial=info["step"], disable=not (cfg.progress and _is_main()),
                mininterval=5, dynamic_ncols=True)
     tokens_since, t_since = 0, time.time()
 
-    def save_last(done: bool = False) -> None:
+    def save_last() -> None:
         info["train_seconds"] = t_base + time.time() - t_start
-        info["done"] = done
         if _is_main():
             save_checkpoint(out / "last", model, data.tokenizer, meta=dict(meta_base, step=info["step"]),
                             train_state=pack_train_state(optimizer, info))
@@ -307,10 +307,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     info["lr_scale"] *= cfg.lr_decay
                     if info["bad_evals"] >= cfg.patience:
                         stop_reason = f"early stop: {cfg.patience} validations without improvement"
+                        info["early_stopped"] = True
             # 4. log (every step that validates, and every 50 steps)
             if _is_main() and (valid_ppl is not None or info["step"] % 50 == 0):
                 now = time.time()
-                _append_log(log_file, {
+                append_log(log_file, {
                     "step": info["step"], "epoch": info["epoch"], "loss": round(loss, 4),
                     "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
                     "lr": f"{optimizer.param_groups[0]['lr']:.3g}", "grad_norm": round(grad_norm, 3),
@@ -323,7 +324,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             elif cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60:
                 stop_reason = f"time limit of {cfg.max_minutes} min"
             if stop_reason or info["step"] % cfg.save_every == 0:
-                save_last(done=stop_reason is not None and not stop_reason.startswith("time"))
+                save_last()
             if stop_reason:
                 break
         else:
@@ -332,12 +333,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     bar.close()
     if _is_main():
         print(f"stopped: {stop_reason}; best valid ppl {info['best_ppl']:.2f}", flush=True)
-    return _summary(info, model)
+    return _summary(info, model, max_steps)
 
 
-def _summary(info: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+def _summary(info: dict[str, Any], model: nn.Module, max_steps: int) -> dict[str, Any]:
+    done = bool(info["early_stopped"] or info["step"] >= max_steps)
     return {"step": info["step"], "epoch": info["epoch"], "best_valid_ppl": info["best_ppl"],
-            "train_seconds": info["train_seconds"], "parameters": count_parameters(model), "done": info["done"]}
+            "train_seconds": info["train_seconds"], "parameters": count_parameters(model), "done": done}
 
 
 # Settings that may change between a run and its resume; any other difference means a different run.
@@ -354,22 +356,23 @@ def _check_same_run(cfg: TrainConfig, saved: dict[str, Any]) -> None:
                          f"settings to resume")
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def truncate_log(path: Path, step: int, fieldnames: list[str] = LOG_FIELDS) -> None:
     """Drop log rows written after the checkpoint we resume from (they will be written again)."""
     if not path.exists():
         return
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w = csv.DictWriter(f, fieldnames=fieldnames)
         w.writeheader()
         w.writerows(rows)
 
 
-def _append_log(path: Path, row: dict[str, Any]) -> None:
+def append_log(path: Path, row: dict[str, Any], fieldnames: list[str] = LOG_FIELDS) -> None:
+    """Append one row to a CSV log, writing the header first if the file is new."""
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w = csv.DictWriter(f, fieldnames=fieldnames)
         if new:
             w.writeheader()
         w.writerow(row)
