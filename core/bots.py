@@ -1,0 +1,222 @@
+"""Bots: a checkpoint (+ an optional anti-LM and backward model) with default decoder settings, from bots.json.
+
+``<checkpoint dir>/bots.json``::
+
+    {"bots": [{"name": "greedy", "label": "Greedy", "description": "one line about the decoder",
+               "checkpoint": "mle", "lm": null, "backward": null, "decoder": {"strategy": "greedy"}},
+              ...]}
+
+``checkpoint``, ``lm`` and ``backward`` name checkpoint folders beside bots.json (see :mod:`core.checkpoint`);
+``decoder`` holds :class:`~core.decoding.DecodeConfig` fields. Each folder is loaded once and shared, read-only,
+by every bot that names it. The RL policy is just another checkpoint.
+
+    >>> bots = load_bots()                  # $CHATBOT_ARENA_CHECKPOINTS, else the repository's checkpoints/
+    >>> bots["antilm"].respond("how are you?", antilm=0.3).text
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.checkpoint import CheckpointError, load_checkpoint, resolve
+from core.corpora import normalize_text
+from core.decoding import DecodeConfig, Reply, generate
+from core.model import LanguageModel, Seq2Seq
+from core.tokenizer import Tokenizer
+
+ENV_DIR = "CHATBOT_ARENA_CHECKPOINTS"
+DEFAULT_MAX_SRC_LEN = 40
+CHARS_PER_TOKEN = 64  # a prompt is cut to its last max_src_len * 64 characters before tokenising
+
+
+def default_checkpoint_dir() -> Path:
+    """$CHATBOT_ARENA_CHECKPOINTS, else the ``checkpoints/`` folder of the repository."""
+    env = os.environ.get(ENV_DIR)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: cuda when available, else cpu."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(path: str | Path, device: str | torch.device = "auto") -> tuple[Any, Tokenizer, dict[str, Any]]:
+    """(model in eval mode, tokenizer, config.json) of one checkpoint folder: base, RL, LM and backward alike."""
+    path = Path(path)
+    if not resolve(path).exists():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    model, tokenizer, config = load_checkpoint(path, device=resolve_device(device))
+    model.requires_grad_(False)
+    return model, tokenizer, config
+
+
+# ----------------------------------------------------------------------------- bots
+
+
+@dataclass
+class Bot:
+    """A model plus decoder defaults. ``respond`` normalises and tokenises the prompt, then decodes."""
+
+    name: str
+    label: str
+    description: str
+    defaults: DecodeConfig
+    model: Seq2Seq
+    tokenizer: Tokenizer
+    lm: LanguageModel | None = None
+    backward: Seq2Seq | None = None
+    checkpoint: Path | None = None
+    max_src_len: int = DEFAULT_MAX_SRC_LEN
+
+    def settings(self, **overrides: Any) -> DecodeConfig:
+        """The defaults with ``overrides`` applied and validated (ValueError names the setting and its range)."""
+        cfg = self.defaults.with_overrides(**overrides)
+        if cfg.antilm > 0 and cfg.gamma > 0 and self.lm is None:
+            raise ValueError(f"bot {self.name!r} has no language model, so antilm must be 0 (got {cfg.antilm})")
+        if cfg.mmi_lambda > 0 and self.backward is None:
+            raise ValueError(f"bot {self.name!r} has no backward model, so mmi_lambda must be 0 "
+                             f"(got {cfg.mmi_lambda})")
+        return cfg
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of the prompt's last ``max_src_len`` tokens; ValueError if nothing is left to answer."""
+        if isinstance(prompt, (bytes, bytearray)):
+            prompt = bytes(prompt).decode("utf-8", errors="replace")
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        text = normalize_text(prompt.encode("utf-8", errors="replace").decode("utf-8"))  # lone surrogates -> "?"
+        ids = self.tokenizer.encode(text[-self.max_src_len * CHARS_PER_TOKEN :]) if text else []
+        if not ids:
+            raise ValueError("prompt is empty (nothing left after removing whitespace and control characters)")
+        return ids[-self.max_src_len :]
+
+    def respond(self, prompt: str, **overrides: Any) -> Reply:
+        """One reply; ``overrides`` are DecodeConfig fields (beam_size=5, antilm=0.3, ...)."""
+        return self.respond_batch([prompt], **overrides)[0]
+
+    def respond_batch(self, prompts: list[str], **overrides: Any) -> list[Reply]:
+        """One reply per prompt, decoded together in one batched search."""
+        cfg = self.settings(**overrides)
+        if not prompts:
+            return []
+        src = [self.encode_prompt(p) for p in prompts]
+        return generate(self.model, src, cfg, lm=self.lm, backward=self.backward, tokenizer=self.tokenizer)
+
+
+# ----------------------------------------------------------------------------- bots.json
+
+
+@dataclass
+class BotSpec:
+    """One entry of bots.json."""
+
+    name: str
+    checkpoint: str
+    label: str = ""
+    description: str = ""
+    lm: str | None = None
+    backward: str | None = None
+    decoder: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> BotSpec:
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: each bot must be an object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        missing = sorted({"name", "checkpoint"} - set(d))
+        if unknown or missing:
+            raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing} (known: {sorted(known)})")
+        spec = cls(**d)
+        for key in ("name", "checkpoint", "label", "description"):
+            if not isinstance(getattr(spec, key), str) or (key in ("name", "checkpoint") and not getattr(spec, key)):
+                raise ValueError(f"{where}: {key!r} must be a non-empty string")
+        for key in ("lm", "backward"):
+            if getattr(spec, key) is not None and not isinstance(getattr(spec, key), str):
+                raise ValueError(f"{where}: {key!r} must be a folder name or null")
+        if not isinstance(spec.decoder, dict):
+            raise ValueError(f"{where}: 'decoder' must be an object of DecodeConfig fields")
+        spec.label = spec.label or spec.name.title()
+        return spec
+
+
+def read_bots_json(path: str | Path) -> list[BotSpec]:
+    """Parse and check bots.json; every problem is a ValueError (FileNotFoundError if absent) naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: it lists the bots (see core/bots.py for the format)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("bots"), list) or not data["bots"]:
+        raise ValueError(f"{path}: expected {{\"bots\": [ ... ]}} with at least one bot")
+    specs = [BotSpec.from_dict(d, f"{path}: bot {i}") for i, d in enumerate(data["bots"])]
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{path}: duplicate bot names {dupes}")
+    return specs
+
+
+_ROLES = {"checkpoint": ("seq2seq",), "lm": ("lm",), "backward": ("backward",)}
+
+
+def load_bots(checkpoint_dir: str | Path | None = None, device: str = "auto") -> dict[str, Bot]:
+    """The bots of ``<checkpoint_dir>/bots.json``, in file order, keyed by name."""
+    root = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
+    bots_file = root / "bots.json"
+    specs = read_bots_json(bots_file)
+    dev = resolve_device(device)
+    loaded: dict[str, tuple[Any, Tokenizer, dict[str, Any]]] = {}
+
+    def get(spec: BotSpec, role: str) -> tuple[Any, Tokenizer, dict[str, Any]]:
+        folder = getattr(spec, role)
+        if folder not in loaded:
+            path = root / folder
+            if not resolve(path).exists():
+                raise FileNotFoundError(f"{bots_file}: bot {spec.name!r} needs {role} folder {path}, which does "
+                                        f"not exist (train it, or fix bots.json)")
+            try:
+                loaded[folder] = load_model(path, dev)
+            except CheckpointError as e:
+                raise CheckpointError(f"{bots_file}: bot {spec.name!r}: {e}") from e
+        model, tokenizer, config = loaded[folder]
+        kind = config["model"].get("kind", "seq2seq")
+        if kind not in _ROLES[role]:
+            raise ValueError(f"{bots_file}: bot {spec.name!r}: {role} {folder!r} is a {kind!r} model, "
+                             f"expected {' or '.join(_ROLES[role])}")
+        return model, tokenizer, config
+
+    bots = {}
+    for spec in specs:
+        model, tokenizer, config = get(spec, "checkpoint")
+        extra = {role: get(spec, role) for role in ("lm", "backward") if getattr(spec, role)}
+        for role, (_, _, cfg) in extra.items():
+            if cfg.get("tokenizer_sha256") != config.get("tokenizer_sha256"):
+                raise ValueError(f"{bots_file}: bot {spec.name!r}: {role} {getattr(spec, role)!r} was trained with "
+                                 f"another tokenizer than {spec.checkpoint!r}")
+        try:
+            defaults = DecodeConfig().with_overrides(**spec.decoder)
+        except ValueError as e:
+            raise ValueError(f"{bots_file}: bot {spec.name!r}: {e}") from e
+        bot = Bot(
+            name=spec.name, label=spec.label, description=spec.description, defaults=defaults, model=model,
+            tokenizer=tokenizer, lm=extra["lm"][0] if "lm" in extra else None,
+            backward=extra["backward"][0] if "backward" in extra else None, checkpoint=root / spec.checkpoint,
+            max_src_len=int(config.get("meta", {}).get("train", {}).get("max_src_len", DEFAULT_MAX_SRC_LEN)),
+        )
+        try:
+            bot.settings()  # antilm without an LM, mmi_lambda without a backward model
+        except ValueError as e:
+            raise ValueError(f"{bots_file}: {e}") from e
+        bots[spec.name] = bot
+    return bots

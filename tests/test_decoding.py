@@ -1,0 +1,495 @@
+"""The decoding engine on scripted models (hand-written probability tables -> exact hypotheses and scores) and
+on tiny random models (invariants: K=1 beam == greedy, large-K beam == exhaustive search, batched == single)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.corpora import normalize_text
+from core.decoding import (
+    AntiLM,
+    BanTokens,
+    DecodeConfig,
+    LengthBonus,
+    MinLength,
+    NoRepeatNGram,
+    Step,
+    build_modifiers,
+    generate,
+    sequence_logprob,
+    top_k_filter,
+    top_p_filter,
+)
+from core.model import LanguageModel, Memory, ModelConfig, Seq2Seq
+from core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, train_tokenizer
+
+torch.set_num_threads(1)
+E, A, B, C, D = EOS_ID, 4, 5, 6, 7  # </s> and four word ids of the scripted models
+V = 8
+
+
+# ----------------------------------------------------------------------------- scripted models
+
+
+class Scripted:
+    """Stand-in for Seq2Seq (and, with ``lm=True``, LanguageModel) whose next-token distribution is
+    ``table(prompt, prefix) -> {token: prob}``: prompt is the first source id (0 for the LM), prefix the ids
+    generated so far. Unlisted tokens get probability 0. The recurrent state (1, N, 2 + M) carries
+    [prompt, length, prefix...], so the engine's row reordering moves prefixes like real hidden states."""
+
+    M = 32
+
+    def __init__(self, table, vocab=V):
+        self.table, self.V, self.calls = table, vocab, 0
+
+    def _state(self, keys):
+        state = torch.zeros(1, len(keys), 2 + self.M, dtype=torch.long)
+        state[0, :, 0] = keys
+        return state
+
+    def encode(self, src, src_lens):
+        return Memory(src.unsqueeze(-1).float(), src != PAD_ID, self._state(src[:, 0]))
+
+    def init_state(self, batch, device="cpu"):
+        return self._state(torch.zeros(batch, dtype=torch.long))
+
+    def _step(self, tok, state):
+        self.calls += 1
+        state = state.clone()
+        logp = torch.full((tok.size(0), self.V), -math.inf)
+        for i, t in enumerate(tok.tolist()):
+            key, n = state[0, i, :2].tolist()
+            if t != BOS_ID:
+                state[0, i, 2 + n] = t
+                n += 1
+                state[0, i, 1] = n
+            for w, p in self.table(key, tuple(state[0, i, 2 : 2 + n].tolist())).items():
+                logp[i, w] = math.log(p) if p > 0 else -math.inf
+        return logp, state
+
+    def decode_step(self, tok, state, memory=None):
+        logp, state = self._step(tok, state)
+        if memory is None:  # LanguageModel interface
+            return logp, state
+        attn = memory.mask.float() / memory.mask.sum(1, keepdim=True)  # (N, S) uniform over the source
+        return logp, state, attn
+
+
+def classic_table(key, prefix):
+    """Greedy takes a (0.5) and ends with a b </s> (0.175); beam finds b </s> (0.36)."""
+    return {
+        (): {A: 0.5, B: 0.4, C: 0.1},
+        (A,): {E: 0.3, A: 0.1, B: 0.35, C: 0.25},
+        (B,): {E: 0.9, A: 0.05, B: 0.05},
+    }.get(prefix, {E: 1.0})
+
+
+def decode(model, cfg, src=((A,),), **kw):
+    return generate(model, [list(s) for s in src], cfg, **kw)
+
+
+# ----------------------------------------------------------------------------- exact hypotheses and scores
+
+
+def test_beam_returns_the_expected_hypotheses_and_scores():
+    [r] = decode(Scripted(classic_table), DecodeConfig(strategy="beam", beam_size=2, nbest=2, max_len=3))
+    assert [h.tokens for h in r.nbest] == [[B, E], [A, B, E]]
+    assert [h.score for h in r.nbest] == pytest.approx([math.log(0.36), math.log(0.175)], abs=1e-6)
+    assert r.nbest[0].logprobs == pytest.approx([math.log(0.4), math.log(0.9)], abs=1e-6)
+    assert (r.tokens, r.score, r.logprobs) == (r.nbest[0].tokens, r.nbest[0].score, r.nbest[0].logprobs)
+
+
+def test_greedy_takes_the_locally_best_token():
+    [r] = decode(Scripted(classic_table), DecodeConfig(strategy="greedy", max_len=3))
+    assert r.tokens == [A, B, E]
+    assert r.score == pytest.approx(math.log(0.175), abs=1e-6)
+    assert len(r.nbest) == 1
+
+
+def test_max_len_ends_hypotheses_without_eos():
+    [r] = decode(Scripted(classic_table), DecodeConfig(beam_size=2, nbest=2, max_len=2))
+    assert [h.tokens for h in r.nbest] == [[B, E], [A, B]]
+    assert r.nbest[1].score == pytest.approx(math.log(0.175), abs=1e-6)
+
+
+def test_min_len_blocks_eos():
+    [r] = decode(Scripted(classic_table), DecodeConfig(beam_size=2, nbest=1, max_len=3, min_len=2))
+    assert r.tokens == [A, B, E]
+
+
+def test_reply_carries_aligned_details():
+    src = [[A, B, C]]
+    [r] = decode(Scripted(classic_table), DecodeConfig(beam_size=3, nbest=3, max_len=3), src=src)
+    assert len(r.token_strs) == len(r.logprobs) == len(r.attention) == len(r.tokens)
+    assert all(len(row) == 3 and sum(row) == pytest.approx(1.0) for row in r.attention)
+    assert r.source_tokens == [str(A), str(B), str(C)]
+    assert r.score == pytest.approx(sum(r.logprobs))
+    assert r.settings == DecodeConfig(beam_size=3, nbest=3, max_len=3).to_dict()
+    assert r.latency_s > 0
+    assert [h.score for h in r.nbest] == sorted((h.score for h in r.nbest), reverse=True)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+def test_a_search_with_every_token_blocked_ends_with_an_empty_reply(strategy):
+    cfg = DecodeConfig(strategy=strategy, beam_size=3, nbest=3, max_len=6, min_len=6, no_repeat_ngram=1, seed=0)
+    [r] = decode(Scripted(flat_table), cfg)  # 4 words, each usable once, </s> blocked for 6 tokens
+    assert (r.tokens, r.text, r.nbest, r.score) == ([], "", [], -math.inf)
+
+
+# ----------------------------------------------------------------------------- modifiers on a hand-made distribution
+
+
+def hand_scores():
+    return torch.log(torch.tensor([[0.05, 0.05, 0.1, 0.05, 0.4, 0.2, 0.1, 0.05]] * 2))  # (N=2, V=8)
+
+
+def test_antilm_modifier_subtracts_the_lm_only_before_gamma():
+    scores, lm = hand_scores(), torch.log(torch.full((2, V), 1 / V))
+    mod = AntiLM(0.5, gamma=2)
+    assert torch.equal(mod(scores, Step(1, None, lm)), scores - 0.5 * lm)
+    assert torch.equal(mod(scores, Step(2, None, None)), scores)
+
+
+def test_length_bonus_rewards_every_token_but_eos():
+    scores = hand_scores()
+    out = LengthBonus(0.3)(scores, Step(0, None, None))
+    assert torch.equal(out[:, E], scores[:, E])
+    others = [i for i in range(V) if i != E]
+    assert torch.allclose(out[:, others], scores[:, others] + 0.3)
+
+
+def test_min_length_and_ban_tokens_set_minus_infinity():
+    scores = hand_scores()
+    assert torch.isneginf(MinLength(2)(scores, Step(1, None, None))[:, E]).all()
+    assert torch.equal(MinLength(2)(scores, Step(2, None, None)), scores)
+    banned = BanTokens()(scores, Step(0, None, None))
+    assert torch.isneginf(banned[:, [PAD_ID, BOS_ID, UNK_ID]]).all()
+    assert torch.isfinite(banned[:, [E, A, B, C, D]]).all()
+
+
+def test_no_repeat_ngram_blocks_only_completed_ngrams():
+    scores = hand_scores()
+    prefix = torch.tensor([[A, B, C, A], [A, B, C, D]])  # row 0 ends with a: "a b" was seen -> block b
+    out = NoRepeatNGram(2)(scores, Step(4, prefix, None))
+    assert torch.isneginf(out[0, B]) and torch.isfinite(out[0]).sum() == V - 1
+    assert torch.equal(out[1], scores[1])
+    out1 = NoRepeatNGram(1)(scores, Step(4, prefix, None))
+    assert torch.isneginf(out1[0, [A, B, C]]).all() and torch.isfinite(out1[0, D])
+
+
+def test_top_k_and_top_p_filters():
+    logits = hand_scores()
+    assert torch.isfinite(top_k_filter(logits, 2)[0]).nonzero().flatten().tolist() == [A, B]
+    # probabilities .4, .2, .1, .1 ...: the mass before c is .6 < .65, before the next .1 token it is .7
+    kept = torch.isfinite(top_p_filter(logits, 0.65)[0]).nonzero().flatten().tolist()
+    assert sorted(kept) in ([E, A, B], [A, B, C])  # one of the two 0.1 tokens
+    assert torch.isfinite(top_p_filter(logits, 0.01)[0]).nonzero().flatten().tolist() == [A]
+
+
+def test_zero_weights_add_no_modifier():
+    mods = build_modifiers(DecodeConfig(antilm=0.0, n_bonus=0.0, min_len=0))
+    assert [type(m) for m in mods] == [BanTokens]
+
+
+# ----------------------------------------------------------------------------- anti-LM and length bonus in the search
+
+
+def favours_a(key, prefix):
+    return {A: 0.5, B: 0.45, E: 0.05}
+
+
+def lm_loves_a(key, prefix):
+    return {A: 0.9, B: 0.05, E: 0.05}
+
+
+@pytest.mark.parametrize("gamma, expected", [(0, [A, A, A, A]), (1, [B, A, A, A]), (2, [B, B, A, A])])
+def test_antilm_demotes_the_lm_favourite_only_in_the_first_gamma_tokens(gamma, expected):
+    cfg = DecodeConfig(beam_size=3, nbest=1, max_len=4, min_len=4, antilm=0.5, gamma=gamma)
+    [r] = decode(Scripted(favours_a), cfg, lm=Scripted(lm_loves_a))
+    assert r.tokens == expected
+    penalty = sum(-0.5 * math.log(lm_loves_a(0, ())[t]) for t in expected[:gamma])
+    assert r.score == pytest.approx(sum(math.log(favours_a(0, ())[t]) for t in expected) + penalty, abs=1e-5)
+
+
+def test_antilm_zero_and_n_bonus_zero_are_exactly_plain_beam():
+    torch.manual_seed(0)
+    model, lm = tiny_models()
+    src = [[5, 9, 12, 7], [20, 21]]
+    plain = generate(model, src, DecodeConfig(beam_size=5))
+
+    class NeverCalled:
+        def init_state(self, *a):
+            raise AssertionError("the LM must not run when antilm=0")
+
+    zero = generate(model, src, DecodeConfig(beam_size=5, antilm=0.0, gamma=5, n_bonus=0.0), lm=NeverCalled())
+    for p, z in zip(plain, zero):
+        assert [(h.tokens, h.score, h.logprobs) for h in p.nbest] == [(h.tokens, h.score, h.logprobs) for h in z.nbest]
+
+
+def test_lm_steps_only_during_the_first_gamma_tokens():
+    lm = Scripted(lm_loves_a)
+    decode(Scripted(favours_a), DecodeConfig(beam_size=3, nbest=1, max_len=8, min_len=8, antilm=0.3, gamma=3), lm=lm)
+    assert lm.calls == 3
+
+
+def fading_words(key, prefix):
+    """</s> 0.3; a 0.7 * exp(-0.1 n) at position n (the rest on <unk>, which is never generated)."""
+    a = 0.7 * math.exp(-0.1 * len(prefix))
+    return {E: 0.3, A: a, UNK_ID: 0.7 - a}
+
+
+def test_n_bonus_lengthens_replies_monotonically():
+    lengths = []
+    for bonus in [i / 10 for i in range(11)]:
+        [r] = decode(Scripted(fading_words), DecodeConfig(beam_size=10, max_len=12, n_bonus=bonus))
+        lengths.append(len([t for t in r.tokens if t != E]))
+    assert lengths == sorted(lengths) and lengths[-1] > lengths[0]
+    assert lengths == [1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7]  # words while log a(n) + bonus > 0
+
+
+# ----------------------------------------------------------------------------- invariants on tiny real models
+
+
+def tiny_models(vocab=60, seed=0):
+    torch.manual_seed(seed)
+    base = dict(vocab_size=vocab, emb_dim=16, hidden=16, dropout=0.0)
+    return Seq2Seq(ModelConfig(**base)).eval(), LanguageModel(ModelConfig(kind="lm", **base)).eval()
+
+
+def argmax_loop(model, src, max_len):
+    """Greedy decoding written out plainly, as the oracle for the engine's greedy."""
+    mem = model.encode(torch.tensor([src]), torch.tensor([len(src)]))
+    tok, state, out = torch.tensor([BOS_ID]), mem.state, []
+    for _ in range(max_len):
+        logp, state, _ = model.decode_step(tok, state, mem)
+        logp[0, [PAD_ID, BOS_ID, UNK_ID]] = -math.inf
+        if not out:
+            logp[0, EOS_ID] = -math.inf  # min_len = 1
+        tok = logp.argmax(-1)
+        out.append(int(tok))
+        if out[-1] == EOS_ID:
+            break
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_k1_beam_equals_greedy(seed):
+    model, _ = tiny_models(seed=seed)
+    src = [[5, 9, 12, 7], [20, 21], [30, 31, 32]]
+    greedy = generate(model, src, DecodeConfig(strategy="greedy", max_len=15))
+    beam1 = generate(model, src, DecodeConfig(strategy="beam", beam_size=1, nbest=1, max_len=15))
+    for s, g, b in zip(src, greedy, beam1):
+        assert g.tokens == b.tokens == argmax_loop(model, s, 15)
+        assert g.score == b.score
+    scripted = Scripted(classic_table)
+    assert decode(scripted, DecodeConfig(beam_size=1, nbest=1))[0].tokens == [A, B, E]
+
+
+@torch.no_grad()
+def exhaustive(model, lm, src, cfg, words):
+    """Score every reply over ``words`` up to cfg.max_len with the search objective; best first."""
+    seqs = [list(w) + [EOS_ID] for n in range(cfg.min_len, cfg.max_len) for w in itertools.product(words, repeat=n)]
+    seqs += [list(w) for w in itertools.product(words, repeat=cfg.max_len)]  # cut at max_len
+    tgt_in = torch.tensor([[BOS_ID] + s[:-1] + [PAD_ID] * (cfg.max_len - len(s)) for s in seqs])  # (M, T)
+    src_t = torch.tensor([src] * len(seqs))
+    logp = torch.log_softmax(model(src_t, torch.tensor([len(src)] * len(seqs)), tgt_in), -1)  # (M, T, V)
+    lm_logp = torch.log_softmax(lm(tgt_in), -1)
+    scored = []
+    for i, s in enumerate(seqs):
+        score = 0.0
+        for k, t in enumerate(s):
+            score += float(logp[i, k, t]) + (cfg.n_bonus if t != EOS_ID else 0.0)
+            if k < cfg.gamma:
+                score -= cfg.antilm * float(lm_logp[i, k, t])
+        scored.append((score, s))
+    return sorted(scored, key=lambda x: -x[0])
+
+
+@pytest.mark.parametrize("antilm, n_bonus", [(0.0, 0.0), (0.7, 0.0), (0.0, 0.8), (0.5, 0.5)])
+def test_large_k_beam_equals_exhaustive_search(antilm, n_bonus):
+    model, lm = tiny_models(vocab=7, seed=3)  # words 4, 5, 6: 120 replies of up to 4 tokens
+    cfg = DecodeConfig(beam_size=50, nbest=5, max_len=4, antilm=antilm, gamma=2, n_bonus=n_bonus)
+    [r] = generate(model, [[4, 5, 6]], cfg, lm=lm)
+    best = exhaustive(model, lm, [4, 5, 6], cfg, words=[4, 5, 6])[:5]
+    assert [h.tokens for h in r.nbest] == [s for _, s in best]
+    assert [h.score for h in r.nbest] == pytest.approx([sc for sc, _ in best], abs=1e-4)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(strategy="greedy"),
+    dict(strategy="beam", beam_size=6),
+    dict(strategy="beam", beam_size=4, antilm=0.5, gamma=3, n_bonus=0.4, no_repeat_ngram=2),
+    dict(strategy="beam", beam_size=4, length_norm=True, min_len=3),
+])
+def test_batched_equals_one_at_a_time(overrides):
+    model, lm = tiny_models(seed=4)
+    src = [[5, 9, 12, 7, 8, 9, 10], [20, 21], [30, 31, 32], [40]]
+    cfg = DecodeConfig(max_len=12).with_overrides(**overrides)
+    together = generate(model, src, cfg, lm=lm)
+    for s, r in zip(src, together):
+        [alone] = generate(model, [s], cfg, lm=lm)
+        assert [h.tokens for h in r.nbest] == [h.tokens for h in alone.nbest]
+        assert [h.score for h in r.nbest] == pytest.approx([h.score for h in alone.nbest], abs=1e-4)
+        assert len(r.attention[0]) == len(s)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_seeded_sampling_is_reproducible():
+    model, _ = tiny_models(seed=5)
+    src = [[5, 9, 12], [20, 21]]
+    cfg = DecodeConfig(strategy="sample", beam_size=3, nbest=3, temperature=1.5, seed=123)
+    runs = [[[h.tokens for h in r.nbest] for r in generate(model, src, cfg)] for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = [[h.tokens for h in r.nbest] for r in generate(model, src, cfg.with_overrides(seed=124))]
+    assert other != runs[0]
+
+
+def flat_table(key, prefix):
+    return {E: 0.05, A: 0.4, B: 0.3, C: 0.15, D: 0.1}
+
+
+@pytest.mark.parametrize("overrides, allowed", [
+    (dict(top_k=2), {A, B}),
+    (dict(top_p=0.75), {A, B, C}),  # mass before c is 0.7 < 0.75; before d it is 0.85
+    (dict(top_k=3, top_p=0.5), {A, B}),
+])
+def test_top_k_and_top_p_never_leave_the_allowed_set(overrides, allowed):
+    cfg = DecodeConfig(strategy="sample", beam_size=20, nbest=20, max_len=6, seed=7, **overrides)
+    [r] = decode(Scripted(flat_table), cfg)
+    used = {t for h in r.nbest for t in h.tokens}
+    assert used <= allowed and len(used) == len(allowed)
+
+
+# ----------------------------------------------------------------------------- MMI-bidi
+
+
+def test_mmi_rerank_uses_the_backward_model():
+    model, _ = tiny_models(seed=6)
+    backward, _ = tiny_models(seed=7)
+    src = [5, 9, 12]
+    lam = 0.6
+    [plain] = generate(model, [src], DecodeConfig(beam_size=5, nbest=5, max_len=8))
+    [mmi] = generate(model, [src], DecodeConfig(beam_size=5, nbest=5, max_len=8, mmi_lambda=lam), backward=backward)
+    assert sorted(h.tokens for h in mmi.nbest) == sorted(h.tokens for h in plain.nbest)
+    for h in mmi.nbest:
+        back = sequence_logprob(backward, [[t for t in h.tokens if t != EOS_ID]], [src])[0]
+        assert h.score == pytest.approx((1 - lam) * sum(h.logprobs) + lam * back, abs=1e-4)
+    assert [h.score for h in mmi.nbest] == sorted((h.score for h in mmi.nbest), reverse=True)
+    assert mmi.tokens == mmi.nbest[0].tokens
+
+
+def test_missing_models_and_bad_sources_are_clear_errors():
+    model, _ = tiny_models()
+    with pytest.raises(ValueError, match="antilm=0.5 needs a language model"):
+        generate(model, [[5]], DecodeConfig(antilm=0.5))
+    with pytest.raises(ValueError, match="mmi_lambda=0.5 needs a backward model"):
+        generate(model, [[5]], DecodeConfig(mmi_lambda=0.5))
+    with pytest.raises(ValueError, match="source sequence 1 is empty"):
+        generate(model, [[5], []], DecodeConfig())
+    with pytest.raises(ValueError, match="outside 0..59"):
+        generate(model, [[5, 60]], DecodeConfig())
+
+
+# ----------------------------------------------------------------------------- DecodeConfig
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(beam_size=0), r"beam_size=0 is out of range: allowed \[1, 50\]"),
+    (dict(beam_size=51), r"beam_size=51 is out of range"),
+    (dict(beam_size="10"), r"beam_size='10': must be an int"),
+    (dict(beam_size=2.5), r"beam_size=2.5: must be an int"),
+    (dict(beam_size=4, nbest=5), r"nbest=5 is out of range: allowed \[1, beam_size \(= 4\)\]"),
+    (dict(max_len=0), r"max_len=0 is out of range: allowed \[1, 100\]"),
+    (dict(max_len=5, min_len=6), r"min_len=6 is out of range: allowed \[0, max_len \(= 5\)\]"),
+    (dict(antilm=1.5), r"antilm=1.5 is out of range: allowed \[0.0, 1.0\]"),
+    (dict(antilm=float("nan")), r"antilm=nan: must be a finite number"),
+    (dict(n_bonus=-0.1), r"n_bonus=-0.1 is out of range"),
+    (dict(temperature=0), r"temperature=0 is out of range: allowed \(0.0, 5.0\]"),
+    (dict(top_p=0.0), r"top_p=0.0 is out of range"),
+    (dict(top_k=-1), r"top_k=-1 is out of range"),
+    (dict(strategy="nucleus"), r"strategy='nucleus': choose one of"),
+    (dict(length_norm=1), r"length_norm=1: must be True or False"),
+    (dict(seed=1.5), r"seed=1.5: must be an int or None"),
+    (dict(gamma=True), r"gamma=True: must be an int"),
+])
+def test_decode_config_rejects_bad_values(kw, message):
+    with pytest.raises(ValueError, match=message):
+        DecodeConfig(**kw)
+    with pytest.raises(ValueError, match=message):
+        DecodeConfig().with_overrides(**kw)
+
+
+def test_overrides_unknown_keys_and_dependent_bounds():
+    with pytest.raises(ValueError, match=r"unknown decoding setting\(s\) \['beam'\]"):
+        DecodeConfig().with_overrides(beam=3)
+    cfg = DecodeConfig().with_overrides(beam_size=3, max_len=4)  # nbest 5 -> 3, min_len stays 1
+    assert (cfg.beam_size, cfg.nbest, cfg.max_len, cfg.min_len) == (3, 3, 4, 1)
+    assert DecodeConfig(min_len=10).with_overrides(max_len=4).min_len == 4
+    with pytest.raises(ValueError, match="nbest=5"):
+        DecodeConfig().with_overrides(beam_size=3, nbest=5)  # both given: the caller meant it
+
+
+def test_clamped_moves_values_into_range():
+    cfg = DecodeConfig().clamped(beam_size=999, nbest=80.0, temperature=0, top_p=7, max_len=-3, antilm=2)
+    assert (cfg.beam_size, cfg.nbest, cfg.temperature, cfg.top_p, cfg.max_len, cfg.min_len, cfg.antilm) == (
+        50, 50, 0.01, 1.0, 1, 1, 1.0)
+    assert isinstance(DecodeConfig().clamped(beam_size=4.0).beam_size, int)
+    with pytest.raises(ValueError, match="unknown"):
+        DecodeConfig().clamped(nope=1)
+    with pytest.raises(ValueError, match="must be a finite number"):
+        DecodeConfig().clamped(antilm=float("nan"))
+
+
+def test_help_on_every_field():
+    from dataclasses import fields
+
+    assert all(f.metadata["help"] for f in fields(DecodeConfig))
+
+
+# ----------------------------------------------------------------------------- property test
+
+
+@pytest.fixture(scope="module")
+def real_parts():
+    texts = ["hello there", "how are you doing today?", "i am fine thanks", "what about you", "see you later",
+             "the weather is nice", "i like pizza and music", "where do you live?"] * 5
+    tok = train_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    base = dict(vocab_size=tok.vocab_size, emb_dim=16, hidden=16, dropout=0.0)
+    return tok, Seq2Seq(ModelConfig(**base)).eval(), LanguageModel(ModelConfig(kind="lm", **base)).eval(), \
+        Seq2Seq(ModelConfig(kind="backward", **base)).eval()
+
+
+@st.composite
+def decode_configs(draw):
+    beam = draw(st.integers(1, 50))
+    max_len = draw(st.integers(1, 100))
+    return DecodeConfig(
+        strategy=draw(st.sampled_from(["greedy", "beam", "sample"])), beam_size=beam,
+        nbest=draw(st.integers(1, beam)), max_len=max_len, min_len=draw(st.integers(0, max_len)),
+        antilm=draw(st.floats(0, 1)), gamma=draw(st.integers(0, 100)), n_bonus=draw(st.floats(0, 1)),
+        length_norm=draw(st.booleans()), mmi_lambda=draw(st.floats(0, 1)),
+        temperature=draw(st.floats(0.05, 5)), top_k=draw(st.integers(0, 1000)),
+        top_p=draw(st.floats(0.01, 1)), no_repeat_ngram=draw(st.integers(0, 10)),
+        seed=draw(st.none() | st.integers(0, 2**31)),
+    )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200), cfg=decode_configs())
+def test_any_text_and_any_valid_settings_give_a_reply_within_max_len(real_parts, text, cfg):
+    tok, model, lm, backward = real_parts
+    ids = tok.encode(normalize_text(text))[-40:] or [UNK_ID]
+    [r] = generate(model, [ids], cfg, lm=lm, backward=backward, tokenizer=tok)
+    assert isinstance(r.text, str)
+    assert len(r.tokens) <= cfg.max_len
+    assert len(r.nbest) <= cfg.nbest
+    assert all(len(h.tokens) <= cfg.max_len for h in r.nbest)
+    if r.tokens:
+        assert len([t for t in r.tokens if t != EOS_ID]) >= min(cfg.min_len, cfg.max_len)
