@@ -1,0 +1,137 @@
+"""Reply metrics: distinct-n, dull rate, mean length, corpus BLEU. Pure Python, no torch, no gradio.
+
+Every metric works on reply strings. Words are the whitespace-split tokens of :func:`normalize_reply`
+(lower case, punctuation removed, apostrophes kept), so "I don't know." and "i don't know" count the same.
+
+    >>> distinct_n(["i am fine", "i am here"], 1)      # 4 unique words / 6 words
+    0.6666666666666666
+    >>> dull_rate(["I don't know.", "my cat is called tom"])
+    0.5
+    >>> reply_metrics(["i am fine", "i don't know"], latencies=[0.1, 0.3])["dull_rate"]
+    0.5
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+# Replies that end a conversation (Li et al. 2016 list D) plus the usual one-word ones.
+DULL_REPLIES: tuple[str, ...] = (
+    "i don't know",
+    "i don't know what you are talking about",
+    "i don't know what you mean",
+    "you know what i mean",
+    "i know what you mean",
+    "you don't know what you are saying",
+    "you don't know anything",
+    "i have no idea",
+    "i'm not sure",
+    "i'm sorry",
+    "i don't think so",
+    "yes",
+    "no",
+    "ok",
+    "okay",
+    "yeah",
+    "sure",
+)
+
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
+_NOT_WORD = re.compile(r"[^\w\s']+")  # punctuation and symbols (apostrophes stay: "don't")
+_LOOSE_APOSTROPHE = re.compile(r"(?<!\w)'|'(?!\w)")  # quotes around words, not inside them
+_BLEU_TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+
+
+def normalize_reply(text: str) -> str:
+    """Lower case, NFKC, punctuation removed (apostrophes inside words kept), whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES)
+    text = _LOOSE_APOSTROPHE.sub(" ", _NOT_WORD.sub(" ", text))
+    return " ".join(text.split())
+
+
+def words(text: str) -> list[str]:
+    """The words of a reply, as every metric here counts them."""
+    return normalize_reply(text).split()
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(replies: Iterable[str], n: int) -> float:
+    """Unique n-grams / all n-grams, pooled over ``replies`` (Li et al. 2016); 0.0 when there are none."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    grams = [g for r in replies for g in ngrams(words(r), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_length(replies: Sequence[str]) -> float:
+    """Mean reply length in words; 0.0 for no replies."""
+    return sum(len(words(r)) for r in replies) / len(replies) if replies else 0.0
+
+
+def dull_rate(replies: Sequence[str], dull_list: Iterable[str] = DULL_REPLIES) -> float:
+    """Share of ``replies`` equal to a reply of ``dull_list`` after :func:`normalize_reply` on both sides."""
+    if not replies:
+        return 0.0
+    dull = {normalize_reply(d) for d in dull_list}
+    return sum(normalize_reply(r) in dull for r in replies) / len(replies)
+
+
+def bleu(hyps: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Corpus BLEU-``max_n`` in [0, 1] (Papineni et al. 2002) with add-one smoothing of the n > 1 precisions
+    (Lin & Och 2004), so short chit-chat replies do not all score 0.
+
+    ``refs[i]`` is one reference string or a list of references for ``hyps[i]``. Tokens: lower-cased words and
+    punctuation marks. Brevity penalty from the closest reference length.
+    """
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    if not hyps:
+        return 0.0
+    matches, totals = [0] * max_n, [0] * max_n
+    hyp_len = ref_len = 0
+    for hyp, ref in zip(hyps, refs):
+        h = _bleu_tokens(hyp)
+        rs = [_bleu_tokens(r) for r in ([ref] if isinstance(ref, str) else ref)]
+        if not rs:
+            raise ValueError("every hypothesis needs at least one reference")
+        hyp_len += len(h)
+        ref_len += min((len(r) for r in rs), key=lambda n_ref: (abs(n_ref - len(h)), n_ref))
+        for n in range(1, max_n + 1):
+            counts = Counter(ngrams(h, n))
+            best: Counter = Counter()
+            for r in rs:
+                best |= Counter(ngrams(r, n))  # clip by the most any one reference holds
+            matches[n - 1] += sum(min(c, best[g]) for g, c in counts.items())
+            totals[n - 1] += sum(counts.values())
+    if hyp_len == 0 or matches[0] == 0:
+        return 0.0
+    log_p = math.log(matches[0] / totals[0])
+    for n in range(1, max_n):
+        log_p += math.log((matches[n] + 1) / (totals[n] + 1))
+    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return brevity * math.exp(log_p / max_n)
+
+
+def _bleu_tokens(text: str) -> list[str]:
+    return _BLEU_TOKEN.findall(unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES))
+
+
+def reply_metrics(replies: Sequence[str], latencies: Sequence[float] | None = None,
+                  dull_list: Iterable[str] = DULL_REPLIES) -> dict[str, float]:
+    """The per-bot summary of the app's batch compare and of the evaluation table."""
+    out = {
+        "distinct_1": distinct_n(replies, 1),
+        "distinct_2": distinct_n(replies, 2),
+        "mean_words": mean_length(replies),
+        "dull_rate": dull_rate(replies, dull_list),
+    }
+    if latencies is not None:
+        out["mean_latency_s"] = sum(latencies) / len(latencies) if latencies else 0.0
+    return out
