@@ -7,6 +7,7 @@
     chatbot-arena evaluate                                  # the evaluation table of the shipped bots
     chatbot-arena chat --bot antilm                         # talk to a bot in the terminal
     chatbot-arena respond --file prompts.txt --format csv   # one reply per line, every bot
+    chatbot-arena serve                                     # the Gradio app on http://127.0.0.1:7860
     chatbot-arena --help                                    # every subcommand, each with its own --help
 """
 
@@ -49,6 +50,12 @@ Type a message and press Enter; an empty line or Ctrl-D quits.""",
   chatbot-arena respond --file prompts.txt                   # CSV: prompt, bot, reply, score, latency_ms
   chatbot-arena respond --file prompts.txt --bots beam,rl --format json > replies.json
   chatbot-arena respond --file prompts.txt --checkpoint runs/mle/best --beam-size 5""",
+    "serve": """examples:
+  chatbot-arena serve                                        # shipped checkpoints on http://127.0.0.1:7860
+  chatbot-arena serve --host 0.0.0.0 --port 8000             # reachable from the network
+  chatbot-arena serve --checkpoints runs/compare --device cuda
+  chatbot-arena serve --share                                # also a public gradio.live link
+Needs the app extra: pip install -e ".[app]".""",
 }
 
 
@@ -174,6 +181,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"\nwrote {out} and {Path(out).with_suffix('.md')}")
     return 0
 
+# ----------------------------------------------------------------------------- serve (the Gradio app)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from demo_app.app import serve  # imported here: core never imports gradio at import time
+
+    serve(args.checkpoints, host=args.host, port=args.port, device=args.device, share=args.share)
+    return 0
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None,
+                   help="interface to bind (default: $GRADIO_SERVER_NAME or 127.0.0.1; 0.0.0.0 for the network)")
+    p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1")
+    p.add_argument("--checkpoints", default=None,
+                   help="folder with bots.json (default: $CHATBOT_ARENA_CHECKPOINTS or the shipped checkpoints/)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.train import TrainConfig
 
@@ -232,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "json"], default="csv", help="output format (default: csv)")
     add_dataclass_args(p, DecodeConfig, only_given=True)
     p.set_defaults(func=_cmd_respond)
+
+    p = sub.add_parser("serve", help="serve the Gradio app: four bots side by side", epilog=EXAMPLES["serve"],
+                       formatter_class=fmt)
+    add_serve_args(p)
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -40,6 +40,7 @@ def normalize_text(text: str) -> str:
     Case is left alone here: lower-casing lives in the tokenizer's normaliser so that the same rule applies
     at training time and when a user types a prompt.
     """
+    text = text.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates -> "?"
     text = unicodedata.normalize("NFKC", text)
     text = _CONTROL.sub(" ", text)
     return _SPACES.sub(" ", text).strip()

@@ -233,6 +233,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     rank, world = _setup_distributed(device)
     out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_config(data.tokenizer.vocab_size)).to(device)

@@ -1,0 +1,95 @@
+"""The three rewards of Li et al. (2016), "Deep Reinforcement Learning for Dialogue Generation".
+
+Shape legend: N replies scored at once, D dull replies, S source length, T target length, H hidden.
+
+    r1 ease of answering    -(1/|D|) sum_{s in D} (1/N_s) log p_fwd(s | a)       dull answers to `a` are unlikely
+    r2 information flow     -log cos(h_prev, h_a)                                 an agent does not repeat itself
+    r3 semantic coherence   (1/N_a) log p_fwd(a | q) + (1/N_q) log p_bwd(q | a)   `a` answers `q`, `q` predicts `a`
+    r = 0.25 r1 + 0.25 r2 + 0.5 r3
+
+All three are scored by frozen models (the MLE forward model and the backward model), never by the policy being
+trained. Token sequences are lists of ids without <s> / </s>.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import Tensor
+
+from core.batching import collate
+from core.corpora import Conversation
+from core.metrics import DULL_REPLIES, normalize_reply
+from core.model import Seq2Seq
+from core.decoding import NEVER_GENERATED
+from core.tokenizer import EOS_ID, PAD_ID
+
+REWARD_WEIGHTS = (0.25, 0.25, 0.5)
+COS_FLOOR = 1e-3  # cos below this counts as this: r2 is at most -log(1e-3) ~ 6.9
+
+
+def sequence_logprobs(model: Seq2Seq, src: list[list[int]], tgt: list[list[int]], *, mean: bool = False,
+                      min_len: int = 1) -> Tensor:
+    """log p(tgt + </s> | src) per pair, (N,), teacher-forced in one batch; ``mean`` divides by the token count.
+    The distribution is the one the decoders sample from (<pad> <s> <unk> excluded, no </s> before ``min_len``
+    tokens), so a policy gradient on these log-probs cannot push probability into tokens that are never
+    generated. Keeps the autograd graph;
+    wrap in ``torch.no_grad`` to score only."""
+    batch = collate([(s or [PAD_ID], t) for s, t in zip(src, tgt)]).to(next(model.parameters()).device)
+    logits = model(batch.src, batch.src_lens, batch.tgt_in).float()  # (N, T, V)
+    logits[..., list(NEVER_GENERATED)] = float("-inf")  # the decoders never emit these: same distribution
+    logits[:, :min_len, EOS_ID] = float("-inf")  # nor </s> before min_len tokens
+    logp = torch.log_softmax(logits, -1).gather(2, batch.tgt_out.unsqueeze(-1)).squeeze(-1)  # (N, T)
+    mask = batch.tgt_mask  # (N, T)
+    total = torch.where(mask, logp, 0.0).sum(1)  # (N,) padding may be -inf: select, never multiply
+    return total / mask.sum(1) if mean else total
+
+
+def dull_list(train_convs: list[Conversation] | None = None, *, top: int = 10) -> list[str]:
+    """The classic dull replies plus the ``top`` most frequent replies of the training split (normalised)."""
+    replies = list(DULL_REPLIES)
+    if train_convs:
+        counts = Counter(normalize_reply(u) for conv in train_convs for u in conv[1:])
+        replies += [r for r, _ in counts.most_common(top + len(replies)) if r and r not in replies][:top]
+    return replies
+
+
+@torch.no_grad()
+def ease_of_answering(forward: Seq2Seq, replies: list[list[int]], dull: list[list[int]]) -> Tensor:
+    """r1 (N,): minus the mean length-normalised log-likelihood of each dull reply as an answer to each reply."""
+    N, D = len(replies), len(dull)
+    src = [r for r in replies for _ in range(D)]  # (N*D) reply i repeated D times
+    tgt = [d for _ in range(N) for d in dull]
+    lp = sequence_logprobs(forward, src, tgt, mean=True).view(N, D)  # (N, D)
+    return -lp.mean(1)
+
+
+@torch.no_grad()
+def encode_turns(encoder_model: Seq2Seq, turns: list[list[int]]) -> Tensor:
+    """Mean-pooled encoder states of each turn, (N, H)."""
+    batch = collate([(t or [PAD_ID], [PAD_ID]) for t in turns]).to(next(encoder_model.parameters()).device)
+    mem = encoder_model.encode(batch.src, batch.src_lens)
+    mask = mem.mask.unsqueeze(-1).float()  # (N, S, 1)
+    return (mem.outputs * mask).sum(1) / mask.sum(1).clamp(min=1)  # (N, H)
+
+
+@torch.no_grad()
+def information_flow(encoder_model: Seq2Seq, previous: list[list[int]], current: list[list[int]]) -> Tensor:
+    """r2 (N,): -log cos between the encodings of an agent's previous turn and its current one."""
+    h = encode_turns(encoder_model, previous + current)  # (2N, H)
+    cos = torch.cosine_similarity(h[: len(previous)], h[len(previous) :], dim=-1)  # (N,)
+    return -torch.log(cos.clamp(min=COS_FLOOR))
+
+
+@torch.no_grad()
+def semantic_coherence(forward: Seq2Seq, backward: Seq2Seq, queries: list[list[int]], replies: list[list[int]]
+                       ) -> Tensor:
+    """r3 (N,): (1/N_a) log p_fwd(a | q) + (1/N_q) log p_bwd(q | a)."""
+    return (sequence_logprobs(forward, queries, replies, mean=True)
+            + sequence_logprobs(backward, replies, queries, mean=True))
+
+
+def combine(r1: Tensor, r2: Tensor, r3: Tensor, weights: tuple[float, float, float] = REWARD_WEIGHTS) -> Tensor:
+    """The weighted reward of the paper: 0.25 r1 + 0.25 r2 + 0.5 r3."""
+    return weights[0] * r1 + weights[1] * r2 + weights[2] * r3

@@ -1,0 +1,226 @@
+"""RL fine-tuning by self-play (Li et al. 2016): REINFORCE with a baseline on the three dialogue rewards.
+
+    chatbot-arena train-rl --policy runs/mle/best --backward runs/backward/best --out runs/rl
+
+Each step: B opening messages of the training split start B dialogues; the policy (sampling) plays both agents
+for ``turns`` turns; every generated turn gets r = 0.25 r1 + 0.25 r2 + 0.5 r3 (core.rewards, scored by the frozen
+MLE and backward models); the policy moves along (r - baseline) * grad log p(turn | previous turn), plus
+``mle_weight`` times the usual MLE loss on real pairs so that it stays fluent. Validation perplexity is
+watched: the run stops, keeping ``best/``, when it grows more than ``ppl_tolerance`` over the start.
+Running the same command again resumes from ``<out>/last``.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.batching import collate
+from core.checkpoint import (
+    load_checkpoint,
+    load_train_state,
+    load_weights,
+    pack_train_state,
+    resolve,
+    save_checkpoint,
+)
+from core.corpora import opening_messages
+from core.decoding import DecodeConfig, generate
+from core.model import Seq2Seq
+from core.rewards import (
+    combine,
+    dull_list,
+    ease_of_answering,
+    information_flow,
+    semantic_coherence,
+    sequence_logprobs,
+)
+from core.metrics import normalize_reply
+from core.tokenizer import EOS_ID
+from core.train import TrainConfig, append_log, perplexity, pick_device, prepare_data, sequence_nll, truncate_log
+
+RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
+                 "dull_share", "elapsed_s"]
+
+
+@dataclass
+class RLConfig:
+    """Settings of an RL fine-tuning run; saved under ``meta.rl`` in its checkpoints."""
+
+    out: str = field(default="runs/rl", metadata={"help": "run folder (resumes if it has last/)"})
+    policy: str = field(default="runs/mle/best", metadata={"help": "MLE checkpoint to start from"})
+    backward: str = field(default="runs/backward/best", metadata={"help": "backward model p(S|T) for r3"})
+    batch_size: int = field(default=32, metadata={"help": "dialogues (opening messages) per step"})
+    turns: int = field(default=3, metadata={"help": "generated turns per dialogue and step"})
+    max_len: int = field(default=20, metadata={"help": "most tokens in a generated turn"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the self-play"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    mle_weight: float = field(default=1.0, metadata={"help": "weight of the MLE loss on real pairs"})
+    mle_batch_size: int = field(default=32, metadata={"help": "real pairs per step for the MLE term"})
+    baseline_decay: float = field(default=0.95, metadata={"help": "EMA decay of the reward baseline"})
+    dull_top: int = field(default=10, metadata={"help": "most frequent training replies added to the dull list"})
+    clip: float = field(default=1.0, metadata={"help": "gradient clipping by global norm"})
+    steps: int = field(default=400, metadata={"help": "RL steps"})
+    max_minutes: float = field(default=0.0, metadata={"help": "stop (and save) after this many minutes; 0: none"})
+    eval_every: int = field(default=50, metadata={"help": "validation perplexity every N steps"})
+    save_every: int = field(default=10, metadata={"help": "write last/ every N steps"})
+    valid_max_batches: int = field(default=20, metadata={"help": "validation batches (0: all)"})
+    ppl_tolerance: float = field(default=1.25, metadata={"help": "stop when valid ppl > tolerance * start"})
+    seed: int = field(default=0, metadata={"help": "seed of openings and sampling"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if present), cpu or cuda"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: all cores)"})
+
+
+def _strip_eos(tokens: list[int]) -> list[int]:
+    return [t for t in tokens if t != EOS_ID]
+
+
+def self_play(policy: Seq2Seq, openings: list[list[int]], *, turns: int, max_len: int, temperature: float,
+              seed: int) -> list[list[list[int]]]:
+    """Dialogues of 1 + ``turns`` turns: the opening, then the policy answering the previous turn each time.
+    Returns ``dialogues[b][i]`` token lists; all B dialogues advance in one batched sample per turn."""
+    dialogues = [[o] for o in openings]
+    for t in range(turns):
+        cfg = DecodeConfig(strategy="sample", beam_size=1, nbest=1, max_len=max_len, min_len=1,
+                           temperature=temperature, seed=seed * 1000 + t)
+        replies = generate(policy, [d[-1] for d in dialogues], cfg)
+        for d, r in zip(dialogues, replies):
+            d.append(_strip_eos(r.tokens) or [EOS_ID])
+    return dialogues
+
+
+def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward: Seq2Seq,
+                 dull: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Rewards of every generated turn, flattened turn-major: (query, reply, r1, r2, r3, r)."""
+    queries, replies, previous, has_prev = [], [], [], []
+    for d in dialogues:
+        for i in range(1, len(d)):
+            queries.append(d[i - 1])
+            replies.append(d[i])
+            has_prev.append(i >= 2)  # the agent's own previous turn is two turns back
+            previous.append(d[i - 2] if i >= 2 else d[i])
+    r1 = ease_of_answering(forward, replies, dull)
+    r2 = information_flow(forward, previous, replies)
+    mask = torch.tensor(has_prev)
+    # an agent's first turn has no previous turn of its own: give it the batch mean (no push either way)
+    r2 = torch.where(mask, r2, r2[mask].mean() if mask.any() else torch.zeros(()))
+    r3 = semantic_coherence(forward, backward, queries, replies)
+    return {"queries": queries, "replies": replies, "r1": r1, "r2": r2, "r3": r3, "r": combine(r1, r2, r3)}
+
+
+def reinforce_loss(policy: Seq2Seq, queries: list[list[int]], replies: list[list[int]], rewards: torch.Tensor,
+                   baseline: float) -> torch.Tensor:
+    """REINFORCE with a baseline: -sum_i A_i log p(reply_i | query_i) / tokens, with the advantage
+    A = (r - baseline) / std(r) (whitened so the step size does not depend on the reward scale)."""
+    advantage = (rewards - baseline) / (rewards.std() + 1e-6)  # (N,)
+    logp = sequence_logprobs(policy, queries, replies)  # (N,) summed over tokens, with graph
+    n_tok = sum(len(a) + 1 for a in replies)
+    return -(advantage.detach() * logp).sum() / n_tok
+
+
+def train_rl(cfg: RLConfig) -> dict[str, Any]:
+    """Run (or resume) RL fine-tuning; returns a summary with the start and final validation perplexity."""
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    # 1. the frozen MLE model (rewards), the backward model, and the policy initialised from the MLE model
+    forward, tokenizer, fwd_config = load_checkpoint(cfg.policy, device=device)
+    backward, _, _ = load_checkpoint(cfg.backward, device=device)
+    policy = copy.deepcopy(forward)
+    for p in [*forward.parameters(), *backward.parameters()]:
+        p.requires_grad_(False)
+    train_cfg = TrainConfig.from_dict({**fwd_config["meta"]["train"], "out": str(out),
+                                       "tokenizer": str(resolve(cfg.policy) / "tokenizer.json")})
+    data = prepare_data(train_cfg)
+    openings = [ids[-train_cfg.max_src_len:] for ids in tokenizer.encode_batch(opening_messages(data.split.train))]
+    openings = [o for o in openings if o]
+    dull_texts = dull_list(data.split.train, top=cfg.dull_top)
+    dull = [tokenizer.encode(s) for s in dull_texts]
+    dull_set = set(dull_texts)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    info: dict[str, Any] = {"step": 0, "baseline": None, "start_ppl": None, "best_step": 0, "train_seconds": 0.0,
+                            "early_stopped": False}
+    if (resolve(out / "last") / "train_state.json").exists():
+        load_weights(policy, resolve(out / "last") / "model.safetensors")
+        info.update(load_train_state(out / "last", optimizer))
+        truncate_log(out / "log.csv", info["step"], RL_LOG_FIELDS)
+        print(f"resumed from {out / 'last'} at step {info['step']}", flush=True)
+    policy.eval()  # no dropout: the sampled turns and their log-probs come from the same distribution
+    valid = lambda: perplexity(policy, data.valid, device=device, max_batches=cfg.valid_max_batches)  # noqa: E731
+    if info["start_ppl"] is None:
+        info["start_ppl"] = valid()
+    meta = {"train": fwd_config["meta"]["train"], "rl": asdict(cfg), "corpus": fwd_config["meta"].get("corpus"),
+            "n_train_pairs": len(data.train), "parameters": fwd_config["meta"].get("parameters"),
+            "start_valid_ppl": info["start_ppl"], "dull_list": dull_texts}
+    print(f"RL from {cfg.policy}: start valid ppl {info['start_ppl']:.2f}, {len(openings):,} openings, "
+          f"{len(dull)} dull replies", flush=True)
+    t_start, t_base = time.time(), info["train_seconds"]
+    stop = None
+
+    def save(path: str, **extra: Any) -> None:
+        info["train_seconds"] = t_base + time.time() - t_start
+        save_checkpoint(out / path, policy, tokenizer, meta=dict(meta, step=info["step"], **extra),
+                        train_state=pack_train_state(optimizer, info) if path == "last" else None)
+
+    if not (out / "best").exists():
+        save("best", valid_ppl=info["start_ppl"])
+    while stop is None and not info["early_stopped"] and info["step"] < cfg.steps:
+        step = info["step"]
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        # 2. self-play from B openings
+        batch_open = [openings[rng.randrange(len(openings))] for _ in range(cfg.batch_size)]
+        dialogues = self_play(policy, batch_open, turns=cfg.turns, max_len=cfg.max_len,
+                              temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + step)
+        # 3. rewards and the baseline
+        rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=dull)
+        r = rw["r"].to(device)
+        baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
+        info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
+        # 4. REINFORCE on the sampled turns + MLE on real pairs
+        pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline)
+        n_tok = sum(len(a) + 1 for a in rw["replies"])
+        mle_batch = collate([data.train[rng.randrange(len(data.train))] for _ in range(cfg.mle_batch_size)])
+        nll, n_mle = sequence_nll(policy, mle_batch.to(device))
+        mle_loss = nll / n_mle
+        optimizer.zero_grad(set_to_none=True)
+        (pg_loss + cfg.mle_weight * mle_loss).backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), cfg.clip)
+        optimizer.step()
+        info["step"] = step = step + 1
+        # 5. fluency check: validation perplexity; keep best/ = the latest fluent policy
+        valid_ppl = None
+        if step % cfg.eval_every == 0 or step >= cfg.steps:
+            valid_ppl = valid()
+            if valid_ppl > cfg.ppl_tolerance * info["start_ppl"]:
+                stop = f"valid ppl {valid_ppl:.2f} > {cfg.ppl_tolerance} x start {info['start_ppl']:.2f}"
+                info["early_stopped"] = True
+            else:
+                info["best_step"] = step
+                save("best", valid_ppl=valid_ppl)
+        texts = [normalize_reply(tokenizer.decode(a)) for a in rw["replies"]]
+        append_log(out / "log.csv", {
+            "step": step, "reward": round(float(r.mean()), 4), "r1": round(float(rw["r1"].mean()), 4),
+            "r2": round(float(rw["r2"].mean()), 4), "r3": round(float(rw["r3"].mean()), 4),
+            "baseline": round(info["baseline"], 4), "pg_loss": round(float(pg_loss.detach()), 4),
+            "mle_loss": round(float(mle_loss.detach()), 4), "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
+            "reply_len": round(n_tok / len(texts) - 1, 2),
+            "dull_share": round(sum(t in dull_set for t in texts) / len(texts), 3),
+            "elapsed_s": round(t_base + time.time() - t_start, 1)}, RL_LOG_FIELDS)
+        if step >= cfg.steps:
+            stop = f"reached {cfg.steps} steps"
+        elif cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60:
+            stop = f"time limit of {cfg.max_minutes} min"
+        if stop or step % cfg.save_every == 0:
+            save("last")
+    print(f"stopped: {stop}; best step {info['best_step']}", flush=True)
+    return {"step": info["step"], "best_step": info["best_step"], "start_valid_ppl": info["start_ppl"],
+            "train_seconds": info["train_seconds"],
+            "done": bool(info["early_stopped"] or info["step"] >= cfg.steps)}

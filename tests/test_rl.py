@@ -1,0 +1,140 @@
+"""RL: each reward on tiny trained models, the REINFORCE update direction, and a short self-play run + resume."""
+
+import csv
+import random
+
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint
+from core.model import ModelConfig, Seq2Seq
+from core.rewards import (
+    combine,
+    dull_list,
+    ease_of_answering,
+    information_flow,
+    semantic_coherence,
+    sequence_logprobs,
+)
+from core.rl import RLConfig, reinforce_loss, self_play, train_rl
+from core.tokenizer import train_tokenizer
+from core.train import TrainConfig, train
+
+torch.set_num_threads(1)
+
+PAIRS = [
+    ("what is your name", "i don't know"),
+    ("i don't know", "i don't know"),
+    ("do you like football", "yes i love football and basketball"),
+    ("where do you live", "i live in paris with my cat"),
+    ("do you have a cat", "yes a black cat called tom"),
+    ("what do you do for work", "i am a teacher at a school"),
+]
+TINY = dict(emb_dim=32, hidden=32, enc_layers=1, dec_layers=1, dropout=0.0, vocab_size=200, batch_size=16,
+            lr=5e-3, warmup_steps=10, eval_every=100, save_every=100, threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny forward model and backward model trained on a TSV corpus of six repeated exchanges."""
+    root = tmp_path_factory.mktemp("rl")
+    tsv = root / "pairs.tsv"
+    rng = random.Random(0)
+    tsv.write_text("".join(f"{q}\t{a}\n" for q, a in [rng.choice(PAIRS) for _ in range(600)]))
+    common = dict(corpus=str(tsv), corpus_format="tsv", max_steps=300, **TINY)
+    train(TrainConfig(out=str(root / "fwd"), **common))
+    train(TrainConfig(out=str(root / "bwd"), kind="backward", tokenizer=str(root / "fwd/tokenizer.json"), **common))
+    fwd, tok, _ = load_checkpoint(root / "fwd/last")
+    bwd, _, _ = load_checkpoint(root / "bwd/last")
+    return root, fwd, bwd, tok
+
+
+def test_r1_dull_reply_is_harder_to_answer(models):
+    _, fwd, _, tok = models
+    dull = [tok.encode("i don't know")]
+    r1 = ease_of_answering(fwd, [tok.encode("i don't know"), tok.encode("i live in paris with my cat")], dull)
+    assert r1[0] < r1[1]
+
+
+def test_r2_identical_turns_get_the_lowest_information_flow(models):
+    _, fwd, _, tok = models
+    turns = [tok.encode(q) for q, _ in PAIRS[2:]]
+    same = information_flow(fwd, turns, turns)
+    assert torch.allclose(same, torch.zeros(len(turns)), atol=1e-4)
+    others = information_flow(fwd, turns, turns[1:] + turns[:1])
+    assert (others > same + 1e-3).all()
+
+
+def test_r3_coherent_answer_beats_an_unrelated_one(models):
+    _, fwd, bwd, tok = models
+    q = tok.encode("do you like football")
+    r3 = semantic_coherence(fwd, bwd, [q, q], [tok.encode("yes i love football and basketball"),
+                                               tok.encode("i live in paris with my cat")])
+    assert r3[0] > r3[1]
+
+
+def test_combined_reward_uses_the_paper_weights():
+    r = combine(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([4.0]))
+    assert float(r) == pytest.approx(0.25 + 0.5 + 2.0)
+
+
+def test_dull_list_adds_frequent_training_replies():
+    convs = [["hi", "i don't know"], ["hey", "sure thing"], ["yo", "sure thing"], ["a", "sure thing!"]]
+    dull = dull_list(convs, top=1)
+    assert "i don't know" in dull and dull[-1] == "sure thing" and len(dull) == len(set(dull))
+
+
+def test_reinforce_raises_the_probability_of_the_rewarded_reply():
+    vocab_tok = train_tokenizer(["yes no maybe hello world"], kind="word", vocab_size=20)
+    torch.manual_seed(0)
+    policy = Seq2Seq(ModelConfig(vocab_size=vocab_tok.vocab_size, emb_dim=16, hidden=16, enc_layers=1,
+                                 dec_layers=1, dropout=0.0)).eval()
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    query, target = vocab_tok.encode("maybe"), vocab_tok.encode("yes")
+
+    def p_target() -> float:
+        with torch.no_grad():
+            return float(sequence_logprobs(policy, [query], [target]).exp())
+
+    before = p_target()
+    for step in range(15):
+        replies = [d[1] for d in self_play(policy, [query] * 64, turns=1, max_len=3, temperature=1.0, seed=step)]
+        rewards = torch.tensor([1.0 if r == target else 0.0 for r in replies])
+        loss = reinforce_loss(policy, [query] * 64, replies, rewards, float(rewards.mean()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert p_target() > 2 * before, (before, p_target())
+
+
+def test_self_play_run_logs_saves_and_resumes(models):
+    root, _, _, tok = models
+    cfg = RLConfig(out=str(root / "rl"), policy=str(root / "fwd/last"), backward=str(root / "bwd/last"),
+                   batch_size=4, turns=2, max_len=8, steps=4, eval_every=2, save_every=2, valid_max_batches=2,
+                   threads=1, ppl_tolerance=100.0)
+    summary = train_rl(cfg)
+    assert summary["step"] == 4 and summary["best_step"] == 4 and summary["done"]
+    with open(root / "rl/log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(r["reward"] and r["baseline"] and r["pg_loss"] and r["mle_loss"] for r in rows)
+    assert [bool(r["valid_ppl"]) for r in rows] == [False, True, False, True]
+    policy, _, config = load_checkpoint(root / "rl/best")
+    assert config["meta"]["rl"]["turns"] == 2 and "i don't know" in config["meta"]["dull_list"]
+    # a longer run with the same settings resumes at step 4 and only appends
+    cfg.steps = 6
+    assert train_rl(cfg)["step"] == 6
+    with open(root / "rl/log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_self_play_stops_when_fluency_degrades(models):
+    root, _, _, _ = models
+    cfg = RLConfig(out=str(root / "rl-strict"), policy=str(root / "fwd/last"), backward=str(root / "bwd/last"),
+                   batch_size=4, turns=1, max_len=6, steps=50, eval_every=1, save_every=5, valid_max_batches=2,
+                   lr=0.05, mle_weight=0.0, threads=1, ppl_tolerance=1.0001)
+    summary = train_rl(cfg)
+    assert summary["step"] < 50
+    with open(root / "rl-strict/log.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert float(last["valid_ppl"]) > summary["start_valid_ppl"]
