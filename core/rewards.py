@@ -20,9 +20,9 @@ from torch import Tensor
 
 from core.batching import collate
 from core.corpora import Conversation
+from core.decoding import NEVER_GENERATED
 from core.metrics import DULL_REPLIES, normalize_reply
 from core.model import Seq2Seq
-from core.decoding import NEVER_GENERATED
 from core.tokenizer import EOS_ID, PAD_ID
 
 REWARD_WEIGHTS = (0.25, 0.25, 0.5)

@@ -33,6 +33,7 @@ from core.checkpoint import (
 )
 from core.corpora import opening_messages
 from core.decoding import DecodeConfig, generate
+from core.metrics import normalize_reply
 from core.model import Seq2Seq
 from core.rewards import (
     combine,
@@ -42,7 +43,6 @@ from core.rewards import (
     semantic_coherence,
     sequence_logprobs,
 )
-from core.metrics import normalize_reply
 from core.tokenizer import EOS_ID
 from core.train import TrainConfig, append_log, perplexity, pick_device, prepare_data, sequence_nll, truncate_log
 
@@ -210,7 +210,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             "step": step, "reward": round(float(r.mean()), 4), "r1": round(float(rw["r1"].mean()), 4),
             "r2": round(float(rw["r2"].mean()), 4), "r3": round(float(rw["r3"].mean()), 4),
             "baseline": round(info["baseline"], 4), "pg_loss": round(float(pg_loss.detach()), 4),
-            "mle_loss": round(float(mle_loss.detach()), 4), "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
+            "mle_loss": round(float(mle_loss.detach()), 4),
+            "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
             "reply_len": round(n_tok / len(texts) - 1, 2),
             "dull_share": round(sum(t in dull_set for t in texts) / len(texts), 3),
             "elapsed_s": round(t_base + time.time() - t_start, 1)}, RL_LOG_FIELDS)
