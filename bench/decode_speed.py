@@ -26,9 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.bots import load_model, resolve_device  # noqa: E402
+from core.bots import load_model  # noqa: E402
 from core.decoding import DecodeConfig, generate, tile_memory  # noqa: E402
-from core.model import LanguageModel, ModelConfig, Seq2Seq  # noqa: E402
+from core.model import (  # noqa: E402
+    LanguageModel,
+    ModelConfig,
+    Seq2Seq,
+    pick_device,  # noqa: E402
+)
 from core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: E402
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     model, lm, src, desc = build_models(device, args.vocab)
     fixed = dict(max_len=args.steps, min_len=args.steps)
     configs = {

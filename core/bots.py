@@ -27,7 +27,7 @@ import torch
 from core.checkpoint import CheckpointError, load_checkpoint, resolve
 from core.corpora import normalize_text
 from core.decoding import DecodeConfig, Reply, generate
-from core.model import LanguageModel, Seq2Seq
+from core.model import LanguageModel, Seq2Seq, pick_device
 from core.tokenizer import Tokenizer
 
 ENV_DIR = "CHATBOT_ARENA_CHECKPOINTS"
@@ -41,19 +41,12 @@ def default_checkpoint_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints"
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto``: cuda when available, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_model(path: str | Path, device: str | torch.device = "auto") -> tuple[Any, Tokenizer, dict[str, Any]]:
     """(model in eval mode, tokenizer, config.json) of one checkpoint folder: base, RL, LM and backward alike."""
     path = Path(path)
     if not resolve(path).exists():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist")
-    model, tokenizer, config = load_checkpoint(path, device=resolve_device(device))
+    model, tokenizer, config = load_checkpoint(path, device=pick_device(device))
     model.requires_grad_(False)
     return model, tokenizer, config
 
@@ -175,7 +168,7 @@ def load_bots(checkpoint_dir: str | Path | None = None, device: str = "auto") ->
     root = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
     bots_file = root / "bots.json"
     specs = read_bots_json(bots_file)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     loaded: dict[str, tuple[Any, Tokenizer, dict[str, Any]]] = {}
 
     def get(spec: BotSpec, role: str) -> tuple[Any, Tokenizer, dict[str, Any]]:
@@ -220,3 +213,22 @@ def load_bots(checkpoint_dir: str | Path | None = None, device: str = "auto") ->
             raise ValueError(f"{bots_file}: {e}") from e
         bots[spec.name] = bot
     return bots
+
+
+def bot_from_checkpoint(path: str | Path, *, device: str = "auto", lm: str | Path | None = None,
+                        backward: str | Path | None = None, **decoder: Any) -> Bot:
+    """One bot straight from a checkpoint folder (a training run's ``best/`` say), without a bots.json.
+
+    >>> bot_from_checkpoint("runs/mle/best", strategy="greedy").respond("hi").text
+    """
+    path = Path(path)
+    model, tokenizer, config = load_model(path, device)
+    extra = {role: load_model(p, device)[0] for role, p in (("lm", lm), ("backward", backward)) if p}
+    train_cfg = config.get("meta", {}).get("train", {})
+    bot = Bot(name=path.name if path.name not in ("best", "last") else f"{path.parent.name}-{path.name}",
+              label=str(path), description=f"{config['model'].get('kind', 'seq2seq')} checkpoint {path}",
+              defaults=DecodeConfig().with_overrides(**decoder), model=model, tokenizer=tokenizer,
+              lm=extra.get("lm"), backward=extra.get("backward"), checkpoint=path,
+              max_src_len=int(train_cfg.get("max_src_len", DEFAULT_MAX_SRC_LEN)))
+    bot.settings()
+    return bot

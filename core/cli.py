@@ -272,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    from core.checkpoint import CheckpointError
+    from core.corpora import CorpusError
+
+    try:
+        return func(args)
+    except (ValueError, FileNotFoundError, CheckpointError, CorpusError) as e:
+        print(f"chatbot-arena {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def load_split_for(bot: Bot) -> Split:
 
     train_cfg = read_config(bot.checkpoint)["meta"]["train"]
     convs = load_corpus(train_cfg["corpus"], fmt=train_cfg.get("corpus_format"))
-    return split_conversations(convs, seed=train_cfg["split_seed"])
+    return split_conversations(convs, seed=train_cfg.get("split_seed", 1234))
 
 
 def write_report(df: pd.DataFrame, out_csv: str | Path) -> Path:

@@ -15,6 +15,7 @@ step, what :meth:`Seq2Seq.decode_step` computes one token at a time.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -245,3 +246,12 @@ def build_model(cfg: ModelConfig) -> Seq2Seq | LanguageModel:
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present (the local rank's GPU under torchrun), else CPU; or the device named."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)

@@ -34,7 +34,7 @@ from core.checkpoint import (
 from core.corpora import opening_messages
 from core.decoding import DecodeConfig, generate
 from core.metrics import normalize_reply
-from core.model import Seq2Seq
+from core.model import Seq2Seq, pick_device
 from core.rewards import (
     combine,
     dull_list,
@@ -44,7 +44,7 @@ from core.rewards import (
     sequence_logprobs,
 )
 from core.tokenizer import EOS_ID
-from core.train import TrainConfig, append_log, perplexity, pick_device, prepare_data, sequence_nll, truncate_log
+from core.train import TrainConfig, append_log, perplexity, prepare_data, sequence_nll, truncate_log
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
                  "dull_share", "elapsed_s"]

@@ -37,7 +37,7 @@ from core.checkpoint import (
     save_checkpoint,
 )
 from core.corpora import Split, load_corpus, make_pairs, split_conversations
-from core.model import LanguageModel, ModelConfig, Seq2Seq, build_model, count_parameters
+from core.model import LanguageModel, ModelConfig, Seq2Seq, build_model, count_parameters, pick_device
 from core.synthetic import TASKS, task_splits
 from core.tokenizer import PAD_ID, Tokenizer, train_tokenizer
 
@@ -201,15 +201,6 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present (the local rank's GPU under torchrun), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
 
 
 # ----------------------------------------------------------------------------- training loop
