@@ -60,5 +60,9 @@ bench: setup
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/decode_speed.py
 
+## make space: assemble a self-contained Hugging Face Space (code + shipped checkpoints) in dist/space/
+space: setup
+	$(BIN)/python -m demo_app.build_space
+
 clean:
 	rm -rf $(VENV) dist .pytest_cache .ruff_cache

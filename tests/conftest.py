@@ -1,0 +1,133 @@
+"""Shared fixtures: a tiny but complete checkpoint folder, and the app launched on it.
+
+``tiny_checkpoints`` writes what ``checkpoints/`` holds after training, at toy size (random weights, emb = hidden
+= 32), so the app, the API and the Space build run in seconds on CPU:
+
+    bots.json                four bots (the shipped registry; the anti-LM bot also gets the backward model)
+    mle/ rl/ backward/       Seq2Seq checkpoints (different seeds); mle/ also has train_log.csv and MODEL_CARD.md
+    lm/                      LanguageModel checkpoint for anti-LM
+    report.csv               evaluation metrics per bot (made-up numbers, real format)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from tests
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "checkpoints"
+TRAIN_LOG = """step,epoch,loss,valid_ppl,lr,grad_norm,tokens_per_s,elapsed_s
+50,0,7.66,,0.00025,15.2,2263,22.2
+100,0,7.21,,0.0005,5.18,2501,44.4
+150,0,6.90,210.5,0.00075,3.67,2387,63.3
+200,1,6.68,,0.001,2.85,2155,89.6
+250,1,6.41,151.2,0.001,2.50,2200,110.0
+"""
+REPORT = """bot,test_ppl,distinct_1,distinct_2,mean_words,dull_rate,bleu,dialogue_turns,latency_s
+greedy,88.1,0.031,0.102,6.1,0.21,0.012,2.4,0.011
+beam,88.1,0.027,0.088,5.2,0.34,0.014,2.1,0.052
+antilm,88.1,0.052,0.181,6.8,0.12,0.011,2.9,0.061
+rl,95.3,0.049,0.170,7.9,0.08,0.010,3.6,0.050
+"""
+
+
+def pytest_configure(config):
+    # gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix
+    config.addinivalue_line("filterwarnings", "ignore:.*no_silent_downcasting.*")
+    config.addinivalue_line("filterwarnings", "ignore:The copy keyword is deprecated")
+
+
+def write_tiny_checkpoints(root: Path) -> Path:
+    """Write the tiny checkpoint folder described in the module docstring into ``root``; return ``root``."""
+    import torch
+
+    from core.checkpoint import save_checkpoint
+    from core.corpora import load_corpus
+    from core.model import LanguageModel, ModelConfig, Seq2Seq
+    from core.tokenizer import train_tokenizer
+
+    utterances = [u for conv in load_corpus("chitchat")[:60] for u in conv][:200]
+    tok = train_tokenizer(utterances, vocab_size=300)
+    base = dict(vocab_size=tok.vocab_size, emb_dim=32, hidden=32, enc_layers=1, dec_layers=1, dropout=0.0)
+    meta = {"corpus": "chitchat", "step": 250, "valid_ppl": 151.2,
+            "train": {"corpus": "chitchat", "max_src_len": 20, "batch_size": 8, "lr": 0.001}}
+    folders = [("mle", "seq2seq"), ("backward", "backward"), ("rl", "seq2seq"), ("lm", "lm")]
+    for seed, (name, kind) in enumerate(folders):
+        torch.manual_seed(seed)
+        cfg = ModelConfig(kind=kind, **base)
+        model = LanguageModel(cfg) if kind == "lm" else Seq2Seq(cfg)
+        extra = {"train_log.csv": TRAIN_LOG, "MODEL_CARD.md": "# mle\n\nA *tiny* random model for tests.\n"}
+        n_params = sum(p.numel() for p in model.parameters())
+        save_checkpoint(root / name, model, tok, meta={**meta, "parameters": n_params},
+                        extra_files=extra if name == "mle" else None)
+    registry = json.loads((SHIPPED / "bots.json").read_text(encoding="utf-8"))
+    for bot in registry["bots"]:
+        if bot["name"] == "antilm":
+            bot["backward"] = "backward"  # so the MMI-bidi slider has a bot to act on
+    (root / "bots.json").write_text(json.dumps(registry, indent=2), encoding="utf-8")
+    (root / "report.csv").write_text(REPORT, encoding="utf-8")
+    return root
+
+
+def shipped_checkpoints_complete(root: Path = SHIPPED) -> bool:
+    """True when every folder bots.json names has its weights (i.e. the trained checkpoints are shipped)."""
+    try:
+        bots = json.loads((root / "bots.json").read_text(encoding="utf-8"))["bots"]
+    except (OSError, ValueError, KeyError):
+        return False
+    folders = {b[k] for b in bots for k in ("checkpoint", "lm", "backward") if b.get(k)}
+    return all((root / f / "model.safetensors").exists() for f in folders)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> Path:
+    """A complete checkpoint folder with toy models (see the module docstring)."""
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def app_checkpoints(tiny_checkpoints) -> Path:
+    """The shipped checkpoints when they are all there (real replies), else the tiny ones."""
+    return SHIPPED if shipped_checkpoints_complete() else tiny_checkpoints
+
+
+@pytest.fixture(scope="session", name="free_port")
+def free_port_fixture():
+    """A function returning a free localhost port."""
+    return free_port
+
+
+@pytest.fixture(scope="session")
+def tiny_bots(tiny_checkpoints):
+    import torch
+
+    from core.bots import load_bots
+
+    torch.set_num_threads(1)  # a training run may share this machine
+    return load_bots(tiny_checkpoints, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def launched_app(tiny_bots, tiny_checkpoints):
+    """The app on the tiny bots, serving on a free localhost port; yields its URL."""
+    from demo_app.app import build_app, launch
+
+    demo = build_app(tiny_bots, checkpoint_dir=tiny_checkpoints)
+    launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()

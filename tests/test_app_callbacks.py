@@ -1,0 +1,286 @@
+"""The app's callbacks called directly (no server, no browser), on the tiny checkpoints of conftest.py."""
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from demo_app import callbacks as cb
+from demo_app.model_info import checkpoint_infos, read_report, training_curves
+
+NAMES = ["greedy", "beam", "antilm", "rl"]
+
+
+@pytest.fixture(scope="module")
+def defaults(tiny_bots):
+    return cb.default_settings(tiny_bots)
+
+
+def run_chat(bots, message, histories=None, **values):
+    return list(cb.chat(bots, message, histories or [[] for _ in bots], values))
+
+
+# ----------------------------------------------------------------------------- controls
+
+
+def test_controls_start_at_the_registry_values(tiny_bots, defaults):
+    assert defaults["beam_size"] == 10  # bots.json: beam K=10
+    assert (defaults["antilm"], defaults["gamma"]) == (0.5, 5)  # the anti-LM bot's settings
+    assert defaults["max_len"] == tiny_bots["beam"].defaults.max_len
+    assert defaults["sample"] is False and defaults["n_bonus"] == 0.0
+    assert set(defaults) == set(cb.CONTROL_NAMES)
+
+
+def test_each_control_acts_only_on_the_bots_it_fits(tiny_bots):
+    fits = {name: [b for b in NAMES if cb.applies_to(tiny_bots[b], name)] for name in cb.CONTROL_NAMES}
+    assert fits["beam_size"] == ["beam", "antilm", "rl"]  # greedy has no beam
+    assert fits["antilm"] == fits["gamma"] == ["antilm"]  # the only bot with a language model
+    assert fits["mmi_lambda"] == ["antilm"]  # the only bot with a backward model (conftest)
+    assert fits["n_bonus"] == fits["max_len"] == NAMES
+
+
+def test_overrides_for_each_bot(tiny_bots, defaults):
+    settings = {**defaults, "beam_size": 4, "antilm": 0.2, "temperature": 0.7}
+    assert "beam_size" not in cb.overrides_for(tiny_bots["greedy"], settings)
+    beam = cb.overrides_for(tiny_bots["beam"], settings)
+    assert beam["beam_size"] == 4 and "antilm" not in beam and "temperature" not in beam  # not sampling
+    assert cb.overrides_for(tiny_bots["antilm"], settings)["antilm"] == 0.2
+    sampled = cb.overrides_for(tiny_bots["rl"], {**settings, "sample": True})
+    assert sampled["strategy"] == "sample" and sampled["temperature"] == 0.7
+    assert "strategy" not in cb.overrides_for(tiny_bots["greedy"], {**settings, "sample": True})
+
+
+@pytest.mark.parametrize("given, used, note", [
+    ({"beam_size": 35}, {"beam_size": 20}, "outside 1..20"),
+    ({"beam_size": -3}, {"beam_size": 1}, "outside 1..20"),
+    ({"antilm": 7.5}, {"antilm": 1.0}, "outside 0..1"),
+    ({"beam_size": 2.6}, {"beam_size": 3}, "rounded to 3"),
+    ({"beam_size": "many"}, {"beam_size": 10}, "not a number"),
+    ({"n_bonus": float("nan")}, {"n_bonus": 0.0}, "not a number"),
+    ({"max_len": None}, {"max_len": 30}, "not a number"),
+    ({"sample": "yes"}, {"sample": False}, "not true/false"),
+    ({"top_p": 0.0}, {"top_p": 0.05}, "outside 0.05..1"),
+])
+def test_resolve_settings_clamps_and_explains(defaults, given, used, note):
+    settings, notes = cb.resolve_settings(given, defaults)
+    for k, v in used.items():
+        assert settings[k] == v
+    assert any(note in n for n in notes), notes
+
+
+def test_resolve_settings_keeps_good_values_silently(defaults):
+    settings, notes = cb.resolve_settings({**defaults, "beam_size": 5.0}, defaults)
+    assert settings["beam_size"] == 5 and isinstance(settings["beam_size"], int) and notes == []
+
+
+# ----------------------------------------------------------------------------- chat, re-run, clear
+
+
+def test_chat_streams_each_reply_as_it_arrives(tiny_bots):
+    turns = run_chat(tiny_bots, "hello there, how are you?")
+    assert len(turns) == 1 + len(NAMES)  # the user message, then one update per finished bot
+    first, last = turns[0], turns[-1]
+    assert all(h[-1]["content"] == cb.PENDING for h in first.histories)
+    assert [len(t.details["bots"]) for t in turns] == [0, 1, 2, 3, 4]
+    assert last.message == "" and last.last_prompt == "hello there, how are you?"
+    assert "All 4 replies" in last.status
+    for name, h in zip(NAMES, last.histories):
+        assert [m["role"] for m in h] == ["user", "assistant"]
+        assert "score" in h[1]["content"] and " ms" in h[1]["content"]
+        record = last.details["bots"][name]
+        assert record["text"].strip() and record["tokens"]
+        assert len(record["attention"]) == len(record["tokens"]) == len(record["logprobs"])
+    assert last.details["bots"]["greedy"]["settings"]["strategy"] == "greedy"
+    assert len(last.nbest[1]) == 5 and list(last.nbest[1].columns) == cb.NBEST_COLUMNS
+    assert len(last.outputs()) == 2 + 2 * len(NAMES) + 2
+
+
+def test_sliders_change_the_settings_of_the_bots_they_fit(tiny_bots):
+    last = run_chat(tiny_bots, "what do you do for fun?", beam_size=3, antilm=0.0, n_bonus=0.25, max_len=12)[-1]
+    s = {name: r["settings"] for name, r in last.details["bots"].items()}
+    assert s["beam"]["beam_size"] == s["rl"]["beam_size"] == s["antilm"]["beam_size"] == 3
+    assert s["antilm"]["antilm"] == 0.0 and s["greedy"]["strategy"] == "greedy"
+    assert all(v["n_bonus"] == 0.25 and v["max_len"] == 12 for v in s.values())
+    assert "beam K=3" in last.histories[1][-1]["content"]
+
+
+def test_sampling_and_mmi_controls(tiny_bots):
+    last = run_chat(tiny_bots, "do you have any pets?", sample=True, temperature=0.8, top_k=20,
+                    mmi_lambda=0.5)[-1]
+    s = {name: r["settings"] for name, r in last.details["bots"].items()}
+    assert s["beam"]["strategy"] == "sample" and s["beam"]["top_k"] == 20
+    assert s["greedy"]["strategy"] == "greedy"
+    assert s["antilm"]["mmi_lambda"] == 0.5 and s["beam"]["mmi_lambda"] == 0.0
+
+
+@pytest.mark.parametrize("message", ["", "   \n\t ", "\x00\x01\x1b", None, 42])
+def test_empty_messages_get_a_clear_message_and_change_nothing(tiny_bots, message):
+    history = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] for _ in NAMES]
+    [turn] = run_chat(tiny_bots, message, history)
+    assert "Type a message first" in turn.status
+    assert turn.histories == history and turn.details == {}
+
+
+def test_markup_is_escaped_and_never_reaches_the_page_as_html(tiny_bots):
+    evil = '<script>alert(1)</script><img src=x onerror="alert(2)"> **bold** & co'
+    last = run_chat(tiny_bots, evil)[-1]
+    shown = last.histories[0][0]["content"]
+    assert "<script" not in shown and "<img" not in shown
+    assert "&lt;script&gt;" in shown and "&amp; co" in shown
+    assert last.details["prompt"] == evil  # the bots got the text as typed
+    for h in last.histories:
+        reply = h[-1]["content"]
+        text = reply.split('<br><small class="reply-meta">')[0]
+        assert "<" not in text.replace("<br>", "").replace("<em>", "").replace("</em>", "")
+
+
+def test_huge_emoji_and_control_character_messages_are_answered(tiny_bots):
+    huge = ("word " * 20_000)[:100_000]
+    last = run_chat(tiny_bots, huge)[-1]
+    assert len(last.details["bots"]) == 4 and all("text" in r for r in last.details["bots"].values())
+    assert "Long message (100,000 characters)" in last.status
+    assert len(last.histories[0][0]["content"]) < 1200  # shown by its tail
+    for message in ["hello 😀🎉 how are you? 👍🏽", "hi\x00 there\x07\x1b[31m red", "ﬁne \u202e\u200b"]:
+        records = run_chat(tiny_bots, message)[-1].details["bots"]
+        assert all("error" not in r for r in records.values()), records
+
+
+def test_a_failing_bot_does_not_stop_the_others(tiny_bots):
+    broken = dataclasses.replace(tiny_bots["rl"])
+
+    def explode(prompt, **overrides):
+        raise RuntimeError("weights on fire")
+
+    broken.respond = explode
+    bots = {**tiny_bots, "rl": broken}
+    last = run_chat(bots, "hello")[-1]
+    assert "weights on fire" in last.details["bots"]["rl"]["error"]
+    assert "weights on fire" in last.histories[3][-1]["content"]
+    assert all("text" in last.details["bots"][n] for n in ["greedy", "beam", "antilm"])
+
+
+def test_rerun_replaces_the_last_replies_with_new_settings(tiny_bots):
+    first = run_chat(tiny_bots, "where are you from?", beam_size=10)[-1]
+    as_gradio_gives_them = [[{**m, "content": [{"type": "text", "text": m["content"]}]} for m in h]
+                            for h in first.histories]  # Gradio 6 hands contents back as lists of parts
+    turns = list(cb.rerun(tiny_bots, first.last_prompt, as_gradio_gives_them, {"beam_size": 2}))
+    last = turns[-1]
+    assert [len(h) for h in last.histories] == [2, 2, 2, 2]
+    assert last.details["bots"]["beam"]["settings"]["beam_size"] == 2
+    assert cb.message_text(last.histories[0][0]) == cb.message_text(first.histories[0][0])
+    assert last.last_prompt == "where are you from?"
+
+
+def test_rerun_without_a_message_explains(tiny_bots):
+    [turn] = cb.rerun(tiny_bots, None, None, {})
+    assert "Nothing to re-run" in turn.status and turn.histories == [[], [], [], []]
+
+
+def test_clear_empties_everything(tiny_bots):
+    turn = cb.clear(tiny_bots)
+    assert turn.histories == [[], [], [], []] and turn.last_prompt is None and turn.details == {}
+
+
+def test_settings_tag():
+    base = dict(strategy="beam", beam_size=10, temperature=1.0, top_k=0, top_p=1.0, antilm=0.5, gamma=5,
+                n_bonus=0.0, mmi_lambda=0.0, no_repeat_ngram=0, max_len=30)
+    assert cb.settings_tag(base) == "beam K=10 · anti-LM 0.5 (gamma 5) · max 30"
+    assert cb.settings_tag({**base, "strategy": "greedy", "antilm": 0}) == "greedy · max 30"
+    tag = cb.settings_tag({**base, "strategy": "sample", "antilm": 0, "n_bonus": 0.2, "mmi_lambda": 0.3})
+    assert tag == "sample x10 T=1 top-k=0 top-p=1 · bonus 0.2 · MMI 0.3 · max 30"
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def test_attention_view_of_a_reply(tiny_bots):
+    details = run_chat(tiny_bots, "i like pizza and music")[-1].details
+    details = json.loads(json.dumps(details))  # what comes back from the browser's JSON component
+    view = cb.attention_view(details, "antilm")
+    record = details["bots"]["antilm"]
+    ax = view.figure.axes[0]
+    assert ax.images[0].get_array().shape == (len(record["tokens"]), len(record["source_tokens"]))
+    assert [t for t, _ in view.tokens] == record["token_strs"]
+    assert all(0.0 <= p <= 1.0 for _, p in view.tokens)
+    assert "Beam + anti-LM" in view.caption
+
+
+def test_attention_view_without_a_reply():
+    assert cb.attention_view(None, "beam").figure is None
+    assert "Side by side" in cb.attention_view({}, "beam").caption
+    view = cb.attention_view({"bots": {"beam": {"error": "<b>bad</b>"}}}, "beam")
+    assert view.figure is None and "&lt;b&gt;" in view.caption
+
+
+# ----------------------------------------------------------------------------- batch compare
+
+
+def test_batch_compare_table_metrics_and_csv(tiny_bots, tmp_path):
+    upload = tmp_path / "prompts.txt"
+    upload.write_bytes(b"where do you live?\n\n\xff\xfe bad bytes\nsee you later\n")
+    result = cb.batch_compare(tiny_bots, "hello there\n   \nhow are you?", upload, out_dir=tmp_path / "out")
+    labels = [b.label for b in tiny_bots.values()]
+    assert list(result.replies.columns) == ["prompt", *labels]
+    assert len(result.replies) == 5  # blank lines skipped, undecodable bytes replaced
+    assert list(result.metrics["bot"]) == labels
+    for col in cb.METRIC_COLUMNS.values():
+        assert pd.api.types.is_numeric_dtype(result.metrics[col])
+    assert result.metrics["distinct-1"].between(0, 1).all()
+    replies_csv, metrics_csv = result.files
+    assert pd.read_csv(replies_csv).shape == (5, 5)
+    assert pd.read_csv(metrics_csv)["bot"].tolist() == labels
+    assert "5 prompts x 4 bots" in result.status
+
+
+def test_batch_compare_limits_and_empty_input(tiny_bots):
+    empty = cb.batch_compare(tiny_bots, "  \n\n", None)
+    assert "Paste prompts" in empty.status and empty.files == [] and empty.replies.empty
+    capped = cb.batch_compare(tiny_bots, "\n".join(f"prompt {i}" for i in range(7)), None, max_prompts=3)
+    assert len(capped.replies) == 3 and "first 3 of 7" in capped.status
+
+
+def test_metric_plot():
+    metrics = pd.DataFrame({"bot": ["Greedy", "Beam"], "dull rate": [0.5, 0.25]})
+    plot = cb.metric_plot(metrics, "dull rate")
+    assert plot.to_dict("list") == {"bot": ["Greedy", "Beam"], "value": [0.5, 0.25]}
+    assert cb.metric_plot(None, "dull rate").empty and cb.metric_plot(metrics, "nope").empty
+
+
+# ----------------------------------------------------------------------------- models tab
+
+
+def test_checkpoint_infos_cover_every_folder_bots_json_names(tiny_checkpoints):
+    infos = {i.name: i for i in checkpoint_infos(tiny_checkpoints)}
+    assert list(infos) == ["mle", "lm", "backward", "rl"]
+    mle = infos["mle"]
+    assert "Greedy (model)" in mle.used_by and "Beam + anti-LM (model)" in mle.used_by
+    assert infos["lm"].used_by == ["Beam + anti-LM (anti-LM language model)"]
+    assert "chitchat" in mle.summary and "parameters" in mle.summary and "MB" in mle.summary
+    assert set(mle.loss_curve.columns) == {"step", "series", "value"}
+    assert mle.ppl_curve["valid_ppl"].tolist() == [210.5, 151.2]  # rows without validation dropped
+    assert mle.card.startswith("# mle") and mle.config["model"]["hidden"] == 32
+    assert infos["rl"].loss_curve is None and "no train_log.csv" in infos["rl"].problems[0]
+    assert list(read_report(tiny_checkpoints)["bot"]) == NAMES
+
+
+def test_models_tab_copes_with_missing_and_broken_files(tiny_checkpoints, tmp_path):
+    (tmp_path / "bots.json").write_text((tiny_checkpoints / "bots.json").read_text())
+    (tmp_path / "mle").mkdir()
+    (tmp_path / "mle" / "config.json").write_text("{not json")
+    (tmp_path / "mle" / "train_log.csv").write_text("epoch,loss\n0,1.0\n")  # no step column
+    infos = {i.name: i for i in checkpoint_infos(tmp_path)}
+    assert infos["mle"].config is None and any("not valid JSON" in p for p in infos["mle"].problems)
+    assert infos["mle"].loss_curve is None
+    assert infos["rl"].config is None and "config.json missing" in infos["rl"].summary
+    assert read_report(tmp_path) is None
+    assert training_curves(tmp_path / "nope.csv") == (None, None)
+
+
+def test_rl_logs_plot_their_own_columns(tmp_path):
+    log = tmp_path / "train_log.csv"
+    log.write_text("step,reward,pg_loss,mle_loss,valid_ppl\n10,0.1,2.0,3.0,\n20,0.3,1.5,2.9,80.5\n")
+    loss, ppl = training_curves(log)
+    assert sorted(set(loss["series"])) == ["mle_loss", "pg_loss", "reward"]
+    assert ppl["valid_ppl"].tolist() == [80.5]
+    assert not loss["value"].isna().any()

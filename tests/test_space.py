@@ -1,0 +1,119 @@
+"""The Hugging Face Space: its front matter, the build script, and the assembled folder served from a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import gradio
+import pytest
+import yaml
+
+from demo_app.build_space import MARKER, build_space
+
+REPO = Path(__file__).resolve().parent.parent
+SPACES = REPO / "spaces"
+
+
+def front_matter(readme: Path) -> dict:
+    match = re.match(r"---\n(.*?)\n---\n", readme.read_text(encoding="utf-8"), re.S)
+    assert match, "README.md must start with a --- front matter block ---"
+    return yaml.safe_load(match.group(1))
+
+
+def test_front_matter_is_what_spaces_expects():
+    meta = front_matter(SPACES / "README.md")
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    assert meta["sdk_version"] == gradio.__version__  # the version the tests ran against
+    assert meta["python_version"] == "3.11" and isinstance(meta["python_version"], str)
+    assert meta["suggested_hardware"] == "cpu-basic" and meta["license"] == "mit"
+    assert meta["title"] and meta["emoji"] and meta["colorFrom"] and meta["colorTo"]
+    assert len(meta.get("short_description", "")) <= 60
+
+
+def test_requirements_cover_the_runtime_dependencies_with_cpu_torch():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+    lines = [ln.strip() for ln in (SPACES / "requirements.txt").read_text().splitlines()]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    names = {re.split(r"[<>=!~ ]", ln)[0].lower() for ln in lines if ln and not ln.startswith(("#", "-"))}
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    needed = {re.split(r"[<>=!~ \[]", d)[0].lower() for d in deps} - {"chitchat-dataset"}  # training only
+    assert needed | {"matplotlib"} <= names
+    assert "gradio" not in names  # Spaces install the sdk_version; a second pin could disagree
+
+
+def test_build_copies_code_and_checkpoints_only(tiny_checkpoints, tmp_path):
+    (tiny_checkpoints / "mle" / "train_state.json").write_text("{}")  # optimizer state is not shipped
+    out = build_space(tiny_checkpoints, tmp_path / "space")
+    for rel in ("app.py", "README.md", "requirements.txt", "core/bots.py", "demo_app/app.py", MARKER,
+                "checkpoints/bots.json", "checkpoints/report.csv", "checkpoints/mle/model.safetensors",
+                "checkpoints/mle/train_log.csv", "checkpoints/lm/tokenizer.json", "checkpoints/backward/config.json"):
+        assert (out / rel).is_file(), rel
+    assert not list(out.rglob("__pycache__")) and not list(out.rglob("train_state*"))
+    build_space(tiny_checkpoints, out)  # a rebuild replaces its own folder
+
+
+def test_build_refuses_bad_inputs(tiny_checkpoints, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not made by build_space"):
+        build_space(tiny_checkpoints, foreign)
+    assert (foreign / "keep.txt").exists()
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "bots.json").write_text((tiny_checkpoints / "bots.json").read_text())
+    with pytest.raises(FileNotFoundError, match="mle/model.safetensors"):
+        build_space(tmp_path / "ck", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_the_assembled_space_serves_replies_from_a_clean_directory(app_checkpoints, tmp_path, free_port):
+    from gradio_client import Client
+
+    space = build_space(app_checkpoints, tmp_path / "space")
+    workdir = tmp_path / "elsewhere"  # nothing to import from here, and not the repository
+    workdir.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CHATBOT_ARENA_CHECKPOINTS")}
+    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+               OMP_NUM_THREADS="1")
+    log = tmp_path / "space.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(space / "app.py")], cwd=workdir, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_for(url, proc, log)
+        assert f"code from {space}" in log.read_text()  # not the repository's core/
+        client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
+        out = client.predict(message="hello, how are you?", beam_size=4, api_name="/chat")
+        details = out[9]
+        assert list(details["bots"]) == ["greedy", "beam", "antilm", "rl"]
+        assert all(r["text"].strip() for r in details["bots"].values())
+        assert details["bots"]["beam"]["settings"]["beam_size"] == 4
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the Space exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the Space did not answer on {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
