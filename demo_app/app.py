@@ -57,7 +57,7 @@ def build_app(bots: Mapping[str, Bot], *, checkpoint_dir: str | Path | None = No
             with gr.Tab("Attention", id="attention") as attention_tab:
                 attn_ui = _attention_tab(bots)
             with gr.Tab("Batch compare", id="batch"):
-                batch_ui = _batch_tab()
+                batch_ui = _batch_tab([b.label for b in bots.values()])
             with gr.Tab("Models", id="models"):
                 _models_tab(checkpoint_dir)
 
@@ -70,12 +70,12 @@ def build_app(bots: Mapping[str, Bot], *, checkpoint_dir: str | Path | None = No
         def on_chat(message, *rest):
             histories, values = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:]))
             for turn in cb.chat(bots, message, histories, values, workers=workers):
-                yield turn.outputs()
+                yield _outputs(turn)
 
         def on_rerun(last_prompt, *rest):
             histories, values = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:]))
             for turn in cb.rerun(bots, last_prompt, histories, values, workers=workers):
-                yield turn.outputs()
+                yield _outputs(turn)
 
         histories = [f"{name}_history" for name in bots]
         _name_params(on_chat, ["message", *histories, *cb.CONTROL_NAMES])
@@ -111,6 +111,10 @@ def build_app(bots: Mapping[str, Bot], *, checkpoint_dir: str | Path | None = No
     return demo
 
 
+def _outputs(turn: cb.Turn) -> tuple:
+    return tuple(gr.skip() if v is cb.KEEP else v for v in turn.outputs())
+
+
 def _name_params(fn, names: list[str]) -> None:
     """Give a ``*args`` callback named parameters, so the API lists them: ``predict(message=..., beam_size=3)``."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -139,14 +143,18 @@ def _side_by_side(bots: Mapping[str, Bot]) -> dict:
                                                     elem_id=f"nbest-{bot.name}", show_label=False))
     ui["status"] = gr.Markdown(elem_id="status")
     defaults = cb.default_settings(bots)
-    basic = [c for c in cb.CONTROLS if not c.advanced]
-    with gr.Row():
-        widgets = {c.name: _control(c, bots, defaults[c.name]) for c in basic}
-    with gr.Accordion("Advanced", open=False):
+    widgets = {}
+
+    def controls_row(group: str) -> None:
         with gr.Row():
             for c in cb.CONTROLS:
-                if c.advanced:
+                if c.group == group:
                     widgets[c.name] = _control(c, bots, defaults[c.name])
+
+    controls_row("main")
+    with gr.Accordion("Advanced", open=False):
+        controls_row("search")
+        controls_row("sampling")
     ui["controls"] = [widgets[name] for name in cb.CONTROL_NAMES]  # the order the callbacks unpack
     gr.Markdown("Move a slider, then **Re-run** to answer the last message again. A slider acts on the bots "
                 "it fits (listed under it).")
@@ -179,7 +187,7 @@ def _attention_tab(bots: Mapping[str, Bot]) -> dict:
     return ui
 
 
-def _batch_tab() -> dict:
+def _batch_tab(labels: list[str]) -> dict:
     ui = {}
     gr.Markdown(f"Every bot answers every prompt with its bots.json settings (one batched search per bot; at "
                 f"most {cb.MAX_BATCH_PROMPTS} prompts). Metrics: distinct-1/2 = unique / all word n-grams pooled "
@@ -198,7 +206,8 @@ def _batch_tab() -> dict:
         with gr.Column(scale=2):
             metric_names = list(cb.METRIC_COLUMNS.values())
             ui["metric"] = gr.Dropdown(metric_names, value="distinct-2", label="Plot")
-            ui["plot"] = gr.BarPlot(x="bot", y="value", label="Metric per bot", height=260)
+            ui["plot"] = gr.BarPlot(x="bot", y="value", label="Metric per bot", height=280, sort=labels,
+                                    x_label_angle=-20, x_title="", y_lim=[0, None])
     ui["files"] = gr.File(label="CSV downloads", file_count="multiple", interactive=False)
     return ui
 

@@ -39,13 +39,15 @@ WORKERS = 2  # bots answering at once within one request (the Space has 2 vCPUs)
 MAX_SHOWN_CHARS = 1000  # a longer message is shown by its tail (the part the bots read)
 MAX_BATCH_PROMPTS = 100
 PENDING = "…"
+KEEP = type("Keep", (), {"__repr__": lambda self: "KEEP"})()  # an output to leave as it is (gr.skip() in the app)
 
 # ----------------------------------------------------------------------------- controls
 
 
 @dataclass(frozen=True)
 class Control:
-    """One decoder control of the side-by-side tab. ``name`` is a DecodeConfig field, or ``sample``."""
+    """One decoder control of the side-by-side tab. ``name`` is a DecodeConfig field, or ``sample``;
+    ``group``: ``main`` (always shown), ``search`` or ``sampling`` (under "Advanced")."""
 
     name: str
     label: str
@@ -54,7 +56,7 @@ class Control:
     maximum: float = 1
     step: float = 0.05
     integer: bool = False
-    advanced: bool = False
+    group: str = "main"
     checkbox: bool = False
 
 
@@ -63,16 +65,17 @@ CONTROLS: tuple[Control, ...] = (
     Control("antilm", "Anti-LM weight", "subtract weight x log p_LM(token) from the first gamma tokens"),
     Control("n_bonus", "Length bonus", "score added per generated token"),
     Control("gamma", "Anti-LM span gamma", "how many first tokens the anti-LM penalises", 0, 20, 1,
-            integer=True, advanced=True),
-    Control("max_len", "Max reply length", "tokens", 1, 100, 1, integer=True, advanced=True),
+            integer=True, group="search"),
+    Control("max_len", "Max reply length", "tokens", 1, 100, 1, integer=True, group="search"),
     Control("mmi_lambda", "MMI-bidi weight", "rerank the n-best by (1 - w) log p(T|S) + w log p(S|T)",
-            advanced=True),
+            group="search"),
     Control("no_repeat_ngram", "No-repeat n-gram", "never repeat an n-gram of this size (0: off)", 0, 4, 1,
-            integer=True, advanced=True),
-    Control("sample", "Sample instead of beam search", "K samples, best score wins", advanced=True, checkbox=True),
-    Control("temperature", "Temperature", "sampling only", 0.05, 2.0, 0.05, advanced=True),
-    Control("top_k", "Top-k", "sampling only; 0: off", 0, 100, 1, integer=True, advanced=True),
-    Control("top_p", "Top-p", "sampling only; 1: off", 0.05, 1.0, 0.05, advanced=True),
+            integer=True, group="search"),
+    Control("sample", "Sample instead of beam search", "K samples, best score wins", group="sampling",
+            checkbox=True),
+    Control("temperature", "Temperature", "sampling only", 0.05, 2.0, 0.05, group="sampling"),
+    Control("top_k", "Top-k", "sampling only; 0: off", 0, 100, 1, integer=True, group="sampling"),
+    Control("top_p", "Top-p", "sampling only; 1: off", 0.05, 1.0, 0.05, group="sampling"),
 )
 CONTROL_NAMES = tuple(c.name for c in CONTROLS)
 _SAMPLING = ("temperature", "top_k", "top_p")
@@ -269,10 +272,10 @@ class Turn:
     """Everything the side-by-side tab shows after an event (one yield of :func:`chat` / :func:`rerun`)."""
 
     message: str  # the message box
-    last_prompt: str | None  # what re-run answers again
+    last_prompt: str | None | Any  # what re-run answers again, or KEEP
     histories: list[list[dict[str, Any]]]
-    nbest: list[pd.DataFrame]
-    details: dict[str, Any]  # {"prompt": ..., "bots": {name: record}}
+    nbest: list[pd.DataFrame] | list[Any]  # or KEEP each
+    details: dict[str, Any] | Any  # {"prompt": ..., "bots": {name: record}}, or KEEP
     status: str = ""
 
     def outputs(self) -> tuple[Any, ...]:
@@ -289,12 +292,12 @@ class _TurnBuilder:
     histories: list[list[dict[str, Any]]]
     notes: list[str] = field(default_factory=list)
 
-    def run(self, settings: Mapping[str, Any], message_box: str, workers: int) -> Iterator[Turn]:
+    def run(self, settings: Mapping[str, Any], workers: int) -> Iterator[Turn]:
         names = list(self.bots)
         for h in self.histories:
             h.append({"role": "assistant", "content": PENDING})
         records: dict[str, dict[str, Any]] = {}
-        yield self._turn(records, message_box, "Thinking…")
+        yield self._turn(records, "Thinking…")
         t0 = time.perf_counter()
         for name, record in answer_all(self.bots, self.prompt, settings, workers=workers):
             records[name] = record
@@ -302,14 +305,14 @@ class _TurnBuilder:
             done = len(records) == len(names)
             status = f"All {len(names)} replies in {time.perf_counter() - t0:.2f} s." if done else \
                 f"{len(records)} of {len(names)} replies…"
-            yield self._turn(records, message_box, status)
+            yield self._turn(records, status)
 
-    def _turn(self, records: dict[str, dict[str, Any]], message_box: str, status: str) -> Turn:
+    def _turn(self, records: dict[str, dict[str, Any]], status: str) -> Turn:
         nbest = [nbest_frame(records.get(name)) for name in self.bots]
         details = {"prompt": self.prompt, "bots": {n: records[n] for n in self.bots if n in records}}
         lines = [status, *self.notes]
         histories = [list(h) for h in self.histories]  # a snapshot: later replies must not edit this turn
-        return Turn(message_box, self.prompt, histories, nbest, details, "\n\n".join(lines))
+        return Turn("", self.prompt, histories, nbest, details, "\n\n".join(lines))
 
 
 def _histories(bots: Mapping[str, Bot], histories: Sequence[Any] | None) -> list[list[dict[str, Any]]]:
@@ -318,18 +321,18 @@ def _histories(bots: Mapping[str, Bot], histories: Sequence[Any] | None) -> list
     return [list(given[i] or []) if i < len(given) else [] for i in range(len(bots))]
 
 
-def _unchanged(bots: Mapping[str, Bot], histories: list[list[dict[str, Any]]], message: str,
-               last_prompt: str | None, status: str) -> Turn:
-    return Turn(message, last_prompt, histories, [nbest_frame(None) for _ in bots], {}, status)
+def _unchanged(bots: Mapping[str, Bot], histories: list[list[dict[str, Any]]], message: str, status: str) -> Turn:
+    """Only a status line: the last turn (its prompt, n-best lists and details) stays as it was."""
+    return Turn(message, KEEP, histories, [KEEP for _ in bots], KEEP, status)
 
 
 def chat(bots: Mapping[str, Bot], message: Any, histories: Sequence[Any] | None, values: Mapping[str, Any], *,
-         workers: int = WORKERS, last_prompt: str | None = None) -> Iterator[Turn]:
+         workers: int = WORKERS) -> Iterator[Turn]:
     """Send ``message`` to every bot; yields the tab after the user message is shown and after each reply."""
     hist = _histories(bots, histories)
     message = message if isinstance(message, str) else ""
     if not normalize_text(message):
-        yield _unchanged(bots, hist, message, last_prompt,
+        yield _unchanged(bots, hist, message,
                          "Type a message first: an empty message (or only spaces and control characters) "
                          "has nothing to answer.")
         return
@@ -339,7 +342,7 @@ def chat(bots: Mapping[str, Bot], message: Any, histories: Sequence[Any] | None,
         notes.append(f"Long message ({len(message):,} characters): the bots read only its last {reads} tokens.")
     for h in hist:
         h.append(user_message(message))
-    yield from _TurnBuilder(bots, message, hist, notes).run(settings, "", workers)
+    yield from _TurnBuilder(bots, message, hist, notes).run(settings, workers)
 
 
 def rerun(bots: Mapping[str, Bot], last_prompt: str | None, histories: Sequence[Any] | None,
@@ -347,7 +350,7 @@ def rerun(bots: Mapping[str, Bot], last_prompt: str | None, histories: Sequence[
     """Answer the last message again with the current settings, replacing each bot's last reply."""
     hist = _histories(bots, histories)
     if not last_prompt:
-        yield _unchanged(bots, hist, "", None, "Nothing to re-run yet: send a message first.")
+        yield _unchanged(bots, hist, "", "Nothing to re-run yet: send a message first.")
         return
     settings, notes = resolve_settings(values, default_settings(bots))
     for h in hist:
@@ -355,11 +358,11 @@ def rerun(bots: Mapping[str, Bot], last_prompt: str | None, histories: Sequence[
             h.pop()
         if not h:  # cleared since: show the prompt again
             h.append(user_message(last_prompt))
-    yield from _TurnBuilder(bots, last_prompt, hist, notes).run(settings, "", workers)
+    yield from _TurnBuilder(bots, last_prompt, hist, notes).run(settings, workers)
 
 
 def clear(bots: Mapping[str, Bot]) -> Turn:
-    return _unchanged(bots, [[] for _ in bots], "", None, "")
+    return Turn("", None, [[] for _ in bots], [nbest_frame(None) for _ in bots], {}, "")
 
 
 # ----------------------------------------------------------------------------- attention view

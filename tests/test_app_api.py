@@ -55,6 +55,7 @@ def test_chat_gives_four_replies_and_sliders_change_the_beam_bot(client):
 
 def test_rerun_answers_the_last_message_again_with_new_settings(client):
     first = unpack(client.predict(message="do you have any pets?", api_name="/chat"))
+    client.predict(message="   ", api_name="/chat")  # an empty send in between changes nothing
     again = unpack(client.predict(*first["histories"], beam_size=2, antilm=0.0, api_name="/rerun"))
     assert again["details"]["prompt"] == "do you have any pets?"  # from this session's state
     assert again["details"]["bots"]["beam"]["settings"]["beam_size"] == 2

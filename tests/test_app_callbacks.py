@@ -119,7 +119,8 @@ def test_empty_messages_get_a_clear_message_and_change_nothing(tiny_bots, messag
     history = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] for _ in NAMES]
     [turn] = run_chat(tiny_bots, message, history)
     assert "Type a message first" in turn.status
-    assert turn.histories == history and turn.details == {}
+    assert turn.histories == history and turn.nbest == [cb.KEEP] * 4
+    assert turn.details is cb.KEEP and turn.last_prompt is cb.KEEP  # re-run still answers the last message
 
 
 def test_markup_is_escaped_and_never_reaches_the_page_as_html(tiny_bots):
