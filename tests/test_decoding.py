@@ -1,6 +1,7 @@
 """The decoding engine on scripted models (hand-written probability tables -> exact hypotheses and scores) and
 on tiny random models (invariants: K=1 beam == greedy, large-K beam == exhaustive search, batched == single)."""
 
+import copy
 import itertools
 import math
 
@@ -23,8 +24,9 @@ from core.decoding import (
     sequence_logprob,
     top_k_filter,
     top_p_filter,
+    wide_topk,
 )
-from core.model import LanguageModel, Memory, ModelConfig, Seq2Seq
+from core.model import _PACKED, PACK_MIN_NUMEL, Decoder, LanguageModel, Memory, ModelConfig, Seq2Seq, packed_linear
 from core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, train_tokenizer
 
 torch.set_num_threads(1)
@@ -335,6 +337,103 @@ def test_batched_equals_one_at_a_time(overrides):
         assert [h.tokens for h in r.nbest] == [h.tokens for h in alone.nbest]
         assert [h.score for h in r.nbest] == pytest.approx([h.score for h in alone.nbest], abs=1e-4)
         assert len(r.attention[0]) == len(s)
+
+
+# ----------------------------------------------------------------------------- the inference path of real-size models
+
+PACKS = torch.backends.mkldnn.is_available()  # CPU builds with oneDNN pack the output projection
+
+
+def wide_models(cell="gru", seed=0):
+    """Models whose output projection (4096 x 256 = PACK_MIN_NUMEL entries) takes the packed GEMM."""
+    torch.manual_seed(seed)
+    base = dict(vocab_size=4096, emb_dim=256, hidden=256, cell=cell, dropout=0.1)
+    assert base["vocab_size"] * base["hidden"] >= PACK_MIN_NUMEL
+    return Seq2Seq(ModelConfig(**base)).eval(), LanguageModel(ModelConfig(kind="lm", **base)).eval()
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_inference_step_equals_the_training_step(cell, rows):
+    model, lm = wide_models(cell)
+    src = torch.randint(4, 4096, (rows, 6))
+    mem = model.encode(src, torch.full((rows,), 6))
+    tok = torch.randint(4, 4096, (rows,))
+    ref = model.decode_step(tok, mem.state, mem)  # autograd on: the training path
+    ref_lm = lm.decode_step(tok, lm.init_state(rows))
+    with torch.inference_mode():
+        fast = model.decode_step(tok, mem.state, mem)
+        fast_lm = lm.decode_step(tok, lm.init_state(rows))
+    assert ref[0].grad_fn is not None and not fast[0].requires_grad
+    states = [torch.stack(s) if isinstance(s, tuple) else s for s in (ref[1], fast[1], ref_lm[1], fast_lm[1])]
+    for a, b in [(ref[0], fast[0]), (ref[2], fast[2]), (ref_lm[0], fast_lm[0]), states[:2], states[2:]]:
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=0)
+    assert (model.decoder.out.weight in _PACKED) == (PACKS and rows >= 2)
+
+
+def test_the_training_path_is_kept_under_autograd_and_in_train_mode(monkeypatch):
+    model, _ = wide_models()
+    mem = model.encode(torch.randint(4, 4096, (3, 5)), torch.full((3,), 5))
+    tok = torch.randint(4, 4096, (3,))
+
+    def no_inference_path(*args):
+        raise AssertionError("the inference path ran")
+
+    monkeypatch.setattr(Decoder, "step", no_inference_path)
+    model.decode_step(tok, mem.state, mem)  # autograd on
+    with torch.no_grad():
+        model.train()
+        model.decode_step(tok, mem.state, mem)  # dropout on
+    assert model.decoder.out.weight not in _PACKED
+
+
+def test_packed_linear_equals_linear_and_follows_weight_updates():
+    w = (torch.randn(4096, 256) / 16).requires_grad_()  # the scale of a trained projection: outputs of about 1
+    b, x = torch.randn(4096), torch.randn(10, 256)
+    y = packed_linear(x, w, b)
+    assert y.grad_fn is not None and torch.equal(y, torch.nn.functional.linear(x, w, b)) and w not in _PACKED
+    with torch.no_grad():
+        assert torch.allclose(packed_linear(x, w, b), x @ w.T + b, atol=1e-5, rtol=0)
+        assert (w in _PACKED) == PACKS
+        w.mul_(-2)  # an optimizer step or load_state_dict updates the weight in place: it is packed again
+        assert torch.allclose(packed_linear(x, w, b), x @ w.T + b, atol=1e-5, rtol=0)
+
+
+def test_a_decoded_model_still_deep_copies_and_saves_only_its_parameters():
+    model, _ = wide_models()
+    keys = set(model.state_dict())
+    with torch.inference_mode():
+        generate(model, [[5, 6, 7], [8, 9]], DecodeConfig(strategy="greedy", max_len=3))
+    assert set(copy.deepcopy(model).state_dict()) == set(model.state_dict()) == keys
+
+
+def test_invariants_hold_on_the_inference_path():
+    model, lm = wide_models(seed=1)
+    src = [[5, 9, 12, 7], [20, 21], [30, 31, 32]]
+    cfg = DecodeConfig(strategy="greedy", max_len=8)
+    greedy = generate(model, src, cfg)  # 3 rows: the packed projection
+    beam1 = generate(model, src, cfg.with_overrides(strategy="beam", beam_size=1, nbest=1))
+    for s, g, b in zip(src, greedy, beam1):
+        assert g.tokens == b.tokens == argmax_loop(model, s, 8)  # argmax_loop: the training path, one row
+        assert g.score == b.score
+    cfg = DecodeConfig(strategy="beam", beam_size=4, nbest=3, max_len=8, antilm=0.5, gamma=3)
+    for s, r in zip(src, generate(model, src, cfg, lm=lm)):
+        [alone] = generate(model, [s], cfg, lm=lm)
+        assert [h.tokens for h in r.nbest] == [h.tokens for h in alone.nbest]
+        assert [h.score for h in r.nbest] == pytest.approx([h.score for h in alone.nbest], abs=1e-4)
+
+
+def test_wide_topk_equals_topk():
+    torch.manual_seed(0)
+    for B, W, k in [(1, 80000, 20), (3, 50021, 20), (2, 16384, 2), (1, 8000, 20)]:
+        x = torch.randn(B, W).mul(3).round()  # many ties
+        x[:, torch.randint(0, W, (W // 2,))] = -math.inf
+        values, cols = wide_topk(x, k)
+        assert torch.equal(values, x.topk(k, dim=1).values)
+        assert torch.equal(x.gather(1, cols), values)
+        assert all(len(set(row)) == k for row in cols.tolist())
+    dead = torch.full((1, 80000), -math.inf)
+    assert torch.isneginf(wide_topk(dead, 20)[0]).all()
 
 
 # ----------------------------------------------------------------------------- sampling
