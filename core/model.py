@@ -113,6 +113,17 @@ PACK_MIN_ROWS = 2  # the packed GEMM costs ~20 us more per call than F.linear: i
 PACK_MIN_NUMEL = 1 << 20  # ... on weights of a million entries or more (measured, 1 AVX2 thread)
 
 
+def _has_packed_ops() -> bool:
+    """oneDNN's packed-linear ops are internal to PyTorch: use them only where this build has them."""
+    try:
+        return bool(torch.ops.mkldnn._reorder_linear_weight and torch.ops.mkldnn._linear_pointwise)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_PACKED_OPS = _has_packed_ops()
+
+
 def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x (N, in) -> (N, out): F.linear for inference, through a oneDNN-packed copy of ``weight`` where that is
     faster: CPU, float32, no autograd, at least PACK_MIN_ROWS rows and a weight of PACK_MIN_NUMEL entries; else
@@ -120,7 +131,7 @@ def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     1.0-1.4 ms, packed 0.65-0.9 ms, one AVX2 core); the results differ from F.linear by float rounding (~1e-6)."""
     if (x.size(0) < PACK_MIN_ROWS or weight.numel() < PACK_MIN_NUMEL or x.device.type != "cpu"
             or x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_grad_enabled()
-            or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)):
+            or not (_PACKED_OPS and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)):
         return F.linear(x, weight, bias)
     key = (weight._version, weight.data_ptr())
     cached = _PACKED.get(weight)
