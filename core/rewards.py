@@ -20,7 +20,7 @@ from torch import Tensor
 
 from core.batching import collate
 from core.corpora import Conversation
-from core.decoding import NEVER_GENERATED
+from core.decoding import NEVER_GENERATED, tile_memory
 from core.metrics import DULL_REPLIES, normalize_reply
 from core.model import Seq2Seq
 from core.tokenizer import EOS_ID, PAD_ID
@@ -30,19 +30,27 @@ COS_FLOOR = 1e-3  # cos below this counts as this: r2 is at most -log(1e-3) ~ 6.
 
 
 def sequence_logprobs(model: Seq2Seq, src: list[list[int]], tgt: list[list[int]], *, mean: bool = False,
-                      min_len: int = 1) -> Tensor:
+                      min_len: int = 1, repeat: int = 1) -> Tensor:
     """log p(tgt + </s> | src) per pair, (N,), teacher-forced in one batch; ``mean`` divides by the token count.
+
     The distribution is the one the decoders sample from (<pad> <s> <unk> excluded, no </s> before ``min_len``
     tokens), so a policy gradient on these log-probs cannot push probability into tokens that are never
-    generated. Keeps the autograd graph;
-    wrap in ``torch.no_grad`` to score only."""
-    batch = collate([(s or [PAD_ID], t) for s, t in zip(src, tgt)]).to(next(model.parameters()).device)
-    logits = model(batch.src, batch.src_lens, batch.tgt_in).float()  # (N, T, V)
+    generated. ``repeat=R`` scores every source against R targets (``tgt`` holds len(src) * R of them, R per
+    source in order) with one encoder pass per source. Keeps the autograd graph; wrap in ``torch.no_grad`` to
+    score only."""
+    device = next(model.parameters()).device
+    srcs = collate([(s or [PAD_ID], [PAD_ID]) for s in src]).to(device)
+    mem = model.encode(srcs.src, srcs.src_lens)  # N sources
+    if repeat > 1:
+        mem = tile_memory(mem, repeat)  # [N, ...] -> [N*R, ...]
+    tgts = collate([([PAD_ID], t) for t in tgt]).to(device)
+    logits, _, _ = model.decoder(tgts.tgt_in, mem.state, mem)  # (N*R, T, V)
+    logits = logits.float()
     logits[..., list(NEVER_GENERATED)] = float("-inf")  # the decoders never emit these: same distribution
     logits[:, :min_len, EOS_ID] = float("-inf")  # nor </s> before min_len tokens
-    logp = torch.log_softmax(logits, -1).gather(2, batch.tgt_out.unsqueeze(-1)).squeeze(-1)  # (N, T)
-    mask = batch.tgt_mask  # (N, T)
-    total = torch.where(mask, logp, 0.0).sum(1)  # (N,) padding may be -inf: select, never multiply
+    logp = torch.log_softmax(logits, -1).gather(2, tgts.tgt_out.unsqueeze(-1)).squeeze(-1)  # (N*R, T)
+    mask = tgts.tgt_mask  # (N*R, T)
+    total = torch.where(mask, logp, 0.0).sum(1)  # (N*R,) padding may be -inf: select, never multiply
     return total / mask.sum(1) if mean else total
 
 
@@ -59,10 +67,8 @@ def dull_list(train_convs: list[Conversation] | None = None, *, top: int = 10) -
 def ease_of_answering(forward: Seq2Seq, replies: list[list[int]], dull: list[list[int]]) -> Tensor:
     """r1 (N,): minus the mean length-normalised log-likelihood of each dull reply as an answer to each reply."""
     N, D = len(replies), len(dull)
-    src = [r for r in replies for _ in range(D)]  # (N*D) reply i repeated D times
-    tgt = [d for _ in range(N) for d in dull]
-    lp = sequence_logprobs(forward, src, tgt, mean=True).view(N, D)  # (N, D)
-    return -lp.mean(1)
+    lp = sequence_logprobs(forward, replies, [d for _ in range(N) for d in dull], mean=True, repeat=D)  # (N*D,)
+    return -lp.view(N, D).mean(1)
 
 
 @torch.no_grad()

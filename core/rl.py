@@ -47,7 +47,7 @@ from core.tokenizer import EOS_ID
 from core.train import TrainConfig, append_log, perplexity, prepare_data, sequence_nll, truncate_log
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
-                 "dull_share", "elapsed_s"]
+                 "dull_share", "greedy_dull_share", "elapsed_s"]
 
 
 @dataclass
@@ -66,6 +66,10 @@ class RLConfig:
     mle_batch_size: int = field(default=32, metadata={"help": "real pairs per step for the MLE term"})
     baseline_decay: float = field(default=0.95, metadata={"help": "EMA decay of the reward baseline"})
     dull_top: int = field(default=10, metadata={"help": "most frequent training replies added to the dull list"})
+    dull_sample: int = field(default=10, metadata={"help": "dull replies drawn per step to estimate r1 (0: all)"})
+    greedy_candidates: bool = field(
+        default=True, metadata={"help": "also update on the policy's greedy reply to each query (pushes a dull "
+                                        "mode down directly; a biased but practical addition to the samples)"})
     clip: float = field(default=1.0, metadata={"help": "gradient clipping by global norm"})
     steps: int = field(default=400, metadata={"help": "RL steps"})
     max_minutes: float = field(default=0.0, metadata={"help": "stop (and save) after this many minutes; 0: none"})
@@ -96,9 +100,8 @@ def self_play(policy: Seq2Seq, openings: list[list[int]], *, turns: int, max_len
     return dialogues
 
 
-def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward: Seq2Seq,
-                 dull: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Rewards of every generated turn, flattened turn-major: (query, reply, r1, r2, r3, r)."""
+def flatten_turns(dialogues: list[list[list[int]]]) -> tuple[list, list, list, list[bool]]:
+    """Every generated turn of every dialogue as (query, reply, the agent's own previous turn, has one)."""
     queries, replies, previous, has_prev = [], [], [], []
     for d in dialogues:
         for i in range(1, len(d)):
@@ -106,6 +109,18 @@ def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward
             replies.append(d[i])
             has_prev.append(i >= 2)  # the agent's own previous turn is two turns back
             previous.append(d[i - 2] if i >= 2 else d[i])
+    return queries, replies, previous, has_prev
+
+
+def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward: Seq2Seq,
+                 dull: list[list[int]], alternatives: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Rewards of every generated turn, flattened turn-major: (query, reply, r1, r2, r3, r). ``alternatives``
+    (one per generated turn, e.g. the policy's greedy reply to the same query) are scored as extra replies in
+    the same context and appended after the sampled ones."""
+    queries, replies, previous, has_prev = flatten_turns(dialogues)
+    if alternatives is not None:
+        queries, replies = queries + queries, replies + alternatives
+        previous, has_prev = previous + previous, has_prev + has_prev
     r1 = ease_of_answering(forward, replies, dull)
     r2 = information_flow(forward, previous, replies)
     mask = torch.tensor(has_prev)
@@ -180,13 +195,18 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         dialogues = self_play(policy, batch_open, turns=cfg.turns, max_len=cfg.max_len,
                               temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + step)
         # 3. rewards and the baseline
-        rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=dull)
+        step_dull = dull if not cfg.dull_sample else rng.sample(dull, min(cfg.dull_sample, len(dull)))
+        greedy = None
+        if cfg.greedy_candidates:  # the policy's own most likely reply to each query, scored beside the sample
+            queries = flatten_turns(dialogues)[0]
+            greedy_cfg = DecodeConfig(strategy="greedy", max_len=cfg.max_len, min_len=1)
+            greedy = [_strip_eos(r.tokens) or [EOS_ID] for r in generate(policy, queries, greedy_cfg)]
+        rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=step_dull, alternatives=greedy)
         r = rw["r"].to(device)
         baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
         info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
         # 4. REINFORCE on the sampled turns + MLE on real pairs
         pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline)
-        n_tok = sum(len(a) + 1 for a in rw["replies"])
         mle_batch = collate([data.train[rng.randrange(len(data.train))] for _ in range(cfg.mle_batch_size)])
         nll, n_mle = sequence_nll(policy, mle_batch.to(device))
         mle_loss = nll / n_mle
@@ -206,14 +226,18 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 info["best_step"] = step
                 save("best", valid_ppl=valid_ppl)
         texts = [normalize_reply(tokenizer.decode(a)) for a in rw["replies"]]
+        n_sampled = len(texts) // 2 if greedy is not None else len(texts)
+        greedy_texts = texts[n_sampled:]
         append_log(out / "log.csv", {
             "step": step, "reward": round(float(r.mean()), 4), "r1": round(float(rw["r1"].mean()), 4),
             "r2": round(float(rw["r2"].mean()), 4), "r3": round(float(rw["r3"].mean()), 4),
             "baseline": round(info["baseline"], 4), "pg_loss": round(float(pg_loss.detach()), 4),
             "mle_loss": round(float(mle_loss.detach()), 4),
             "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
-            "reply_len": round(n_tok / len(texts) - 1, 2),
-            "dull_share": round(sum(t in dull_set for t in texts) / len(texts), 3),
+            "reply_len": round(sum(len(x) for x in rw["replies"][:n_sampled]) / n_sampled, 2),
+            "dull_share": round(sum(t in dull_set for t in texts[:n_sampled]) / n_sampled, 3),
+            "greedy_dull_share": round(sum(t in dull_set for t in greedy_texts) / len(greedy_texts), 3)
+            if greedy_texts else "",
             "elapsed_s": round(t_base + time.time() - t_start, 1)}, RL_LOG_FIELDS)
         if step >= cfg.steps:
             stop = f"reached {cfg.steps} steps"

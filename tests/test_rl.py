@@ -73,6 +73,16 @@ def test_r3_coherent_answer_beats_an_unrelated_one(models):
     assert r3[0] > r3[1]
 
 
+def test_scoring_many_targets_per_source_equals_scoring_pairs(models):
+    _, fwd, _, tok = models
+    src = [tok.encode("do you like football"), tok.encode("where do you live")]
+    tgt = [tok.encode("i don't know"), tok.encode("yes i love football and basketball"), tok.encode("ok")]
+    with torch.no_grad():
+        grouped = sequence_logprobs(fwd, src, tgt + tgt, repeat=3)
+        pairs = sequence_logprobs(fwd, [s for s in src for _ in tgt], tgt + tgt)
+    assert torch.allclose(grouped, pairs, atol=1e-5)
+
+
 def test_combined_reward_uses_the_paper_weights():
     r = combine(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([4.0]))
     assert float(r) == pytest.approx(0.25 + 0.5 + 2.0)
@@ -117,7 +127,8 @@ def test_self_play_run_logs_saves_and_resumes(models):
     with open(root / "rl/log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    assert all(r["reward"] and r["baseline"] and r["pg_loss"] and r["mle_loss"] for r in rows)
+    assert all(r["reward"] and r["baseline"] and r["pg_loss"] and r["mle_loss"] and r["greedy_dull_share"]
+               for r in rows)
     assert [bool(r["valid_ppl"]) for r in rows] == [False, True, False, True]
     policy, _, config = load_checkpoint(root / "rl/best")
     assert config["meta"]["rl"]["turns"] == 2 and "i don't know" in config["meta"]["dull_list"]
