@@ -163,11 +163,29 @@ def read_bots_json(path: str | Path) -> list[BotSpec]:
 _ROLES = {"checkpoint": ("seq2seq",), "lm": ("lm",), "backward": ("backward",)}
 
 
-def load_bots(checkpoint_dir: str | Path | None = None, device: str = "auto") -> dict[str, Bot]:
-    """The bots of ``<checkpoint_dir>/bots.json``, in file order, keyed by name."""
+def missing_bots(checkpoint_dir: str | Path | None = None) -> dict[str, str]:
+    """Bots of bots.json whose checkpoint folders are not there yet: name -> what is missing."""
+    root = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
+    out = {}
+    for spec in read_bots_json(root / "bots.json"):
+        gone = [f for f in (spec.checkpoint, spec.lm, spec.backward) if f and not resolve(root / f).exists()]
+        if gone:
+            out[spec.name] = f"{spec.label}: checkpoint folder(s) {', '.join(gone)} not found in {root}"
+    return out
+
+
+def load_bots(checkpoint_dir: str | Path | None = None, device: str = "auto", *,
+              skip_missing: bool = False) -> dict[str, Bot]:
+    """The bots of ``<checkpoint_dir>/bots.json``, in file order, keyed by name. ``skip_missing``: leave out
+    bots whose checkpoint folders do not exist (see :func:`missing_bots`) instead of raising."""
     root = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir()
     bots_file = root / "bots.json"
     specs = read_bots_json(bots_file)
+    if skip_missing:
+        gone = missing_bots(root)
+        specs = [s for s in specs if s.name not in gone]
+        if not specs:
+            raise FileNotFoundError(f"{bots_file}: no bot has its checkpoints ({'; '.join(gone.values())})")
     dev = pick_device(device)
     loaded: dict[str, tuple[Any, Tokenizer, dict[str, Any]]] = {}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.bots import Bot, default_checkpoint_dir, load_bots
+from core.bots import Bot, default_checkpoint_dir, load_bots, missing_bots
 from demo_app import callbacks as cb
 from demo_app.model_info import checkpoint_infos, read_report
 
@@ -45,12 +45,17 @@ current message only (no dialogue memory); the columns keep the conversation for
 
 
 def build_app(bots: Mapping[str, Bot], *, checkpoint_dir: str | Path | None = None,
-              workers: int = cb.WORKERS, concurrency: int = CONCURRENCY) -> gr.Blocks:
-    """The Blocks app over ``bots`` (loaded once, shared read-only by every session)."""
+              workers: int = cb.WORKERS, concurrency: int = CONCURRENCY,
+              missing: Mapping[str, str] | None = None) -> gr.Blocks:
+    """The Blocks app over ``bots`` (loaded once, shared read-only by every session); ``missing`` names bots of
+    the registry that are not served (their checkpoints are not there) and why."""
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir()
     models = dict(concurrency_id="models", concurrency_limit=concurrency)
     with gr.Blocks(title="Seq2Seq Chatbot Arena") as demo:
         gr.Markdown(INTRO)
+        if missing:
+            gr.Markdown("**Not served:** " + "; ".join(missing.values())
+                        + ". Train them with `make checkpoints`.")
         with gr.Tabs():
             with gr.Tab("Side by side", id="chat"):
                 chat_ui = _side_by_side(bots)
@@ -251,11 +256,14 @@ def serve(checkpoints: str | Path | None = None, *, host: str | None = None, por
     """Load the bots once and serve the app until interrupted (host/port: Gradio's env defaults when None)."""
     import torch
 
-    bots = load_bots(checkpoints, device=device)
+    bots = load_bots(checkpoints, device=device, skip_missing=True)
+    missing = missing_bots(checkpoints)
+    for reason in missing.values():
+        print(f"not serving {reason}", file=sys.stderr)
     first = next(iter(bots.values()))
     if next(first.model.parameters()).device.type == "cpu":  # ``workers`` bots decode at once: a thread each
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
-    demo = build_app(bots, checkpoint_dir=checkpoints, workers=workers)
+    demo = build_app(bots, checkpoint_dir=checkpoints, workers=workers, missing=missing)
     launch(demo, server_name=host, server_port=port, share=share)
 
 

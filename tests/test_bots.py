@@ -177,3 +177,21 @@ def test_load_model_gives_an_eval_model(ckdir):
     assert isinstance(model, Seq2Seq) and not model.training and config["model"]["kind"] == "seq2seq"
     with pytest.raises(FileNotFoundError):
         load_model(ckdir / "nope")
+
+
+def test_bots_with_missing_checkpoints_can_be_left_out(tiny_checkpoints, tmp_path):
+    import shutil
+
+    from core.bots import missing_bots
+
+    root = tmp_path / "partial"
+    shutil.copytree(tiny_checkpoints, root)
+    shutil.rmtree(root / "rl")
+    assert list(missing_bots(root)) == ["rl"] and "rl not found" in missing_bots(root)["rl"]
+    with pytest.raises(FileNotFoundError, match="rl"):
+        load_bots(root, device="cpu")
+    assert list(load_bots(root, device="cpu", skip_missing=True)) == ["greedy", "beam", "antilm"]
+    for folder in ("mle", "lm", "backward"):
+        shutil.rmtree(root / folder)
+    with pytest.raises(FileNotFoundError, match="no bot has its checkpoints"):
+        load_bots(root, device="cpu", skip_missing=True)
