@@ -161,8 +161,9 @@ def _side_by_side(bots: Mapping[str, Bot]) -> dict:
         controls_row("search")
         controls_row("sampling")
     ui["controls"] = [widgets[name] for name in cb.CONTROL_NAMES]  # the order the callbacks unpack
-    gr.Markdown("Move a slider, then **Re-run** to answer the last message again. A slider acts on the bots "
-                "it fits (listed under it).")
+    gr.Markdown("Move a slider, then **Re-run** to answer the last message again. A moved slider acts on the "
+                "bots it fits (listed under it); while a slider is where it started, each bot keeps its own "
+                "bots.json setting.")
     with gr.Accordion("Reply details (JSON)", open=False):
         ui["details"] = gr.JSON(label="last turn", elem_id="details")
     ui["last_prompt"] = gr.State(None)
@@ -261,10 +262,24 @@ def serve(checkpoints: str | Path | None = None, *, host: str | None = None, por
     for reason in missing.values():
         print(f"not serving {reason}", file=sys.stderr)
     first = next(iter(bots.values()))
-    if next(first.model.parameters()).device.type == "cpu":  # ``workers`` bots decode at once: a thread each
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    if next(first.model.parameters()).device.type == "cpu":  # ``workers`` bots decode at once: share the CPUs
+        torch.set_num_threads(threads_per_worker(workers))
     demo = build_app(bots, checkpoint_dir=checkpoints, workers=workers, missing=missing)
     launch(demo, server_name=host, server_port=port, share=share)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (a container's share, e.g. a Space's 2 vCPUs) where the
+    OS has one; ``os.cpu_count()``, the host's cores, only as a fallback."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads for each of ``workers`` bots decoding at once: the usable CPUs shared out, at least 1."""
+    return max(1, usable_cpus() // max(1, workers))
 
 
 def launch(demo: gr.Blocks, **kwargs):

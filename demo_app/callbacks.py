@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from core.bots import Bot
-from core.corpora import normalize_text
+from core.corpora import normalize_text, read_prompts
 from core.metrics import reply_metrics
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,23 @@ def resolve_settings(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> 
     return settings, notes
 
 
+def changed_settings(settings: Mapping[str, Any], initial: Mapping[str, Any]) -> dict[str, Any]:
+    """The controls whose value differs from the value they started with (:func:`default_settings`).
+
+    Only these override a bot's bots.json settings: a control's starting value is the setting of the first bot
+    it fits, so sending every value would give that bot's setting to the other bots as well."""
+    return {name: value for name, value in settings.items() if name not in initial or value != initial[name]}
+
+
 def overrides_for(bot: Bot, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The DecodeConfig overrides ``settings`` mean for ``bot`` (controls that do not apply are left out)."""
-    sampling = bool(settings.get("sample")) and applies_to(bot, "sample")
-    out: dict[str, Any] = {"strategy": "sample"} if sampling else {}
+    """The DecodeConfig overrides the (changed) control values ``settings`` mean for ``bot``; controls that do
+    not apply to it are left out, and so are the sampling controls when the bot does not sample."""
+    out: dict[str, Any] = {}
+    sampling = bot.defaults.strategy == "sample"
+    if "sample" in settings and applies_to(bot, "sample"):
+        sampling = bool(settings["sample"])
+        if sampling != (bot.defaults.strategy == "sample"):
+            out["strategy"] = "sample" if sampling else "beam"
     for name, value in settings.items():
         if name == "sample" or not applies_to(bot, name) or (name in _SAMPLING and not sampling):
             continue
@@ -191,7 +204,8 @@ def _finite(x: float) -> float | None:
 
 def answer_all(bots: Mapping[str, Bot], prompt: str, settings: Mapping[str, Any], *,
                workers: int = WORKERS) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(bot name, record) for every bot, in the order they finish; ``workers`` bots decode at once."""
+    """(bot name, record) for every bot, in the order they finish; ``workers`` bots decode at once.
+    ``settings``: the control values to apply (see :func:`changed_settings`); a bot keeps the rest of its own."""
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="arena") as pool:
         futures = {pool.submit(reply_record, bot, prompt, overrides_for(bot, settings)): name
                    for name, bot in bots.items()}
@@ -326,6 +340,13 @@ def _unchanged(bots: Mapping[str, Bot], histories: list[list[dict[str, Any]]], m
     return Turn(message, KEEP, histories, [KEEP for _ in bots], KEEP, status)
 
 
+def _requested(bots: Mapping[str, Bot], values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(the controls moved from where they started, notes on clamped values); the rest stay per bot."""
+    initial = default_settings(bots)
+    settings, notes = resolve_settings(values, initial)
+    return changed_settings(settings, initial), notes
+
+
 def chat(bots: Mapping[str, Bot], message: Any, histories: Sequence[Any] | None, values: Mapping[str, Any], *,
          workers: int = WORKERS) -> Iterator[Turn]:
     """Send ``message`` to every bot; yields the tab after the user message is shown and after each reply."""
@@ -336,7 +357,7 @@ def chat(bots: Mapping[str, Bot], message: Any, histories: Sequence[Any] | None,
                          "Type a message first: an empty message (or only spaces and control characters) "
                          "has nothing to answer.")
         return
-    settings, notes = resolve_settings(values, default_settings(bots))
+    settings, notes = _requested(bots, values)
     if len(message) > MAX_SHOWN_CHARS:
         reads = max(b.max_src_len for b in bots.values())
         notes.append(f"Long message ({len(message):,} characters): the bots read only its last {reads} tokens.")
@@ -352,7 +373,7 @@ def rerun(bots: Mapping[str, Bot], last_prompt: str | None, histories: Sequence[
     if not last_prompt:
         yield _unchanged(bots, hist, "", "Nothing to re-run yet: send a message first.")
         return
-    settings, notes = resolve_settings(values, default_settings(bots))
+    settings, notes = _requested(bots, values)
     for h in hist:
         while h and h[-1].get("role") == "assistant":
             h.pop()
@@ -422,6 +443,7 @@ def attention_figure(attention: Sequence[Sequence[float]], source: Sequence[str]
 
 # ----------------------------------------------------------------------------- batch compare
 
+# core.metrics.reply_metrics keys -> column names: distinct_n, mean_length (words), dull_rate, mean latency
 METRIC_COLUMNS = {"distinct_1": "distinct-1", "distinct_2": "distinct-2", "mean_words": "mean length (words)",
                   "dull_rate": "dull rate", "mean_latency_s": "latency per reply (s)"}
 
@@ -434,27 +456,31 @@ class BatchResult:
     status: str
 
 
-def read_prompts(text: str | None, file_path: str | Path | None) -> list[str]:
-    """Non-empty lines of the pasted text, then of the uploaded file (read as UTF-8, bad bytes replaced)."""
-    lines = (text or "").splitlines()
+def _prompt_bytes(text: str | None, file_path: str | Path | None) -> bytes:
+    """The pasted text, then the uploaded file, as one UTF-8 text for :func:`core.corpora.read_prompts`."""
+    data = (text or "").encode("utf-8", errors="replace")  # lone surrogates -> "?"
     if file_path:
-        lines += Path(file_path).read_bytes().decode("utf-8", errors="replace").splitlines()
-    return [line.strip() for line in lines if normalize_text(line)]
+        data += b"\n" + Path(file_path).read_bytes()
+    return data
 
 
 def batch_compare(bots: Mapping[str, Bot], text: str | None, file_path: str | Path | None = None, *,
                   workers: int = WORKERS, max_prompts: int = MAX_BATCH_PROMPTS,
                   out_dir: str | Path | None = None) -> BatchResult:
     """Every bot answers every prompt (one batched search per bot, with its bots.json settings)."""
-    prompts = read_prompts(text, file_path)
     labels = [b.label for b in bots.values()]
+    empty = pd.DataFrame(columns=["prompt", *labels])
+    try:
+        prompts = read_prompts(_prompt_bytes(text, file_path), limit=max_prompts)
+    except ValueError as e:  # over the limit: "N prompts; at most M at a time"
+        return BatchResult(empty, pd.DataFrame(), [],
+                           f"Too many prompts: {html.escape(str(e))}. Compare them in parts of at most "
+                           f"{max_prompts}.")
+    except OSError as e:
+        return BatchResult(empty, pd.DataFrame(), [], f"Cannot read the uploaded file: {escape_text(str(e))}")
     if not prompts:
-        return BatchResult(pd.DataFrame(columns=["prompt", *labels]), pd.DataFrame(), [],
-                           "Paste prompts (one per line) or upload a text file first.")
+        return BatchResult(empty, pd.DataFrame(), [], "Paste prompts (one per line) or upload a text file first.")
     notes = []
-    if len(prompts) > max_prompts:
-        notes.append(f"Only the first {max_prompts} of {len(prompts)} prompts were answered.")
-        prompts = prompts[:max_prompts]
 
     def run(bot: Bot) -> tuple[list[str], float]:
         t0 = time.perf_counter()
@@ -474,7 +500,7 @@ def batch_compare(bots: Mapping[str, Bot], text: str | None, file_path: str | Pa
                 notes.append(f"{html.escape(bot.label)} failed: {escape_text(str(e))}")
                 continue
             columns[bot.label] = texts
-            m = reply_metrics(texts, latencies=[seconds / len(prompts)] * len(prompts))
+            m = reply_metrics(texts, latencies=[seconds / len(prompts)] * len(prompts))  # core.metrics
             rows.append({"bot": bot.label, **{METRIC_COLUMNS[k]: round(v, 4) for k, v in m.items()}})
     replies = pd.DataFrame(columns)
     metrics = pd.DataFrame(rows)

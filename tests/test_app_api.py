@@ -123,3 +123,14 @@ def test_serve_command_and_core_without_gradio():
                          text=True, check=True).stdout
     for flag in ("--host", "--port", "--device", "--checkpoints", "--share", "examples:"):
         assert flag in out
+
+
+def test_serve_shares_the_cpus_this_process_may_use(monkeypatch):
+    from demo_app import app
+
+    monkeypatch.setattr(app.os, "cpu_count", lambda: 64)  # the host's cores, in a container
+    monkeypatch.setattr(app.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # the 2 it may use
+    assert app.usable_cpus() == 2
+    assert app.threads_per_worker(2) == 1 and app.threads_per_worker(1) == 2 and app.threads_per_worker(4) == 1
+    monkeypatch.delattr(app.os, "sched_getaffinity")  # macOS, Windows
+    assert app.usable_cpus() == 64 and app.threads_per_worker(2) == 32

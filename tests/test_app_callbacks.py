@@ -6,6 +6,7 @@ import json
 import pandas as pd
 import pytest
 
+from core.metrics import distinct_n, mean_length
 from demo_app import callbacks as cb
 from demo_app.model_info import checkpoint_infos, read_report, training_curves
 
@@ -49,6 +50,49 @@ def test_overrides_for_each_bot(tiny_bots, defaults):
     sampled = cb.overrides_for(tiny_bots["rl"], {**settings, "sample": True})
     assert sampled["strategy"] == "sample" and sampled["temperature"] == 0.7
     assert "strategy" not in cb.overrides_for(tiny_bots["greedy"], {**settings, "sample": True})
+
+
+def test_changed_settings_keep_only_the_moved_controls(defaults):
+    assert cb.changed_settings(defaults, defaults) == {}
+    moved = {**defaults, "beam_size": 3, "sample": True}
+    assert cb.changed_settings(moved, defaults) == {"beam_size": 3, "sample": True}
+
+
+def test_the_sample_checkbox_turns_sampling_on_and_off(tiny_bots):
+    sampler = dataclasses.replace(tiny_bots["rl"], defaults=tiny_bots["rl"].defaults.with_overrides(strategy="sample"))
+    assert cb.overrides_for(sampler, {"temperature": 0.5}) == {"temperature": 0.5}  # it samples by default
+    assert cb.overrides_for(sampler, {"sample": False, "temperature": 0.5}) == {"strategy": "beam"}
+    assert cb.overrides_for(tiny_bots["beam"], {"temperature": 0.5}) == {}  # beam search has no temperature
+
+
+@pytest.fixture(scope="module")
+def mixed_bots(tiny_bots):
+    """Two beam bots with their own settings: beam K=10 and no bonus, K=5 with a length bonus of 0.3."""
+    bots = dict(tiny_bots)
+    bots["rl"] = dataclasses.replace(bots["rl"], defaults=bots["rl"].defaults.with_overrides(beam_size=5,
+                                                                                            n_bonus=0.3))
+    return bots
+
+
+def test_untouched_controls_leave_each_bot_at_its_own_settings(mixed_bots):
+    start = cb.default_settings(mixed_bots)
+    assert (start["beam_size"], start["n_bonus"]) == (10, 0.0)  # from the first bots each control fits
+    for values in ({}, start):  # nothing sent, or every control at its starting value (what the page sends)
+        s = {n: r["settings"] for n, r in run_chat(mixed_bots, "hello there", **values)[-1].details["bots"].items()}
+        assert (s["beam"]["beam_size"], s["beam"]["n_bonus"]) == (10, 0.0)
+        assert (s["rl"]["beam_size"], s["rl"]["n_bonus"]) == (5, 0.3)
+        assert s["greedy"]["strategy"] == "greedy" and s["antilm"]["antilm"] == 0.5
+
+
+def test_a_moved_control_applies_to_every_bot_it_fits(mixed_bots):
+    last = run_chat(mixed_bots, "hello there", beam_size=3, n_bonus=0.1)[-1]
+    s = {n: r["settings"] for n, r in last.details["bots"].items()}
+    assert s["beam"]["beam_size"] == s["antilm"]["beam_size"] == s["rl"]["beam_size"] == 3
+    assert all(v["n_bonus"] == 0.1 for v in s.values())
+    assert s["greedy"]["strategy"] == "greedy"
+    again = list(cb.rerun(mixed_bots, "hello there", last.histories, {"n_bonus": 0.0}))[-1]
+    s = {n: r["settings"] for n, r in again.details["bots"].items()}
+    assert s["rl"]["beam_size"] == 5 and s["rl"]["n_bonus"] == 0.3  # back at the start: each bot's own again
 
 
 @pytest.mark.parametrize("given, used, note", [
@@ -228,6 +272,11 @@ def test_batch_compare_table_metrics_and_csv(tiny_bots, tmp_path):
     for col in cb.METRIC_COLUMNS.values():
         assert pd.api.types.is_numeric_dtype(result.metrics[col])
     assert result.metrics["distinct-1"].between(0, 1).all()
+    for label in labels:  # the metrics of core.metrics, lengths in words
+        row = result.metrics.set_index("bot").loc[label]
+        texts = result.replies[label].tolist()
+        assert row["mean length (words)"] == round(mean_length(texts), 4)
+        assert row["distinct-2"] == round(distinct_n(texts, 2), 4)
     replies_csv, metrics_csv = result.files
     assert pd.read_csv(replies_csv).shape == (5, 5)
     assert pd.read_csv(metrics_csv)["bot"].tolist() == labels
@@ -237,8 +286,11 @@ def test_batch_compare_table_metrics_and_csv(tiny_bots, tmp_path):
 def test_batch_compare_limits_and_empty_input(tiny_bots):
     empty = cb.batch_compare(tiny_bots, "  \n\n", None)
     assert "Paste prompts" in empty.status and empty.files == [] and empty.replies.empty
-    capped = cb.batch_compare(tiny_bots, "\n".join(f"prompt {i}" for i in range(7)), None, max_prompts=3)
-    assert len(capped.replies) == 3 and "first 3 of 7" in capped.status
+    too_many = cb.batch_compare(tiny_bots, "\n".join(f"prompt {i}" for i in range(7)), None, max_prompts=3)
+    assert too_many.replies.empty and too_many.files == []
+    assert "Too many prompts: 7 prompts; at most 3" in too_many.status
+    fits = cb.batch_compare(tiny_bots, "prompt a\n\n  \nprompt b\nprompt c", None, max_prompts=3)
+    assert fits.replies["prompt"].tolist() == ["prompt a", "prompt b", "prompt c"]  # blank lines do not count
 
 
 def test_metric_plot():
