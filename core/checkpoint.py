@@ -45,6 +45,8 @@ class CheckpointError(RuntimeError):
 def _swap_in(tmp: Path, target: Path) -> None:
     """Replace ``target`` by ``tmp`` with renames only: target -> target.old, tmp -> target, drop old."""
     old = target.with_name(target.name + ".old")
+    if old.exists() and not target.exists():
+        os.replace(old, target)  # an earlier kill left only the old copy: make it the current one again
     if old.exists():
         shutil.rmtree(old)
     if target.exists():
@@ -63,9 +65,15 @@ def resolve(path: str | Path) -> Path:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folder entry itself to disk."""
     for f in folder.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- weights

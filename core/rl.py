@@ -113,7 +113,8 @@ def flatten_turns(dialogues: list[list[list[int]]]) -> tuple[list, list, list, l
 
 
 def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward: Seq2Seq,
-                 dull: list[list[int]], alternatives: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+                 dull: list[list[int]], alternatives: list[list[int]] | None = None,
+                 max_src_len: int = 40) -> dict[str, torch.Tensor]:
     """Rewards of every generated turn, flattened turn-major: (query, reply, r1, r2, r3, r). ``alternatives``
     (one per generated turn, e.g. the policy's greedy reply to the same query) are scored as extra replies in
     the same context and appended after the sampled ones."""
@@ -126,16 +127,20 @@ def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward
     mask = torch.tensor(has_prev)
     # an agent's first turn has no previous turn of its own: give it the batch mean (no push either way)
     r2 = torch.where(mask, r2, r2[mask].mean() if mask.any() else torch.zeros(()))
-    r3 = semantic_coherence(forward, backward, queries, replies)
+    contexts = [p if h else [] for p, h in zip(previous, has_prev)]  # p: the turn before the query
+    r3 = semantic_coherence(forward, backward, queries, replies, contexts, max_src_len=max_src_len)
     return {"queries": queries, "replies": replies, "r1": r1, "r2": r2, "r3": r3, "r": combine(r1, r2, r3)}
 
 
 def reinforce_loss(policy: Seq2Seq, queries: list[list[int]], replies: list[list[int]], rewards: torch.Tensor,
-                   baseline: float) -> torch.Tensor:
+                   baseline: float, *, temperature: float = 1.0, max_len: int | None = None) -> torch.Tensor:
     """REINFORCE with a baseline: -sum_i A_i log p(reply_i | query_i) / tokens, with the advantage
-    A = (r - baseline) / std(r) (whitened so the step size does not depend on the reward scale)."""
-    advantage = (rewards - baseline) / (rewards.std() + 1e-6)  # (N,)
-    logp = sequence_logprobs(policy, queries, replies)  # (N,) summed over tokens, with graph
+    A = (r - baseline) / std(r) (whitened so the step size does not depend on the reward scale). The log-probs
+    are those of the sampler (``temperature``; a reply of ``max_len`` tokens was cut, so it drew no </s>)."""
+    spread = rewards.std(unbiased=False) if rewards.numel() > 1 else rewards.new_ones(())
+    advantage = (rewards - baseline) / (spread + 1e-6)  # (N,)
+    eos = [len(a) < max_len for a in replies] if max_len else None
+    logp = sequence_logprobs(policy, queries, replies, temperature=temperature, eos=eos)  # (N,), with graph
     n_tok = sum(len(a) + 1 for a in replies)
     return -(advantage.detach() * logp).sum() / n_tok
 
@@ -201,12 +206,14 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             queries = flatten_turns(dialogues)[0]
             greedy_cfg = DecodeConfig(strategy="greedy", max_len=cfg.max_len, min_len=1)
             greedy = [_strip_eos(r.tokens) or [EOS_ID] for r in generate(policy, queries, greedy_cfg)]
-        rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=step_dull, alternatives=greedy)
+        rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=step_dull, alternatives=greedy,
+                          max_src_len=train_cfg.max_src_len)
         r = rw["r"].to(device)
         baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
         info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
         # 4. REINFORCE on the sampled turns + MLE on real pairs
-        pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline)
+        pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline, temperature=cfg.temperature,
+                                 max_len=cfg.max_len)
         mle_batch = collate([data.train[rng.randrange(len(data.train))] for _ in range(cfg.mle_batch_size)])
         nll, n_mle = sequence_nll(policy, mle_batch.to(device))
         mle_loss = nll / n_mle
@@ -245,6 +252,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             stop = f"time limit of {cfg.max_minutes} min"
         if stop or step % cfg.save_every == 0:
             save("last")
+    if stop is None:
+        stop = "finished earlier (nothing to do)"
     print(f"stopped: {stop}; best step {info['best_step']}", flush=True)
     return {"step": info["step"], "best_step": info["best_step"], "start_valid_ppl": info["start_ppl"],
             "train_seconds": info["train_seconds"],

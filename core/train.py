@@ -196,6 +196,15 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is True on any rank (so all ranks stop at the same step)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def _setup_distributed(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -223,9 +232,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world = _setup_distributed(device)
+    if world > 1 and cfg.teacher_forcing < 1.0:
+        raise ValueError("teacher_forcing < 1 runs a per-step loop outside DistributedDataParallel; "
+                         "use teacher_forcing 1.0 with several processes")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(cfg)
+    if _is_main():
+        data = prepare_data(cfg)  # rank 0 first: it may train and save the tokenizer the others then load
+    if world > 1:
+        dist.barrier()
+    if not _is_main():
+        data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_config(data.tokenizer.vocab_size)).to(device)
     optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
@@ -238,6 +255,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if _is_main():
             truncate_log(out / "log.csv", info["step"])
             print(f"resumed from {out / 'last'} at step {info['step']} (epoch {info['epoch']})", flush=True)
+    elif _is_main():
+        truncate_log(out / "log.csv", 0)  # a run killed before its first save starts its log again
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     meta_base = {"train": asdict(cfg), "corpus": cfg.corpus if cfg.task == "chat" else f"synthetic:{cfg.task}",
                  "n_train_pairs": len(data.train), "parameters": count_parameters(model)}
@@ -313,7 +332,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             # 5. stop conditions and the periodic resume checkpoint
             if info["step"] >= max_steps:
                 stop_reason = f"reached {max_steps} steps"
-            elif cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60:
+            elif cfg.max_minutes and _any_rank(time.time() - t_start > cfg.max_minutes * 60, device):
                 stop_reason = f"time limit of {cfg.max_minutes} min"
             if stop_reason or info["step"] % cfg.save_every == 0:
                 save_last()
@@ -354,10 +373,12 @@ def truncate_log(path: Path, step: int, fieldnames: list[str] = LOG_FIELDS) -> N
         return
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fieldnames)
         w.writeheader()
         w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def append_log(path: Path, row: dict[str, Any], fieldnames: list[str] = LOG_FIELDS) -> None:

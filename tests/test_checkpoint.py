@@ -126,3 +126,12 @@ def test_train_state_round_trip_restores_optimizer_and_rng(tmp_path, tokenizer):
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert all(torch.equal(s1[i]["exp_avg"], s2[i]["exp_avg"]) for i in s1)
     assert not any(f.suffix in {".pt", ".pkl", ".bin"} for f in (tmp_path / "ck").iterdir())
+
+
+def test_a_save_after_a_half_finished_swap_never_leaves_nothing(tmp_path, tokenizer):
+    model = model_for(tokenizer)
+    save_checkpoint(tmp_path / "ck", model, tokenizer, meta={"v": 1})
+    os.replace(tmp_path / "ck", tmp_path / "ck.old")  # killed between the two renames of a save
+    save_checkpoint(tmp_path / "ck", model, tokenizer, meta={"v": 2})
+    assert json.loads((tmp_path / "ck/config.json").read_text())["meta"] == {"v": 2}
+    assert not (tmp_path / "ck.old").exists()

@@ -149,3 +149,42 @@ def test_self_play_stops_when_fluency_degrades(models):
     with open(root / "rl-strict/log.csv") as f:
         last = list(csv.DictReader(f))[-1]
     assert float(last["valid_ppl"]) > summary["start_valid_ppl"]
+
+
+def test_scoring_matches_the_sampler_temperature_and_cut_replies(models):
+    _, fwd, _, tok = models
+    src, tgt = [tok.encode("do you like football")], [tok.encode("yes i love football")]
+    with torch.no_grad():
+        full = sequence_logprobs(fwd, src, tgt)
+        cut = sequence_logprobs(fwd, src, tgt, eos=[False])
+        hot = sequence_logprobs(fwd, src, tgt, temperature=2.0)
+        mem = fwd.encode(torch.tensor(src), torch.tensor([len(src[0])]))
+        state, tok_in, total_cut = mem.state, 1, 0.0
+        for t in tgt[0]:  # the same sum, step by step, without the final </s>
+            logp, state, _ = fwd.decode_step(torch.tensor([tok_in]), state, mem)
+            logits = logp.clone()
+            logits[0, [0, 1, 3]] = float("-inf")
+            if tok_in == 1:
+                logits[0, 2] = float("-inf")  # no </s> before min_len = 1
+            total_cut += float(torch.log_softmax(logits, -1)[0, t])
+            tok_in = t
+    assert float(cut) == pytest.approx(total_cut, abs=1e-4)
+    assert float(full) < float(cut)  # the </s> term is a log-probability: negative
+    assert float(hot) != pytest.approx(float(full), abs=1e-3)
+
+
+def test_coherence_reads_the_turn_before_the_query(models):
+    _, fwd, bwd, tok = models
+    q, a, p = tok.encode("do you like football"), tok.encode("yes i love football"), tok.encode("where do you live")
+    without = semantic_coherence(fwd, bwd, [q], [a])
+    empty = semantic_coherence(fwd, bwd, [q], [a], contexts=[[]])
+    with_p = semantic_coherence(fwd, bwd, [q], [a], contexts=[p])
+    assert torch.allclose(without, empty) and not torch.allclose(without, with_p)
+    cut = semantic_coherence(fwd, bwd, [q], [a], contexts=[p], max_src_len=len(q))
+    assert torch.allclose(cut, without)  # p falls outside the last max_src_len tokens
+
+
+def test_one_reward_alone_gives_a_finite_update(models):
+    _, fwd, _, tok = models
+    loss = reinforce_loss(fwd, [tok.encode("hi")], [tok.encode("hello")], torch.tensor([0.7]), 0.2)
+    assert torch.isfinite(loss)

@@ -123,7 +123,7 @@ def test_resume_refuses_other_settings(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "core.cli", "train", "--task", "reverse", "--out", str(tmp_path / "ddp"), "--max-steps", "20",
            "--save-every", "10", "--eval-every", "10", *TINY]
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -140,3 +140,21 @@ def test_teacher_forcing_below_one_trains(tmp_path):
                       teacher_forcing=0.5, max_steps=10, save_every=10, eval_every=10, progress=False)
     summary = train(cfg)
     assert summary["step"] == 10 and summary["best_valid_ppl"] < float("inf")
+
+
+def test_a_fresh_run_starts_its_log_again(tmp_path):
+    out = tmp_path / "fresh"
+    out.mkdir()
+    (out / "log.csv").write_text(",".join(LOG_FIELDS) + "\n" + "50,0,9,,0.1,1,1,1\n" * 3)  # killed before a save
+    train(TrainConfig(out=str(out), task="sort", emb_dim=16, hidden=16, enc_layers=1, dec_layers=1, max_steps=50,
+                      save_every=50, eval_every=50, threads=1, progress=False))
+    with open(out / "log.csv") as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["50"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
