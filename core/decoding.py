@@ -34,7 +34,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from core.model import Memory, State, map_state
+from core.batching import collate
+from core.model import Memory, Seq2Seq, State, map_state
 from core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
 NEG_INF = float("-inf")
@@ -594,27 +595,35 @@ def _update_done(done: list[bool], finished: list[list[_Final]], best_live: list
 # ----------------------------------------------------------------------------- MMI-bidi
 
 
-@torch.inference_mode()
-def sequence_logprob(model: Any, src: list[list[int]], tgt: list[list[int]]) -> list[float]:
-    """log p(tgt + </s> | src) for each pair, teacher-forced in one batch (an empty ``src`` gets -inf)."""
-    device = _device(model)
-    ok = [i for i, s in enumerate(src) if s]
-    out = [NEG_INF] * len(src)
-    if not ok:
-        return out
-    src_t, lens = _pad([src[i] for i in ok], device)  # (B, S)
-    T = max(len(tgt[i]) for i in ok) + 1
-    tgt_in = torch.full((len(ok), T), PAD_ID, dtype=torch.long, device=device)  # (B, T) <s> + target
-    tgt_out = torch.full((len(ok), T), PAD_ID, dtype=torch.long, device=device)  # (B, T) target + </s>
-    for j, i in enumerate(ok):
-        n = len(tgt[i])
-        tgt_in[j, : n + 1] = torch.tensor([BOS_ID, *tgt[i]])
-        tgt_out[j, : n + 1] = torch.tensor([*tgt[i], EOS_ID])
-    logp = torch.log_softmax(model(src_t, lens, tgt_in).float(), -1)  # (B, T, V)
-    tok_logp = logp.gather(2, tgt_out.unsqueeze(-1)).squeeze(-1) * (tgt_out != PAD_ID)  # (B, T)
-    for j, v in zip(ok, tok_logp.sum(1).tolist()):
-        out[j] = v
-    return out
+def sequence_logprobs(model: Seq2Seq, src: list[list[int]], tgt: list[list[int]], *, mean: bool = False,
+                      min_len: int = 1, repeat: int = 1, temperature: float = 1.0,
+                      eos: list[bool] | None = None) -> Tensor:
+    """log p(tgt + </s> | src) per pair, (N,), teacher-forced in one batch; ``mean`` divides by the token count.
+
+    The distribution is the one the decoders sample from (<pad> <s> <unk> excluded, no </s> before ``min_len``
+    tokens), so a policy gradient on these log-probs cannot push probability into tokens that are never
+    generated; ``temperature`` scales the logits as the sampler does. ``eos[i] = False`` leaves out the final
+    </s> term of pair i (a sample cut at max_len never drew it). ``repeat=R`` scores every source against R
+    targets (``tgt`` holds len(src) * R of them, R per source in order) with one encoder pass per source.
+    Keeps the autograd graph; wrap in ``torch.no_grad`` to score only."""
+    device = next(model.parameters()).device
+    srcs = collate([(s or [PAD_ID], [PAD_ID]) for s in src]).to(device)
+    mem = model.encode(srcs.src, srcs.src_lens)  # N sources
+    if repeat > 1:
+        mem = tile_memory(mem, repeat)  # [N, ...] -> [N*R, ...]
+    tgts = collate([([PAD_ID], t) for t in tgt]).to(device)
+    logits, _, _ = model.decoder(tgts.tgt_in, mem.state, mem)  # (N*R, T, V)
+    logits = logits.float() / temperature
+    logits[..., list(NEVER_GENERATED)] = float("-inf")  # the decoders never emit these: same distribution
+    logits[:, :min_len, EOS_ID] = float("-inf")  # nor </s> before min_len tokens
+    logp = torch.log_softmax(logits, -1).gather(2, tgts.tgt_out.unsqueeze(-1)).squeeze(-1)  # (N*R, T)
+    mask = tgts.tgt_mask  # (N*R, T)
+    if eos is not None:
+        lengths = torch.tensor([len(t) for t in tgt], device=device)  # (N*R,) the </s> sits at index len(t)
+        drop = ~torch.tensor(eos, device=device)
+        mask = mask & ~(drop.unsqueeze(1) & (torch.arange(mask.size(1), device=device) == lengths.unsqueeze(1)))
+    total = torch.where(mask, logp, 0.0).sum(1)  # (N*R,) padding may be -inf: select, never multiply
+    return total / mask.sum(1) if mean else total
 
 
 def mmi_rerank(backward: Any, src: list[int], hyps: list[Hypothesis], lam: float) -> list[Hypothesis]:
@@ -622,7 +631,13 @@ def mmi_rerank(backward: Any, src: list[int], hyps: list[Hypothesis], lam: float
     if not hyps:
         return hyps
     replies = [[t for t in h.tokens if t != EOS_ID] for h in hyps]
-    back = sequence_logprob(backward, replies, [src] * len(hyps))
+    ok = [i for i, r in enumerate(replies) if r]  # an empty reply says nothing about the source: -inf
+    back = [NEG_INF] * len(hyps)
+    if ok:
+        with torch.inference_mode():
+            scores = sequence_logprobs(backward, [replies[i] for i in ok], [src] * len(ok)).tolist()
+        for i, v in zip(ok, scores):
+            back[i] = v
     for h, lp_back in zip(hyps, back):
         h.score = NEG_INF if lp_back == NEG_INF else (1 - lam) * sum(h.logprobs) + lam * lp_back
     return sorted(hyps, key=lambda h: -h.score)

@@ -21,7 +21,7 @@ from core.decoding import (
     Step,
     build_modifiers,
     generate,
-    sequence_logprob,
+    sequence_logprobs,
     top_k_filter,
     top_p_filter,
     wide_topk,
@@ -477,7 +477,8 @@ def test_mmi_rerank_uses_the_backward_model():
     [mmi] = generate(model, [src], DecodeConfig(beam_size=5, nbest=5, max_len=8, mmi_lambda=lam), backward=backward)
     assert sorted(h.tokens for h in mmi.nbest) == sorted(h.tokens for h in plain.nbest)
     for h in mmi.nbest:
-        back = sequence_logprob(backward, [[t for t in h.tokens if t != EOS_ID]], [src])[0]
+        with torch.no_grad():
+            back = float(sequence_logprobs(backward, [[t for t in h.tokens if t != EOS_ID]], [src])[0])
         assert h.score == pytest.approx((1 - lam) * sum(h.logprobs) + lam * back, abs=1e-4)
     assert [h.score for h in mmi.nbest] == sorted((h.score for h in mmi.nbest), reverse=True)
     assert mmi.tokens == mmi.nbest[0].tokens

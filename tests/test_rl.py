@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint
+from core.decoding import sequence_logprobs
 from core.model import ModelConfig, Seq2Seq
 from core.rewards import (
     combine,
@@ -14,7 +15,6 @@ from core.rewards import (
     ease_of_answering,
     information_flow,
     semantic_coherence,
-    sequence_logprobs,
 )
 from core.rl import RLConfig, reinforce_loss, self_play, train_rl
 from core.tokenizer import train_tokenizer
