@@ -104,8 +104,3 @@ def iterate_batches(
     mine = batches[rank::world][:per_rank]
     for ex in mine[skip:]:
         yield collate(ex)
-
-
-def batches_per_epoch(n_examples_batches: int, world: int) -> int:
-    """How many batches each rank sees in one epoch, given the total number of batches."""
-    return n_examples_batches // world if world > 1 else n_examples_batches

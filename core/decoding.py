@@ -90,20 +90,12 @@ class DecodeConfig:
         """A validated copy with ``overrides`` applied. A lowered ``beam_size`` / ``max_len`` pulls down a
         ``nbest`` / ``min_len`` that was not given too, so ``beam_size=3`` alone never fails on the default
         ``nbest=5``."""
-        return DecodeConfig(**self._merged(overrides, pull_down=True))
-
-    def clamped(self, **overrides: Any) -> DecodeConfig:
-        """Like :meth:`with_overrides`, but numbers outside their range move to the nearest allowed value and
-        integral floats become ints (UI sliders). Unknown keys, wrong types and NaN still raise."""
-        values = self._merged(overrides, pull_down=False)
-        for f in fields(self):  # in declaration order, so a bound is clamped before the field it bounds
-            values[f.name] = _clamp(values, f.name, values[f.name])
-        return DecodeConfig(**values)
+        return DecodeConfig(**self._merged(overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def _merged(self, overrides: dict[str, Any], *, pull_down: bool) -> dict[str, Any]:
+    def _merged(self, overrides: dict[str, Any]) -> dict[str, Any]:
         known = [f.name for f in fields(self)]
         unknown = sorted(set(overrides) - set(known))
         if unknown:
@@ -112,14 +104,13 @@ class DecodeConfig:
         for name in known:
             bound = _FIELDS[name].metadata["hi"]
             lowered = isinstance(bound, str) and bound in overrides and name not in overrides
-            if pull_down and lowered and _is_int(values[bound]):
+            if lowered and _is_int(values[bound]):
                 values[name] = min(values[name], values[bound])
         return values
 
 
 _FIELDS = {f.name: f for f in fields(DecodeConfig)}
 _TYPES = typing.get_type_hints(DecodeConfig)
-_OPEN_MIN = 0.01  # where clamped() puts a value at or below an open lower bound (temperature, top_p)
 
 
 def _is_int(v: Any) -> bool:
@@ -162,23 +153,6 @@ def _check_field(cfg: DecodeConfig, name: str, v: Any) -> None:
     lo, hi, text = _range(cfg, name)
     if (v <= lo if meta["lo_open"] else v < lo) or v > hi:
         raise ValueError(f"{where} is out of range: allowed {text}")
-
-
-def _clamp(values: dict[str, Any], name: str, v: Any) -> Any:
-    """``v`` coerced to the field's type and moved into its range (non-numeric fields are left to validate)."""
-    meta, typ = _FIELDS[name].metadata, _TYPES[name]
-    if typ not in (int, float) or not _is_number(v):
-        return v
-    if not math.isfinite(v):
-        raise ValueError(f"DecodeConfig.{name}={v!r}: must be a finite number")
-    if typ is int:
-        if v != int(v):
-            return v  # 2.5 for an int: left for validate() to reject
-        v = int(v)
-    lo, hi, _ = _range(values, name)
-    if meta["lo_open"] and v <= lo:
-        return _OPEN_MIN
-    return typ(min(max(v, lo), hi))
 
 
 # ----------------------------------------------------------------------------- results

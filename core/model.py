@@ -96,11 +96,6 @@ def map_state(state: State, fn) -> State:
     return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
 
 
-def state_h(state: State) -> Tensor:
-    """The hidden part h (L, B, H) of a GRU or LSTM state."""
-    return state[0] if isinstance(state, tuple) else state
-
-
 def inference_path(module: nn.Module) -> bool:
     """True where a step may take the inference path: eval mode (no dropout) and no autograd."""
     return not module.training and not torch.is_grad_enabled()

@@ -535,17 +535,6 @@ def test_overrides_unknown_keys_and_dependent_bounds():
         DecodeConfig().with_overrides(beam_size=3, nbest=5)  # both given: the caller meant it
 
 
-def test_clamped_moves_values_into_range():
-    cfg = DecodeConfig().clamped(beam_size=999, nbest=80.0, temperature=0, top_p=7, max_len=-3, antilm=2)
-    assert (cfg.beam_size, cfg.nbest, cfg.temperature, cfg.top_p, cfg.max_len, cfg.min_len, cfg.antilm) == (
-        50, 50, 0.01, 1.0, 1, 1, 1.0)
-    assert isinstance(DecodeConfig().clamped(beam_size=4.0).beam_size, int)
-    with pytest.raises(ValueError, match="unknown"):
-        DecodeConfig().clamped(nope=1)
-    with pytest.raises(ValueError, match="must be a finite number"):
-        DecodeConfig().clamped(antilm=float("nan"))
-
-
 def test_help_on_every_field():
     from dataclasses import fields
 

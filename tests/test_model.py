@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.model import LanguageModel, ModelConfig, Seq2Seq, build_model, count_parameters, state_h
+from core.model import LanguageModel, ModelConfig, Seq2Seq, build_model, count_parameters
 
 torch.set_num_threads(1)
 
@@ -68,7 +68,7 @@ def test_encoder_memory_shapes_and_decoder_state():
     mem = model.encode(src, lens)
     assert mem.outputs.shape == (3, 7, 16)
     assert mem.mask.tolist()[2] == [True] * 3 + [False] * 4
-    assert state_h(mem.state).shape == (1, 3, 16)
+    assert mem.state.shape == (1, 3, 16)  # (L_dec, B, H)
 
 
 def test_tied_output_shares_the_embedding_and_counts_once():
