@@ -2,8 +2,11 @@
 PY        ?= python3
 VENV      := .venv
 BIN       := $(VENV)/bin
-# The CPU build of torch is pinned here (pyproject accepts a range): an unpinned torch pulls CUDA packages.
-TORCH_PIN := torch==2.13.0
+# torch is pinned here (pyproject accepts a range): on the project's machines pip finds the CPU build of
+# 2.13.0 in its local wheel folder; an unpinned torch would pull several GB of CUDA packages. Elsewhere, ask for
+# the CPU build explicitly: make TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu" demo
+TORCH_PIN   := torch==2.13.0
+TORCH_INDEX ?=
 HOST      ?= 127.0.0.1
 PORT      ?= 7860
 
@@ -14,7 +17,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q $(TORCH_INDEX) $(TORCH_PIN)
 	$(BIN)/pip install -q -e ".[app,test]"
 	touch $@
 
@@ -48,7 +51,7 @@ checkpoints: setup
 	$(RUN) train --kind lm --tokenizer runs/mle/tokenizer.json --out runs/lm --dropout 0.2 --epochs 4 \
 	  --eval-every 800 --save-every 200 --no-progress
 	$(RUN) train --kind backward --tokenizer runs/mle/tokenizer.json --out runs/backward --dropout 0.2 \
-	  --epochs 4 --eval-every 800 --save-every 200 --no-progress
+	  --epochs 3 --eval-every 800 --save-every 200 --no-progress
 	$(RUN) train-rl --policy runs/mle/best --backward runs/backward/best --out runs/rl
 	$(RUN) export runs/mle checkpoints/mle
 	$(RUN) export runs/lm checkpoints/lm

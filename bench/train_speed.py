@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from core.batching import Batch, collate, encode_pairs, make_batches
-from core.corpora import load_corpus, make_pairs, split_conversations
-from core.model import ModelConfig, Seq2Seq
-from core.tokenizer import PAD_ID, train_tokenizer
-from core.train import sequence_nll
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.batching import Batch, collate, encode_pairs, make_batches  # noqa: E402
+from core.corpora import load_corpus, make_pairs, split_conversations  # noqa: E402
+from core.model import ModelConfig, Seq2Seq  # noqa: E402
+from core.tokenizer import PAD_ID, train_tokenizer  # noqa: E402
+from core.train import sequence_nll  # noqa: E402
 
 
 def per_step_loop_nll(model: Seq2Seq, batch: Batch) -> torch.Tensor:

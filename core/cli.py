@@ -175,7 +175,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     split = load_split_for(next(iter(bots.values())))
     df = evaluate_bots(bots, split, n_prompts=args.n_prompts, n_dialogues=args.n_dialogues,
                        dull=dull_list(split.train), seed=args.seed)
-    out = args.out or Path(args.checkpoints or default_checkpoint_dir()) / "report.csv"
+    if args.out:
+        out = Path(args.out)
+    elif args.checkpoint:  # one checkpoint: the report goes beside it, never over the shipped one
+        out = Path(args.checkpoint) / "report.csv"
+    else:
+        out = Path(args.checkpoints or default_checkpoint_dir()) / "report.csv"
     write_report(df, out)
     print(to_markdown(df))
     print(f"\nwrote {out} and {Path(out).with_suffix('.md')}")

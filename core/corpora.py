@@ -20,6 +20,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 Conversation = list[str]
 
@@ -70,7 +71,7 @@ def load_chitchat(path: str | Path | None = None) -> list[Conversation]:
     return convs
 
 
-def _open_bytes(path: Path):
+def _open_bytes(path: Path) -> BinaryIO:
     try:
         return path.open("rb")
     except OSError as e:

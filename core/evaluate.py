@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from core.batching import encode_pairs
+from core.batching import Example, encode_pairs
 from core.bots import Bot
 from core.corpora import Split, load_corpus, make_pairs, opening_messages, split_conversations
 from core.metrics import DULL_REPLIES, bleu, distinct_n, dull_rate, normalize_reply
@@ -70,7 +70,7 @@ def simulate_dialogues(bot: Bot, openings: list[str], *, max_turns: int = MAX_TU
     return dialogues
 
 
-def _test_examples(bot: Bot, pairs: list[tuple[str, str]]):
+def _test_examples(bot: Bot, pairs: list[tuple[str, str]]) -> list[Example]:
     train_cfg = {}
     if bot.checkpoint is not None and (bot.checkpoint / "config.json").exists():
         from core.checkpoint import read_config

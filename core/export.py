@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ def export_run(run_dir: str | Path, dest: str | Path, *, which: str = "best", no
         state = json.loads(state_file.read_text())
         meta["train_seconds"] = round(state.get("train_seconds", 0.0), 1)
         meta["trained_steps"] = state.get("step")
-    meta["hardware"] = _hardware(meta)
     log_rows = _read_log(run_dir / "log.csv")
     extra = {"MODEL_CARD.md": model_card(dest.name, model.cfg.to_dict(), meta, log_rows, notes)}
     if log_rows:
@@ -42,11 +40,6 @@ def export_run(run_dir: str | Path, dest: str | Path, *, which: str = "best", no
         shutil.rmtree(dest)
         raise ValueError(f"{dest}/model.safetensors would be {size / 2**20:.1f} MB (limit 25 MB)")
     return dest
-
-
-def _hardware(meta: dict[str, Any]) -> str:
-    device = meta.get("train", {}).get("device", "auto")
-    return f"{platform.machine()} CPU ({torch.get_num_threads()} threads)" if device != "cuda" else "CUDA GPU"
 
 
 def _read_log(path: Path) -> list[dict[str, str]]:
@@ -84,13 +77,13 @@ def model_card(name: str, model_cfg: dict[str, Any], meta: dict[str, Any], log_r
 {json.dumps(model_cfg, indent=2)}
 ```
 Training: Adam lr {train.get('lr')}, batch {train.get('batch_size')}, dropout {model_cfg['dropout']}, gradient clip
-{train.get('clip')}, teacher forcing {train.get('teacher_forcing')}, seed {train.get('seed')}; LR halved on each
-validation without improvement.
+{train.get('clip')}, teacher forcing {train.get('teacher_forcing')}, seed {train.get('seed')}; LR multiplied by
+{train.get('lr_decay')} after each validation without improvement.
 
 ## Training
 - Steps: {meta.get('trained_steps', meta.get('step'))}; exported from step {meta.get('step')}
   (best validation perplexity {meta.get('valid_ppl', float('nan')):.2f}).
-- Time: {hours:.2f} h on {meta.get('hardware')}.
+- Time: {hours:.2f} h on {meta.get('hardware', 'unrecorded hardware')}.
 
 | step | validation perplexity |
 |---:|---:|

@@ -20,6 +20,7 @@ of its weight packed once for oneDNN's GEMM (rebuilt whenever the weight changes
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -91,7 +92,7 @@ class Memory(NamedTuple):
 # ----------------------------------------------------------------------------- state helpers
 
 
-def map_state(state: State, fn) -> State:
+def map_state(state: State, fn: Callable[[Tensor], Tensor]) -> State:
     """Apply ``fn`` to the tensor(s) of a recurrent state."""
     return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
 

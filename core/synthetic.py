@@ -27,7 +27,8 @@ def make_task_pairs(
     return pairs
 
 
-def task_splits(task: str, *, seed: int, n_train: int = 20000, n_eval: int = 500):
+def task_splits(task: str, *, seed: int, n_train: int = 20000, n_eval: int = 500
+                ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
     """Train / valid / test pairs for a synthetic task; held-out splits use other seeds, and any test pair that
     also occurs in training is dropped so accuracy is measured on unseen sequences."""
     train = make_task_pairs(task, n_train, seed=seed)

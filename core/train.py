@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -55,6 +56,9 @@ class TrainConfig:
     corpus_format: str | None = field(default=None, metadata={"help": "chitchat, cornell, tsv, lines, reddit"})
     tokenizer: str | None = field(default=None, metadata={"help": "existing tokenizer.json to reuse"})
     vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary size when training a tokenizer"})
+    lowercase: bool = field(default=True, metadata={"help": "the tokenizer lower-cases text (training and prompts)"})
+    max_chars: int | None = field(default=None, metadata={"help": "drop utterances longer than N characters, "
+                                                                   "cutting their conversation there"})
     split_seed: int = field(default=1234, metadata={"help": "seed of the train/valid/test conversation split"})
     max_src_len: int = field(default=40, metadata={"help": "keep the last N source tokens"})
     max_tgt_len: int = field(default=40, metadata={"help": "drop pairs whose reply is longer than N tokens"})
@@ -119,7 +123,8 @@ def prepare_data(cfg: TrainConfig) -> Data:
         train_p, valid_p, test_p = task_splits(cfg.task, seed=cfg.split_seed)
         tok_kind, texts, split = "word", [t for p in train_p for t in p], None
     elif cfg.task == "chat":
-        split = split_conversations(load_corpus(cfg.corpus, fmt=cfg.corpus_format), seed=cfg.split_seed)
+        convs = load_corpus(cfg.corpus, fmt=cfg.corpus_format, max_chars=cfg.max_chars)
+        split = split_conversations(convs, seed=cfg.split_seed)
         swap = cfg.kind == "backward"
         train_p, valid_p, test_p = (make_pairs(c, swap=swap) for c in (split.train, split.valid, split.test))
         tok_kind, texts = "bpe", [u for conv in split.train for u in conv]
@@ -131,7 +136,7 @@ def prepare_data(cfg: TrainConfig) -> Data:
     elif tok_path.exists():
         tokenizer = Tokenizer.load(tok_path)
     else:
-        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, kind=tok_kind)
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, kind=tok_kind, lowercase=cfg.lowercase)
         if _is_main():
             tok_path.parent.mkdir(parents=True, exist_ok=True)
             tokenizer.save(tok_path)
@@ -258,7 +263,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif _is_main():
         truncate_log(out / "log.csv", 0)  # a run killed before its first save starts its log again
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)") + f", {world} process(es)"
     meta_base = {"train": asdict(cfg), "corpus": cfg.corpus if cfg.task == "chat" else f"synthetic:{cfg.task}",
+                 "hardware": hardware,
                  "n_train_pairs": len(data.train), "parameters": count_parameters(model)}
     if _is_main():
         print(f"{cfg.kind} model: {count_parameters(model):,} parameters, {len(data.train):,} training pairs, "

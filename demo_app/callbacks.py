@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -32,6 +32,9 @@ import torch
 from core.bots import Bot
 from core.corpora import normalize_text, read_prompts
 from core.metrics import reply_metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +423,8 @@ def _label(piece: str) -> str:
     return shown.replace("$", r"\$") or "∅"
 
 
-def attention_figure(attention: Sequence[Sequence[float]], source: Sequence[str], target: Sequence[str]):
+def attention_figure(attention: Sequence[Sequence[float]], source: Sequence[str], target: Sequence[str]
+                     ) -> Figure:
     """A matplotlib Figure (no pyplot state, safe in threads) of attention rows (T) over source tokens (S)."""
     from matplotlib.figure import Figure
 

@@ -3,7 +3,7 @@
 ``tiny_checkpoints`` writes what ``checkpoints/`` holds after training, at toy size (random weights, emb = hidden
 = 32), so the app, the API and the Space build run in seconds on CPU:
 
-    bots.json                four bots (the shipped registry; the anti-LM bot also gets the backward model)
+    bots.json                the shipped registry (four bots)
     mle/ rl/ backward/       Seq2Seq checkpoints (different seeds); mle/ also has train_log.csv and MODEL_CARD.md
     lm/                      LanguageModel checkpoint for anti-LM
     report.csv               evaluation metrics per bot (made-up numbers, real format)
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -67,11 +68,7 @@ def write_tiny_checkpoints(root: Path) -> Path:
         n_params = sum(p.numel() for p in model.parameters())
         save_checkpoint(root / name, model, tok, meta={**meta, "parameters": n_params},
                         extra_files=extra if name == "mle" else None)
-    registry = json.loads((SHIPPED / "bots.json").read_text(encoding="utf-8"))
-    for bot in registry["bots"]:
-        if bot["name"] == "antilm":
-            bot["backward"] = "backward"  # so the MMI-bidi slider has a bot to act on
-    (root / "bots.json").write_text(json.dumps(registry, indent=2), encoding="utf-8")
+    shutil.copy(SHIPPED / "bots.json", root / "bots.json")
     (root / "report.csv").write_text(REPORT, encoding="utf-8")
     return root
 

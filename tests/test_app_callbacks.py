@@ -37,7 +37,7 @@ def test_each_control_acts_only_on_the_bots_it_fits(tiny_bots):
     fits = {name: [b for b in NAMES if cb.applies_to(tiny_bots[b], name)] for name in cb.CONTROL_NAMES}
     assert fits["beam_size"] == ["beam", "antilm", "rl"]  # greedy has no beam
     assert fits["antilm"] == fits["gamma"] == ["antilm"]  # the only bot with a language model
-    assert fits["mmi_lambda"] == ["antilm"]  # the only bot with a backward model (conftest)
+    assert fits["mmi_lambda"] == ["beam", "antilm", "rl"]  # the bots with a backward model
     assert fits["n_bonus"] == fits["max_len"] == NAMES
 
 
@@ -155,7 +155,8 @@ def test_sampling_and_mmi_controls(tiny_bots):
     s = {name: r["settings"] for name, r in last.details["bots"].items()}
     assert s["beam"]["strategy"] == "sample" and s["beam"]["top_k"] == 20
     assert s["greedy"]["strategy"] == "greedy"
-    assert s["antilm"]["mmi_lambda"] == 0.5 and s["beam"]["mmi_lambda"] == 0.0
+    assert s["antilm"]["mmi_lambda"] == 0.5 and s["beam"]["mmi_lambda"] == 0.5
+    assert s["greedy"]["mmi_lambda"] == 0.0  # no backward model
 
 
 @pytest.mark.parametrize("message", ["", "   \n\t ", "\x00\x01\x1b", None, 42])
@@ -305,7 +306,7 @@ def test_metric_plot():
 
 def test_checkpoint_infos_cover_every_folder_bots_json_names(tiny_checkpoints):
     infos = {i.name: i for i in checkpoint_infos(tiny_checkpoints)}
-    assert list(infos) == ["mle", "lm", "backward", "rl"]
+    assert list(infos) == ["mle", "backward", "lm", "rl"]
     mle = infos["mle"]
     assert "Greedy (model)" in mle.used_by and "Beam + anti-LM (model)" in mle.used_by
     assert infos["lm"].used_by == ["Beam + anti-LM (anti-LM language model)"]

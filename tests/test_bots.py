@@ -102,8 +102,9 @@ def test_overrides_are_validated(bots):
         bots["beam"].respond("hello", beams=3)
     with pytest.raises(ValueError, match="bot 'beam' has no language model"):
         bots["beam"].respond("hello", antilm=0.5)
-    with pytest.raises(ValueError, match="bot 'beam' has no backward model"):
-        bots["beam"].respond("hello", mmi_lambda=0.5)
+    with pytest.raises(ValueError, match="bot 'greedy' has no backward model"):
+        bots["greedy"].respond("hello", mmi_lambda=0.5)
+    assert bots["beam"].respond("hello", mmi_lambda=0.5).settings["mmi_lambda"] == 0.5
 
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n\t  \r\n", "\x00\x01\x02"])
