@@ -51,10 +51,10 @@ class ModelConfig:
     attention: str = field(default="dot", metadata={"help": "Luong score: dot, general, concat (ignored for lm)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout between layers and on embeddings"})
     share_embeddings: bool = field(
-        default=True, metadata={"help": "encoder and decoder share one embedding table"}
+        default=False, metadata={"help": "encoder and decoder share one embedding table"}
     )
     tie_output: bool = field(
-        default=True, metadata={"help": "output projection shares the decoder embedding (needs E == H)"}
+        default=False, metadata={"help": "output projection shares the decoder embedding (needs E == H)"}
     )
 
     def __post_init__(self) -> None:

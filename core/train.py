@@ -70,7 +70,8 @@ class TrainConfig:
     cell: str = field(default="gru", metadata={"help": "gru or lstm"})
     attention: str = field(default="dot", metadata={"help": "dot, general or concat"})
     dropout: float = field(default=0.1, metadata={"help": "dropout"})
-    tie_output: bool = field(default=True, metadata={"help": "tie output projection to decoder embedding"})
+    tie_output: bool = field(default=False, metadata={"help": "tie output projection to decoder embedding"})
+    share_embeddings: bool = field(default=False, metadata={"help": "encoder and decoder share one embedding"})
     # optimisation
     batch_size: int = field(default=64, metadata={"help": "pairs per batch (per process)"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
@@ -95,7 +96,7 @@ class TrainConfig:
         return ModelConfig(
             vocab_size=vocab_size, kind=self.kind, cell=self.cell, emb_dim=self.emb_dim, hidden=self.hidden,
             enc_layers=self.enc_layers, dec_layers=self.dec_layers, attention=self.attention,
-            dropout=self.dropout, tie_output=self.tie_output,
+            dropout=self.dropout, tie_output=self.tie_output, share_embeddings=self.share_embeddings,
         )
 
     @classmethod

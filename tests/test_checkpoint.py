@@ -28,6 +28,7 @@ def tokenizer():
 
 def model_for(tok, **kw):
     torch.manual_seed(0)
+    kw = {"tie_output": True, "share_embeddings": True, **kw}  # tied weights: the harder case for saving
     cfg = ModelConfig(vocab_size=tok.vocab_size, emb_dim=16, hidden=16, dropout=0.0, **kw)
     return LanguageModel(cfg) if cfg.kind == "lm" else Seq2Seq(cfg)
 

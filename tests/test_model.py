@@ -72,17 +72,19 @@ def test_encoder_memory_shapes_and_decoder_state():
 
 
 def test_tied_output_shares_the_embedding_and_counts_once():
-    tied = Seq2Seq(tiny())
-    untied = Seq2Seq(tiny(tie_output=False))
-    assert tied.decoder.out.weight is tied.decoder.embedding.weight
+    tied = Seq2Seq(tiny(tie_output=True, share_embeddings=True))
+    untied = Seq2Seq(tiny(share_embeddings=True))
+    separate = Seq2Seq(tiny())  # the default: own encoder and decoder embeddings, own output projection
+    assert tied.decoder.out.weight is tied.decoder.embedding.weight is tied.encoder.embedding.weight
     assert count_parameters(untied) - count_parameters(tied) == 50 * 16
+    assert count_parameters(separate) - count_parameters(untied) == 50 * 16
 
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="attention"):
         tiny(attention="bahdanau")
     with pytest.raises(ValueError, match="emb_dim == hidden"):
-        tiny(emb_dim=8)
+        tiny(emb_dim=8, tie_output=True)
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({"vocab_size": 5, "heads": 4})
     assert isinstance(build_model(tiny(kind="lm")), LanguageModel)
