@@ -57,6 +57,7 @@ checkpoints: setup
 	$(RUN) export runs/lm checkpoints/lm
 	$(RUN) export runs/backward checkpoints/backward
 	$(RUN) export runs/rl checkpoints/rl
+	$(RUN) tune --write
 	$(RUN) evaluate
 
 bench: setup

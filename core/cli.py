@@ -41,6 +41,10 @@ Run the same command again to resume from <out>/last.""",
   chatbot-arena evaluate                                     # shipped bots -> checkpoints/report.csv and .md
   chatbot-arena evaluate --bots beam,antilm --n-prompts 100 --out runs/eval.csv
   chatbot-arena evaluate --checkpoints runs/compare          # any folder with a bots.json""",
+    "tune": """examples:
+  chatbot-arena tune                                         # grid over the anti-LM bot on the validation split
+  chatbot-arena tune --write                                 # ... and store the winner in bots.json
+  chatbot-arena tune --checkpoints runs/compare --bot antilm --n-prompts 100 --max-logp-drop 0.3""",
     "chat": """examples:
   chatbot-arena chat                                         # the beam bot of the shipped checkpoints
   chatbot-arena chat --bot antilm --antilm 0.3 --gamma 4
@@ -166,6 +170,25 @@ def _cmd_respond(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from core.bots import default_checkpoint_dir
+    from core.evaluate import load_split_for, to_markdown
+    from core.rewards import dull_list
+    from core.tune import tune_antilm, write_bot_defaults
+
+    bot = next(iter(_pick_bots(args, [args.bot]).values()))
+    split = load_split_for(bot)
+    chosen, df = tune_antilm(bot, split, n_prompts=args.n_prompts, max_logp_drop=args.max_logp_drop,
+                             dull=dull_list(split.train))
+    print(to_markdown(df.round(4)))
+    print(f"\nchosen for {bot.name}: {chosen}")
+    if args.write:
+        bots_json = Path(args.checkpoints or default_checkpoint_dir()) / "bots.json"
+        write_bot_defaults(bots_json, bot.name, chosen)
+        print(f"wrote {bots_json}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from core.bots import default_checkpoint_dir
     from core.evaluate import evaluate_bots, load_split_for, to_markdown, write_report
@@ -250,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the test prompts")
     p.add_argument("--out", default=None, help="CSV path (default: <checkpoints>/report.csv); .md beside it")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("tune", help="choose the anti-LM bot's antilm, gamma, n_bonus on the validation split",
+                       epilog=EXAMPLES["tune"], formatter_class=fmt)
+    bot_args(p, many=False)
+    p.set_defaults(bot="antilm")
+    p.add_argument("--n-prompts", type=int, default=200, help="validation prompts sampled (seeded)")
+    p.add_argument("--max-logp-drop", type=float, default=0.5,
+                   help="largest allowed drop of mean per-token log p(T|S) vs plain beam, in nats")
+    p.add_argument("--write", action="store_true", help="write the chosen settings into bots.json")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("chat", help="talk to one bot in the terminal", epilog=EXAMPLES["chat"],
                        formatter_class=fmt)

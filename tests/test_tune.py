@@ -1,0 +1,48 @@
+"""Tuning the anti-LM bot on the validation split: a grid, a feasible winner, bots.json updated in place."""
+
+import json
+import shutil
+
+import pytest
+
+from core.bots import load_bots
+from core.corpora import split_conversations
+from core.tune import tune_antilm, write_bot_defaults
+
+SMALL = {"antilm": [0.2, 0.6], "gamma": [2], "n_bonus": [0.0, 0.5]}
+
+
+@pytest.fixture(scope="module")
+def split():
+    convs = [[f"hello number {i}", f"hi there friend {i}", "how are you"] for i in range(60)]
+    return split_conversations(convs, seed=1, valid_frac=0.5, test_frac=0.1)
+
+
+def test_grid_table_and_a_winner_from_the_grid(tiny_bots, split):
+    chosen, df = tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0)
+    assert len(df) == 1 + 4 and df.loc[0, "antilm"] == 0.0 and not df.loc[0, "feasible"]
+    assert chosen["antilm"] in SMALL["antilm"] and chosen["gamma"] == 2 and chosen["n_bonus"] in SMALL["n_bonus"]
+    feasible = df[df["feasible"]]
+    assert chosen["antilm"] == feasible.sort_values(["distinct_2", "logp_per_token"]).iloc[-1]["antilm"]
+    assert {"distinct_1", "distinct_2", "dull_rate", "logp_per_token", "mean_len"} <= set(df.columns)
+
+
+def test_no_feasible_point_is_a_clear_error(tiny_bots, split):
+    with pytest.raises(ValueError, match="widen the grid"):
+        tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=-100.0)
+
+
+def test_writing_defaults_touches_only_that_bot(tiny_checkpoints, tmp_path):
+    root = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoints, root)
+    before = json.loads((root / "bots.json").read_text())
+    write_bot_defaults(root / "bots.json", "antilm", {"antilm": 0.3, "gamma": 4, "n_bonus": 0.25})
+    after = json.loads((root / "bots.json").read_text())
+    for b0, b1 in zip(before["bots"], after["bots"]):
+        if b0["name"] == "antilm":
+            assert b1["decoder"] == {**b0["decoder"], "antilm": 0.3, "gamma": 4, "n_bonus": 0.25}
+        else:
+            assert b0 == b1
+    assert load_bots(root, device="cpu")["antilm"].defaults.gamma == 4
+    with pytest.raises(ValueError, match="no bot named"):
+        write_bot_defaults(root / "bots.json", "nope", {})
