@@ -102,7 +102,7 @@ def _cmd_train_rl(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from core.export import export_run
 
-    print(f"wrote {export_run(args.run, args.dest, which=args.which)}")
+    print(f"wrote {export_run(args.run, args.dest, which=args.which, notes=args.notes)}")
     return 0
 
 
@@ -114,16 +114,21 @@ def _decoder_overrides(args: argparse.Namespace) -> dict:
 
 def _pick_bots(args: argparse.Namespace, default: list[str] | None) -> dict:
     """Bots named by --bots/--bot from --checkpoints, or one bot made from --checkpoint."""
-    from core.bots import bot_from_checkpoint, load_bots
+    from core.bots import bot_from_checkpoint, load_bots, missing_bots
 
     if getattr(args, "checkpoint", None):
         bot = bot_from_checkpoint(args.checkpoint, device=args.device)
         return {bot.name: bot}
-    bots = load_bots(args.checkpoints, device=args.device)
+    bots = load_bots(args.checkpoints, device=args.device, skip_missing=True)
+    missing = missing_bots(args.checkpoints)
     names = args.bots.split(",") if getattr(args, "bots", None) else default or list(bots)
-    unknown = [n for n in names if n not in bots]
-    if unknown:
-        raise SystemExit(f"unknown bot(s) {unknown}; this folder has {list(bots)}")
+    for name in names:
+        if name in missing:
+            raise ValueError(f"bot {name!r} is not available: {missing[name]}")
+        if name not in bots:
+            raise ValueError(f"unknown bot {name!r}; this folder has {list(bots) + list(missing)}")
+    if not getattr(args, "bots", None) and default is None and missing:
+        print(f"(skipping bots without checkpoints: {', '.join(missing)})", file=sys.stderr)
     return {n: bots[n] for n in names}
 
 
@@ -179,7 +184,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     bot = next(iter(_pick_bots(args, [args.bot]).values()))
     split = load_split_for(bot)
     chosen, df = tune_antilm(bot, split, n_prompts=args.n_prompts, max_logp_drop=args.max_logp_drop,
-                             dull=dull_list(split.train))
+                             max_worst_drop=args.max_worst_drop, dull=dull_list(split.train))
     print(to_markdown(df.round(4)))
     print(f"\nchosen for {bot.name}: {chosen}")
     if args.write:
@@ -254,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder (with best/, last/, log.csv)")
     p.add_argument("dest", help="destination folder, e.g. checkpoints/mle")
     p.add_argument("--which", default="best", choices=["best", "last"], help="which checkpoint of the run")
+    p.add_argument("--notes", default="", help="extra Markdown for the model card's known weaknesses")
     p.set_defaults(func=_cmd_export)
 
     def bot_args(p: argparse.ArgumentParser, *, many: bool) -> None:
@@ -281,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-prompts", type=int, default=200, help="validation prompts sampled (seeded)")
     p.add_argument("--max-logp-drop", type=float, default=0.5,
                    help="largest allowed drop of mean per-token log p(T|S) vs plain beam, in nats")
+    p.add_argument("--max-worst-drop", type=float, default=1.0,
+                   help="largest allowed drop of the least likely token's log p vs plain beam, in nats")
     p.add_argument("--write", action="store_true", help="write the chosen settings into bots.json")
     p.set_defaults(func=_cmd_tune)
 

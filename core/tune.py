@@ -4,8 +4,10 @@
     chatbot-arena tune --write                          # ... and writes the winner into checkpoints/bots.json
 
 The objective, as in Li et al. (2016), is diversity without losing the reply's fit to the message: among the
-grid points whose replies keep a mean per-token log p(T|S) within ``max_logp_drop`` nats of plain beam search
-and whose dull rate is no higher than plain beam's, pick the one with the highest distinct-2 (ties: the higher
+grid points whose replies keep a mean per-token log p(T|S) within ``max_logp_drop`` nats of plain beam search,
+whose least likely token is on average within ``max_worst_drop`` nats of plain beam's (the anti-LM's failure
+is one rare word the LM finds surprising, e.g. "nursing potter", which a per-token mean hides), and whose dull
+rate is no higher than plain beam's, pick the one with the highest distinct-2 (ties: the higher
 log-probability). Replies are decoded for a fixed, seeded sample of validation prompts.
 """
 
@@ -33,12 +35,15 @@ def _score(bot: Bot, prompts: list[str], dull: list[str], batch_size: int, **set
         replies += bot.respond_batch(prompts[i : i + batch_size], **settings)
     texts = [r.text for r in replies]
     logp = [sum(r.logprobs) / max(1, len(r.logprobs)) for r in replies]
+    worst = [min(r.logprobs, default=0.0) for r in replies]
     return {"distinct_2": distinct_n(texts, 2), "distinct_1": distinct_n(texts, 1), "dull_rate": dull_rate(texts, dull),
-            "logp_per_token": statistics.mean(logp), "mean_len": statistics.mean(len(t.split()) for t in texts)}
+            "logp_per_token": statistics.mean(logp), "worst_token_logp": statistics.mean(worst),
+            "mean_len": statistics.mean(len(t.split()) for t in texts)}
 
 
 def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str, list] | None = None,
-                max_logp_drop: float = 0.5, dull: list[str] | None = None, seed: int = 0,
+                max_logp_drop: float = 0.5, max_worst_drop: float = 1.0, dull: list[str] | None = None,
+                seed: int = 0,
                 batch_size: int = 50) -> tuple[dict[str, Any], pd.DataFrame]:
     """(the chosen settings, the whole grid as a table with plain beam search as its first row)."""
     grid = grid or GRID
@@ -52,13 +57,15 @@ def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str,
         settings = dict(zip(grid, values))
         rows.append({**settings, **_score(bot, prompts, dull, batch_size, **settings)})
     df = pd.DataFrame(rows)
-    df["feasible"] = (df["logp_per_token"] >= base["logp_per_token"] - max_logp_drop) & (
-        df["dull_rate"] <= base["dull_rate"])
+    df["feasible"] = ((df["logp_per_token"] >= base["logp_per_token"] - max_logp_drop)
+                      & (df["worst_token_logp"] >= base["worst_token_logp"] - max_worst_drop)
+                      & (df["dull_rate"] <= base["dull_rate"]))
     df.loc[0, "feasible"] = False  # plain beam is the reference, not a candidate
     candidates = df[df["feasible"]].sort_values(["distinct_2", "logp_per_token"], ascending=False)
     if candidates.empty:
-        raise ValueError(f"no grid point keeps log p within {max_logp_drop} nats/token of plain beam with no more "
-                         f"dull replies; widen the grid or --max-logp-drop")
+        raise ValueError(f"no grid point keeps log p within {max_logp_drop} nats/token (and its least likely "
+                         f"token within {max_worst_drop} nats) of plain beam with no more dull replies; widen the "
+                         f"grid or the allowed drops")
     best = candidates.iloc[0]
     chosen = {"antilm": float(best["antilm"]), "gamma": int(best["gamma"]), "n_bonus": float(best["n_bonus"])}
     return chosen, df

@@ -19,12 +19,15 @@ def split():
 
 
 def test_grid_table_and_a_winner_from_the_grid(tiny_bots, split):
-    chosen, df = tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0)
+    chosen, df = tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
+                             max_worst_drop=100.0)
     assert len(df) == 1 + 4 and df.loc[0, "antilm"] == 0.0 and not df.loc[0, "feasible"]
     assert chosen["antilm"] in SMALL["antilm"] and chosen["gamma"] == 2 and chosen["n_bonus"] in SMALL["n_bonus"]
     feasible = df[df["feasible"]]
     assert chosen["antilm"] == feasible.sort_values(["distinct_2", "logp_per_token"]).iloc[-1]["antilm"]
-    assert {"distinct_1", "distinct_2", "dull_rate", "logp_per_token", "mean_len"} <= set(df.columns)
+    assert {"distinct_1", "distinct_2", "dull_rate", "logp_per_token", "worst_token_logp", "mean_len"} <= set(
+        df.columns)
+    assert (df["worst_token_logp"] <= df["logp_per_token"] + 1e-9).all()
 
 
 def test_no_feasible_point_is_a_clear_error(tiny_bots, split):
