@@ -27,7 +27,8 @@ def run_chat(bots, message, histories=None, **values):
 
 def test_controls_start_at_the_registry_values(tiny_bots, defaults):
     assert defaults["beam_size"] == 10  # bots.json: beam K=10
-    assert (defaults["antilm"], defaults["gamma"]) == (0.5, 5)  # the anti-LM bot's settings
+    antilm = tiny_bots["antilm"].defaults  # the anti-LM bot's settings from bots.json
+    assert (defaults["antilm"], defaults["gamma"]) == (antilm.antilm, antilm.gamma) and antilm.antilm > 0
     assert defaults["max_len"] == tiny_bots["beam"].defaults.max_len
     assert defaults["sample"] is False and defaults["n_bonus"] == 0.0
     assert set(defaults) == set(cb.CONTROL_NAMES)
@@ -81,7 +82,8 @@ def test_untouched_controls_leave_each_bot_at_its_own_settings(mixed_bots):
         s = {n: r["settings"] for n, r in run_chat(mixed_bots, "hello there", **values)[-1].details["bots"].items()}
         assert (s["beam"]["beam_size"], s["beam"]["n_bonus"]) == (10, 0.0)
         assert (s["rl"]["beam_size"], s["rl"]["n_bonus"]) == (5, 0.3)
-        assert s["greedy"]["strategy"] == "greedy" and s["antilm"]["antilm"] == 0.5
+        assert s["greedy"]["strategy"] == "greedy"
+        assert s["antilm"]["antilm"] == mixed_bots["antilm"].defaults.antilm > 0
 
 
 def test_a_moved_control_applies_to_every_bot_it_fits(mixed_bots):

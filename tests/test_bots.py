@@ -54,7 +54,10 @@ def test_load_bots_builds_every_bot_in_file_order(bots, ckdir):
     assert list(bots) == ["greedy", "beam", "antilm", "rl"]
     assert all(isinstance(b, Bot) for b in bots.values())
     assert bots["greedy"].defaults.strategy == "greedy"
-    assert (bots["antilm"].defaults.antilm, bots["antilm"].defaults.gamma) == (0.5, 5)
+    shipped = {b["name"]: b["decoder"] for b in SHIPPED["bots"]}
+    assert (bots["antilm"].defaults.antilm, bots["antilm"].defaults.gamma) == (shipped["antilm"]["antilm"],
+                                                                              shipped["antilm"]["gamma"])
+    assert bots["antilm"].defaults.antilm > 0
     assert bots["beam"].defaults.beam_size == 10
     assert bots["rl"].checkpoint == ckdir / "rl"
     assert bots["beam"].max_src_len == 12  # from config.json meta.train.max_src_len
