@@ -6,7 +6,7 @@
 Columns, one row per bot:
     test_ppl          perplexity of the bot's model on the test split (the same for bots sharing a model)
     distinct_1/2      unique n-grams / all n-grams, pooled over the bot's replies to test prompts
-    mean_len          mean reply length in words
+    mean_len          mean reply length in words (after normalisation, as in the app)
     dull_rate         share of replies that are in the dull list after normalisation
     bleu              corpus BLEU-4 of replies against the reference replies
     sim_turns         mean length of simulated dialogues (two copies of the bot, up to 8 turns; a dialogue ends
@@ -28,8 +28,9 @@ import torch
 
 from core.batching import Example, encode_pairs
 from core.bots import Bot
+from core.checkpoint import read_config
 from core.corpora import Split, load_corpus, make_pairs, opening_messages, split_conversations
-from core.metrics import DULL_REPLIES, bleu, distinct_n, dull_rate, normalize_reply
+from core.metrics import DULL_REPLIES, bleu, distinct_n, dull_rate, mean_length, normalize_reply
 from core.train import perplexity
 
 MAX_TURNS = 8
@@ -73,8 +74,6 @@ def simulate_dialogues(bot: Bot, openings: list[str], *, max_turns: int = MAX_TU
 def _test_examples(bot: Bot, pairs: list[tuple[str, str]]) -> list[Example]:
     train_cfg = {}
     if bot.checkpoint is not None and (bot.checkpoint / "config.json").exists():
-        from core.checkpoint import read_config
-
         train_cfg = read_config(bot.checkpoint)["meta"].get("train", {})
     return encode_pairs(bot.tokenizer, pairs, max_src_len=train_cfg.get("max_src_len", 40),
                         max_tgt_len=train_cfg.get("max_tgt_len", 40))
@@ -111,7 +110,7 @@ def evaluate_bots(bots: dict[str, Bot], split: Split, *, n_prompts: int = 300, n
             "bot": name, "checkpoint": bot.checkpoint.name if bot.checkpoint else "",
             "test_ppl": round(ppl_cache[id(bot.model)], 2),
             "distinct_1": round(distinct_n(replies, 1), 4), "distinct_2": round(distinct_n(replies, 2), 4),
-            "mean_len": round(statistics.mean(len(r.split()) for r in replies), 2),
+            "mean_len": round(mean_length(replies), 2),
             "dull_rate": round(dull_rate(replies, dull_set), 4),
             "bleu": round(bleu(replies, [r for _, r in sample]), 4),
             "sim_turns": round(statistics.mean(len(d) - 1 for d in dialogues), 3),
@@ -124,8 +123,6 @@ def evaluate_bots(bots: dict[str, Bot], split: Split, *, n_prompts: int = 300, n
 
 def load_split_for(bot: Bot) -> Split:
     """The corpus split a bot's checkpoint was trained on (corpus and seed from its config.json)."""
-    from core.checkpoint import read_config
-
     train_cfg = read_config(bot.checkpoint)["meta"]["train"]
     convs = load_corpus(train_cfg["corpus"], fmt=train_cfg.get("corpus_format"))
     return split_conversations(convs, seed=train_cfg.get("split_seed", 1234))
