@@ -201,6 +201,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     bots = _pick_bots(args, None)
     split = load_split_for(next(iter(bots.values())))
+    if args.split == "valid":  # for choosing settings; the reported table always uses the test split
+        split = dataclasses.replace(split, test=split.valid)
     df = evaluate_bots(bots, split, n_prompts=args.n_prompts, n_dialogues=args.n_dialogues,
                        dull=dull_list(split.train), seed=args.seed)
     if args.out:
@@ -277,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-prompts", type=int, default=300, help="test prompts sampled (seeded)")
     p.add_argument("--n-dialogues", type=int, default=100, help="simulated dialogues from test openings")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the test prompts")
+    p.add_argument("--split", default="test", choices=["test", "valid"],
+                   help="held-out split to evaluate on (valid: for choosing settings without touching test)")
     p.add_argument("--out", default=None, help="CSV path (default: <checkpoints>/report.csv); .md beside it")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -2,9 +2,11 @@
 
     chatbot-arena train-rl --policy runs/mle/best --backward runs/backward/best --out runs/rl
 
-Each step: B opening messages of the training split start B dialogues; the policy (sampling) plays both agents
-for ``turns`` turns; every generated turn gets r = 0.25 r1 + 0.25 r2 + 0.5 r3 (core.rewards, scored by the frozen
-MLE and backward models); the policy moves along (r - baseline) * grad log p(turn | previous turn), plus
+Each step: B / G opening messages of the training split start B dialogues, G per opening; the policy (sampling)
+plays both agents for ``turns`` turns; every generated turn gets r = 0.25 r1 + 0.25 r2 + 0.5 r3 (core.rewards,
+scored by the frozen MLE and backward models; each reward standardised over the step first); the baseline of a
+turn is the mean reward of the other G - 1 dialogues of its group at the same turn; the policy moves along
+(r - baseline) * grad log p(turn | previous turn), plus
 ``mle_weight`` times the usual MLE loss on real pairs so that it stays fluent. Validation perplexity is
 watched: the run stops, keeping ``best/``, when it grows more than ``ppl_tolerance`` over the start.
 Running the same command again resumes from ``<out>/last``.
@@ -60,7 +62,13 @@ class RLConfig:
     batch_size: int = field(default=32, metadata={"help": "dialogues (opening messages) per step"})
     turns: int = field(default=3, metadata={"help": "generated turns per dialogue and step"})
     max_len: int = field(default=20, metadata={"help": "most tokens in a generated turn"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the self-play"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the self-play"})
+    group_size: int = field(default=4, metadata={
+        "help": "dialogues per opening message; a turn's baseline is the mean reward of the other dialogues of its "
+                "group at the same turn (1: an EMA baseline over all turns)"})
+    standardize: bool = field(default=True, metadata={
+        "help": "standardise r1, r2 and r3 over the step before weighting them (so each weight is in units of "
+                "that reward's spread)"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
     mle_weight: float = field(default=1.0, metadata={"help": "weight of the MLE loss on real pairs"})
     mle_batch_size: int = field(default=32, metadata={"help": "real pairs per step for the MLE term"})
@@ -132,13 +140,37 @@ def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward
     return {"queries": queries, "replies": replies, "r1": r1, "r2": r2, "r3": r3, "r": combine(r1, r2, r3)}
 
 
+def standardized_reward(r1: torch.Tensor, r2: torch.Tensor, r3: torch.Tensor) -> torch.Tensor:
+    """0.25 z(r1) + 0.25 z(r2) + 0.5 z(r3), each reward standardised over the batch (z = (r - mean) / std).
+
+    Raw, the spreads differ by an order of magnitude (with the chitchat models r1 varies by ~0.15 nats, r3 by
+    ~2.4), so r3 alone would steer the policy whatever the weights say."""
+    z = [(r - r.mean()) / (r.std(unbiased=False) + 1e-6) if r.numel() > 1 else r * 0 for r in (r1, r2, r3)]
+    return combine(*z)
+
+
+def group_baseline(rewards: torch.Tensor, groups: list[int]) -> torch.Tensor:
+    """Leave-one-out baseline (N,): the mean reward of the other members of each reward's group (its own reward
+    where it is alone), so an advantage compares replies in the same situation rather than across prompts."""
+    g = torch.tensor(groups, device=rewards.device)
+    n_groups = int(g.max()) + 1 if len(groups) else 0
+    zeros = rewards.new_zeros(n_groups)
+    sums = zeros.index_add(0, g, rewards)
+    counts = zeros.index_add(0, g, torch.ones_like(rewards))
+    others = (counts[g] - 1).clamp(min=1)
+    return torch.where(counts[g] > 1, (sums[g] - rewards) / others, rewards)
+
+
 def reinforce_loss(policy: Seq2Seq, queries: list[list[int]], replies: list[list[int]], rewards: torch.Tensor,
-                   baseline: float, *, temperature: float = 1.0, max_len: int | None = None) -> torch.Tensor:
+                   baseline: float | torch.Tensor, *, temperature: float = 1.0,
+                   max_len: int | None = None) -> torch.Tensor:
     """REINFORCE with a baseline: -sum_i A_i log p(reply_i | query_i) / tokens, with the advantage
-    A = (r - baseline) / std(r) (whitened so the step size does not depend on the reward scale). The log-probs
-    are those of the sampler (``temperature``; a reply of ``max_len`` tokens was cut, so it drew no </s>)."""
-    spread = rewards.std(unbiased=False) if rewards.numel() > 1 else rewards.new_ones(())
-    advantage = (rewards - baseline) / (spread + 1e-6)  # (N,)
+    A = (r - baseline) / std(r - baseline) (so the step size does not depend on the reward scale); ``baseline``
+    is one number or one per reply. The log-probs are those of the sampler (``temperature``; a reply of
+    ``max_len`` tokens was cut, so it drew no </s>)."""
+    advantage = rewards - baseline  # (N,)
+    spread = advantage.std(unbiased=False) if advantage.numel() > 1 else advantage.new_ones(())
+    advantage = advantage / (spread + 1e-6)
     eos = [len(a) < max_len for a in replies] if max_len else None
     logp = sequence_logprobs(policy, queries, replies, temperature=temperature, eos=eos)  # (N,), with graph
     n_tok = sum(len(a) + 1 for a in replies)
@@ -196,7 +228,10 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         step = info["step"]
         rng = random.Random(cfg.seed * 1_000_003 + step)
         # 2. self-play from B openings
-        batch_open = [openings[rng.randrange(len(openings))] for _ in range(cfg.batch_size)]
+        group = max(1, min(cfg.group_size, cfg.batch_size))
+        n_groups = -(-cfg.batch_size // group)
+        batch_open = [o for o in (openings[rng.randrange(len(openings))] for _ in range(n_groups))
+                      for _ in range(group)][: cfg.batch_size]
         dialogues = self_play(policy, batch_open, turns=cfg.turns, max_len=cfg.max_len,
                               temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + step)
         # 3. rewards and the baseline
@@ -208,9 +243,15 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             greedy = [_strip_eos(r.tokens) or [EOS_ID] for r in generate(policy, queries, greedy_cfg)]
         rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=step_dull, alternatives=greedy,
                           max_src_len=train_cfg.max_src_len)
-        r = rw["r"].to(device)
-        baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
-        info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
+        r_raw = rw["r"].to(device)
+        r = standardized_reward(rw["r1"], rw["r2"], rw["r3"]).to(device) if cfg.standardize else r_raw
+        if group > 1:  # turn i of the dialogues that share an opening form one group (greedy candidates too)
+            groups = [(d // group) * cfg.turns + i for d in range(len(dialogues)) for i in range(cfg.turns)]
+            baseline: float | torch.Tensor = group_baseline(r, groups * (len(r) // len(groups)))
+            info["baseline"] = float(baseline.mean())
+        else:
+            baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
+            info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
         # 4. REINFORCE on the sampled turns + MLE on real pairs
         pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline, temperature=cfg.temperature,
                                  max_len=cfg.max_len)
@@ -236,7 +277,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         n_sampled = len(texts) // 2 if greedy is not None else len(texts)
         greedy_texts = texts[n_sampled:]
         append_log(out / "log.csv", {
-            "step": step, "reward": round(float(r.mean()), 4), "r1": round(float(rw["r1"].mean()), 4),
+            "step": step, "reward": round(float(r_raw.mean()), 4), "r1": round(float(rw["r1"].mean()), 4),
             "r2": round(float(rw["r2"].mean()), 4), "r3": round(float(rw["r3"].mean()), 4),
             "baseline": round(info["baseline"], 4), "pg_loss": round(float(pg_loss.detach()), 4),
             "mle_loss": round(float(mle_loss.detach()), 4),

@@ -77,3 +77,12 @@ def test_evaluate_writes_the_report_table(tiny_checkpoints, tmp_path):
     assert df["test_ppl"].nunique() == 1  # both bots share the mle model
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("| bot |") and "| greedy |" in md and "| greedy |" in out.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_validation_split_reads_other_conversations(tiny_checkpoints, tmp_path):
+    for split in ("test", "valid"):
+        cli("evaluate", "--checkpoints", str(tiny_checkpoints), "--bots", "greedy", "--n-prompts", "6",
+            "--n-dialogues", "2", "--split", split, "--out", str(tmp_path / f"{split}.csv"))
+    test, valid = (pd.read_csv(tmp_path / f"{s}.csv") for s in ("test", "valid"))
+    assert float(test["test_ppl"][0]) != float(valid["test_ppl"][0])

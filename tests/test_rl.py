@@ -16,7 +16,7 @@ from core.rewards import (
     information_flow,
     semantic_coherence,
 )
-from core.rl import RLConfig, reinforce_loss, self_play, train_rl
+from core.rl import RLConfig, group_baseline, reinforce_loss, self_play, standardized_reward, train_rl
 from core.tokenizer import train_tokenizer
 from core.train import TrainConfig, train
 
@@ -188,3 +188,32 @@ def test_one_reward_alone_gives_a_finite_update(models):
     _, fwd, _, tok = models
     loss = reinforce_loss(fwd, [tok.encode("hi")], [tok.encode("hello")], torch.tensor([0.7]), 0.2)
     assert torch.isfinite(loss)
+
+
+def test_group_baseline_is_the_mean_of_the_other_members():
+    r = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 7.0])
+    b = group_baseline(r, [0, 0, 0, 1, 1, 2])
+    assert torch.allclose(b, torch.tensor([2.5, 2.0, 1.5, 20.0, 10.0, 7.0]))  # a lone member is its own baseline
+    assert torch.allclose((r - b)[5], torch.tensor(0.0))
+
+
+def test_group_baseline_removes_what_the_prompt_alone_explains():
+    """Two prompts whose rewards differ by a constant: within each group, the better reply still gets the
+    positive advantage, where one global mean would reward every reply of the easy prompt."""
+    easy, hard = torch.tensor([5.0, 5.2]), torch.tensor([0.0, 0.4])
+    r = torch.cat([easy, hard])
+    adv = r - group_baseline(r, [0, 0, 1, 1])
+    assert adv[1] > 0 > adv[0] and adv[3] > 0 > adv[2]
+    assert (r - r.mean())[0] > 0 > (r - r.mean())[3]  # what a global baseline would have done
+
+
+def test_standardized_reward_gives_each_reward_its_weight_in_spread_units():
+    r1 = torch.tensor([0.0, 0.1, 0.0, 0.1])  # small spread, but separates replies 1 and 3
+    r3 = torch.ones(4)  # constant: no signal
+    r2 = torch.tensor([3.0, 1.0, 3.0, 1.0])
+    z = standardized_reward(r1, r2, r3)
+    assert torch.isfinite(z).all() and abs(float(z.mean())) < 1e-5
+    # r1 (+1 spread unit, weight 0.25) and r2 (-1 spread unit, weight 0.25) cancel; a constant r3 adds nothing
+    assert torch.allclose(z, torch.zeros(4), atol=1e-4)
+    z2 = standardized_reward(r1, -r2, r3)
+    assert torch.allclose(z2, torch.tensor([-0.5, 0.5, -0.5, 0.5]), atol=1e-4)
