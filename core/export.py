@@ -61,6 +61,17 @@ def model_card(name: str, model_cfg: dict[str, Any], meta: dict[str, Any], log_r
     arch = ("GRU language model" if model_cfg["kind"] == "lm" else
             f"bidirectional {model_cfg['cell'].upper()} encoder + {model_cfg['cell'].upper()} decoder with Luong "
             f"`{model_cfg['attention']}` attention")
+    rl = meta.get("rl")
+    rl_section = "" if not rl else f"""
+## RL fine-tuning
+Started from `{rl.get('policy')}` (validation perplexity {meta.get('start_valid_ppl', float('nan')):.2f}) and
+trained by self-play REINFORCE (`core/rl.py`): {rl.get('batch_size')} dialogues per step ({rl.get('group_size')} per
+opening message, leave-one-out group baseline), {rl.get('turns')} turns of at most {rl.get('max_len')} tokens
+sampled at temperature {rl.get('temperature')}, reward 0.25 r1 + 0.25 r2 + 0.5 r3
+({'each standardised over the step' if rl.get('standardize') else 'raw'}), KL coefficient {rl.get('kl_coef')},
+MLE weight {rl.get('mle_weight')}, Adam lr {rl.get('lr')}, {rl.get('steps')} steps. Dull list D
+({len(meta.get('dull_list', []))} replies): {', '.join(f'"{d}"' for d in meta.get('dull_list', []))}.
+"""
     return f"""# Model card: `{name}`
 
 **What it is.** {arch}; models {kind}. {meta.get('parameters', 0):,} parameters, weights stored in fp16.
@@ -88,7 +99,7 @@ Training: Adam lr {train.get('lr')}, batch {train.get('batch_size')}, dropout {m
 | step | validation perplexity |
 |---:|---:|
 {curve}
-
+{rl_section}
 ## Known weaknesses
 - Small model, short context (one previous turn): it forgets everything said before the last message.
 - Trained on crowd-sourced small talk: generic, often dull replies under beam search ("i don't know"); that is

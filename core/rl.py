@@ -49,7 +49,7 @@ from core.tokenizer import EOS_ID
 from core.train import TrainConfig, append_log, perplexity, prepare_data, sequence_nll, truncate_log
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
-                 "dull_share", "greedy_dull_share", "elapsed_s"]
+                 "kl", "unique_share", "dull_share", "greedy_dull_share", "elapsed_s"]
 
 
 @dataclass
@@ -60,7 +60,7 @@ class RLConfig:
     policy: str = field(default="runs/mle/best", metadata={"help": "MLE checkpoint to start from"})
     backward: str = field(default="runs/backward/best", metadata={"help": "backward model p(S|T) for r3"})
     batch_size: int = field(default=32, metadata={"help": "dialogues (opening messages) per step"})
-    turns: int = field(default=3, metadata={"help": "generated turns per dialogue and step"})
+    turns: int = field(default=5, metadata={"help": "generated turns per dialogue and step"})
     max_len: int = field(default=20, metadata={"help": "most tokens in a generated turn"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the self-play"})
     group_size: int = field(default=4, metadata={
@@ -76,10 +76,13 @@ class RLConfig:
     dull_top: int = field(default=10, metadata={"help": "most frequent training replies added to the dull list"})
     dull_sample: int = field(default=10, metadata={"help": "dull replies drawn per step to estimate r1 (0: all)"})
     greedy_candidates: bool = field(
-        default=True, metadata={"help": "also update on the policy's greedy reply to each query (pushes a dull "
+        default=False, metadata={"help": "also update on the policy's greedy reply to each query (pushes a dull "
                                         "mode down directly; a biased but practical addition to the samples)"})
+    kl_coef: float = field(default=0.0, metadata={
+        "help": "subtract kl_coef x the per-token log-ratio of policy to MLE model from each turn's reward "
+                "(keeps the policy from collapsing onto a few high-reward replies; 0: off)"})
     clip: float = field(default=1.0, metadata={"help": "gradient clipping by global norm"})
-    steps: int = field(default=400, metadata={"help": "RL steps"})
+    steps: int = field(default=60, metadata={"help": "RL steps"})
     max_minutes: float = field(default=0.0, metadata={"help": "stop (and save) after this many minutes; 0: none"})
     eval_every: int = field(default=50, metadata={"help": "validation perplexity every N steps"})
     save_every: int = field(default=10, metadata={"help": "write last/ every N steps"})
@@ -138,6 +141,19 @@ def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward
     contexts = [p if h else [] for p, h in zip(previous, has_prev)]  # p: the turn before the query
     r3 = semantic_coherence(forward, backward, queries, replies, contexts, max_src_len=max_src_len)
     return {"queries": queries, "replies": replies, "r1": r1, "r2": r2, "r3": r3, "r": combine(r1, r2, r3)}
+
+
+@torch.no_grad()
+def reply_kl(policy: Seq2Seq, reference: Seq2Seq, queries: list[list[int]], replies: list[list[int]], *,
+             temperature: float = 1.0, max_len: int | None = None) -> torch.Tensor:
+    """(N,) per-token log pi(a|q) - log pi_ref(a|q) of sampled replies: a one-sample estimate of KL(pi || ref)
+    per token, scored with the sampler's distribution for both models."""
+    eos = [len(a) < max_len for a in replies] if max_len else None
+    n_tok = torch.tensor([len(a) + (1 if e else 0) for a, e in zip(replies, eos or [True] * len(replies))],
+                         dtype=torch.float32).clamp(min=1)
+    lp = sequence_logprobs(policy, queries, replies, temperature=temperature, eos=eos)
+    lr = sequence_logprobs(reference, queries, replies, temperature=temperature, eos=eos)
+    return ((lp - lr).cpu() / n_tok).to(lp.device)
 
 
 def standardized_reward(r1: torch.Tensor, r2: torch.Tensor, r3: torch.Tensor) -> torch.Tensor:
@@ -245,6 +261,11 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                           max_src_len=train_cfg.max_src_len)
         r_raw = rw["r"].to(device)
         r = standardized_reward(rw["r1"], rw["r2"], rw["r3"]).to(device) if cfg.standardize else r_raw
+        kl = None
+        if cfg.kl_coef:  # per-token log pi(a|q) - log pi_mle(a|q) of each turn: the price of drifting from MLE
+            kl = reply_kl(policy, forward, rw["queries"], rw["replies"], temperature=cfg.temperature,
+                          max_len=cfg.max_len)
+            r = r - cfg.kl_coef * kl
         if group > 1:  # turn i of the dialogues that share an opening form one group (greedy candidates too)
             groups = [(d // group) * cfg.turns + i for d in range(len(dialogues)) for i in range(cfg.turns)]
             baseline: float | torch.Tensor = group_baseline(r, groups * (len(r) // len(groups)))
@@ -283,6 +304,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             "mle_loss": round(float(mle_loss.detach()), 4),
             "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
             "reply_len": round(sum(len(x) for x in rw["replies"][:n_sampled]) / n_sampled, 2),
+            "kl": "" if kl is None else round(float(kl.mean()), 4),
+            "unique_share": round(len(set(texts[:n_sampled])) / n_sampled, 3),  # falls if the policy collapses
             "dull_share": round(sum(t in dull_set for t in texts[:n_sampled]) / n_sampled, 3),
             "greedy_dull_share": round(sum(t in dull_set for t in greedy_texts) / len(greedy_texts), 3)
             if greedy_texts else "",

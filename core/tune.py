@@ -6,9 +6,11 @@
 The objective, as in Li et al. (2016), is diversity without losing the reply's fit to the message: among the
 grid points whose replies keep a mean per-token log p(T|S) within ``max_logp_drop`` nats of plain beam search,
 whose least likely token is on average within ``max_worst_drop`` nats of plain beam's (the anti-LM's failure
-is one rare word the LM finds surprising, e.g. "nursing potter", which a per-token mean hides), and whose dull
-rate is no higher than plain beam's, pick the one with the highest distinct-2 (ties: the higher
-log-probability). Replies are decoded for a fixed, seeded sample of validation prompts.
+is one rare word the LM finds surprising, e.g. "nursing potter", which a per-token mean hides), whose share of
+replies holding a token below ``RARE_TOKEN_LOGP`` nats grows by at most ``max_rare_increase`` (a mean over replies
+lets a few such replies through), and whose dull rate is no higher than plain beam's, pick the one with the
+highest distinct-2 (ties: the higher log-probability). Replies are decoded for a fixed, seeded sample of
+validation prompts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from core.bots import Bot
 from core.corpora import Split, make_pairs
 from core.metrics import DULL_REPLIES, distinct_n, dull_rate
 
+RARE_TOKEN_LOGP = -8.0  # a token the model gives less than e^-8 ~ 3e-4: a word that does not belong
 GRID = {"antilm": [0.1, 0.2, 0.3, 0.4, 0.5], "gamma": [2, 4, 6], "n_bonus": [0.0, 0.25, 0.5]}
 
 
@@ -38,12 +41,13 @@ def _score(bot: Bot, prompts: list[str], dull: list[str], batch_size: int, **set
     worst = [min(r.logprobs, default=0.0) for r in replies]
     return {"distinct_2": distinct_n(texts, 2), "distinct_1": distinct_n(texts, 1), "dull_rate": dull_rate(texts, dull),
             "logp_per_token": statistics.mean(logp), "worst_token_logp": statistics.mean(worst),
+            "rare_share": sum(w < RARE_TOKEN_LOGP for w in worst) / len(worst),
             "mean_len": statistics.mean(len(t.split()) for t in texts)}
 
 
 def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str, list] | None = None,
-                max_logp_drop: float = 0.5, max_worst_drop: float = 1.0, dull: list[str] | None = None,
-                seed: int = 0,
+                max_logp_drop: float = 0.5, max_worst_drop: float = 1.0, max_rare_increase: float = 0.05,
+                dull: list[str] | None = None, seed: int = 0,
                 batch_size: int = 50) -> tuple[dict[str, Any], pd.DataFrame]:
     """(the chosen settings, the whole grid as a table with plain beam search as its first row)."""
     grid = grid or GRID
@@ -59,13 +63,14 @@ def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str,
     df = pd.DataFrame(rows)
     df["feasible"] = ((df["logp_per_token"] >= base["logp_per_token"] - max_logp_drop)
                       & (df["worst_token_logp"] >= base["worst_token_logp"] - max_worst_drop)
+                      & (df["rare_share"] <= base["rare_share"] + max_rare_increase)
                       & (df["dull_rate"] <= base["dull_rate"]))
     df.loc[0, "feasible"] = False  # plain beam is the reference, not a candidate
     candidates = df[df["feasible"]].sort_values(["distinct_2", "logp_per_token"], ascending=False)
     if candidates.empty:
         raise ValueError(f"no grid point keeps log p within {max_logp_drop} nats/token (and its least likely "
-                         f"token within {max_worst_drop} nats) of plain beam with no more dull replies; widen the "
-                         f"grid or the allowed drops")
+                         f"token within {max_worst_drop} nats, at most {max_rare_increase:.0%} more replies with a "
+                         f"rare token) of plain beam with no more dull replies; widen the grid or the allowed drops")
     best = candidates.iloc[0]
     chosen = {"antilm": float(best["antilm"]), "gamma": int(best["gamma"]), "n_bonus": float(best["n_bonus"])}
     return chosen, df

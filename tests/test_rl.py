@@ -1,5 +1,6 @@
 """RL: each reward on tiny trained models, the REINFORCE update direction, and a short self-play run + resume."""
 
+import copy
 import csv
 import random
 
@@ -16,7 +17,15 @@ from core.rewards import (
     information_flow,
     semantic_coherence,
 )
-from core.rl import RLConfig, group_baseline, reinforce_loss, self_play, standardized_reward, train_rl
+from core.rl import (
+    RLConfig,
+    group_baseline,
+    reinforce_loss,
+    reply_kl,
+    self_play,
+    standardized_reward,
+    train_rl,
+)
 from core.tokenizer import train_tokenizer
 from core.train import TrainConfig, train
 
@@ -121,14 +130,14 @@ def test_self_play_run_logs_saves_and_resumes(models):
     root, _, _, tok = models
     cfg = RLConfig(out=str(root / "rl"), policy=str(root / "fwd/last"), backward=str(root / "bwd/last"),
                    batch_size=4, turns=2, max_len=8, steps=4, eval_every=2, save_every=2, valid_max_batches=2,
-                   threads=1, ppl_tolerance=100.0)
+                   threads=1, ppl_tolerance=100.0, greedy_candidates=True, kl_coef=0.5)
     summary = train_rl(cfg)
     assert summary["step"] == 4 and summary["best_step"] == 4 and summary["done"]
     with open(root / "rl/log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert all(r["reward"] and r["baseline"] and r["pg_loss"] and r["mle_loss"] and r["greedy_dull_share"]
-               for r in rows)
+               and r["kl"] and r["unique_share"] for r in rows)
     assert [bool(r["valid_ppl"]) for r in rows] == [False, True, False, True]
     policy, _, config = load_checkpoint(root / "rl/best")
     assert config["meta"]["rl"]["turns"] == 2 and "i don't know" in config["meta"]["dull_list"]
@@ -217,3 +226,17 @@ def test_standardized_reward_gives_each_reward_its_weight_in_spread_units():
     assert torch.allclose(z, torch.zeros(4), atol=1e-4)
     z2 = standardized_reward(r1, -r2, r3)
     assert torch.allclose(z2, torch.tensor([-0.5, 0.5, -0.5, 0.5]), atol=1e-4)
+
+
+def test_reply_kl_is_zero_against_itself_and_grows_with_the_drift(models):
+    _, fwd, bwd, tok = models
+    q = [tok.encode("do you like football"), tok.encode("where do you live")]
+    a = [tok.encode("yes i love football"), tok.encode("i live in paris")]
+    assert torch.allclose(reply_kl(fwd, fwd, q, a), torch.zeros(2), atol=1e-6)
+    drifted = copy.deepcopy(fwd)
+    with torch.no_grad():
+        for p in drifted.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert reply_kl(drifted, fwd, q, a).abs().sum() > 1e-3
+    cut = reply_kl(drifted, fwd, q, a, max_len=len(a[0]))  # reply 0 was cut at max_len: no </s> term
+    assert torch.isfinite(cut).all() and not torch.allclose(cut[0], reply_kl(drifted, fwd, q, a)[0])
