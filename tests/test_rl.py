@@ -9,6 +9,7 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.decoding import sequence_logprobs
+from core.export import export_run
 from core.model import ModelConfig, Seq2Seq
 from core.rewards import (
     combine,
@@ -146,6 +147,8 @@ def test_self_play_run_logs_saves_and_resumes(models):
     assert train_rl(cfg)["step"] == 6
     with open(root / "rl/log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+    card = (export_run(root / "rl", root / "rl-export") / "MODEL_CARD.md").read_text()
+    assert "## RL fine-tuning" in card and '"i don\'t know"' in card and "KL coefficient 0.5" in card
 
 
 def test_self_play_stops_when_fluency_degrades(models):
