@@ -78,7 +78,7 @@ class RLConfig:
     greedy_candidates: bool = field(
         default=False, metadata={"help": "also update on the policy's greedy reply to each query (pushes a dull "
                                         "mode down directly; a biased but practical addition to the samples)"})
-    kl_coef: float = field(default=0.0, metadata={
+    kl_coef: float = field(default=1.0, metadata={
         "help": "subtract kl_coef x the per-token log-ratio of policy to MLE model from each turn's reward "
                 "(keeps the policy from collapsing onto a few high-reward replies; 0: off)"})
     clip: float = field(default=1.0, metadata={"help": "gradient clipping by global norm"})
