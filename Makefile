@@ -45,7 +45,7 @@ browser:
 
 ## make checkpoints: reproduce every shipped checkpoint from chitchat with fixed seeds (each stage resumes)
 RUN := OMP_WAIT_POLICY=PASSIVE $(BIN)/chatbot-arena
-MLE_ARGS := --out runs/mle --epochs 12 --max-steps 9600 --eval-every 800 --save-every 200 --no-progress
+MLE_ARGS := --out runs/mle --epochs 12 --max-steps 8800 --eval-every 800 --save-every 200 --no-progress
 checkpoints: setup
 	$(RUN) train $(MLE_ARGS)
 	$(RUN) train --kind lm --tokenizer runs/mle/tokenizer.json --out runs/lm --epochs 4 --max-steps 6400 \

@@ -43,6 +43,15 @@ def word_overlap(turn: str, previous: str) -> float:
     return len(words & set(normalize_reply(previous).split())) / len(words) if words else 0.0
 
 
+def _answerable(bot: Bot, text: str) -> bool:
+    """Whether ``text`` leaves any tokens for the bot to answer (an empty or all-control-character turn does not)."""
+    try:
+        bot.encode_prompt(text)
+    except ValueError:
+        return False
+    return True
+
+
 def simulate_dialogues(bot: Bot, openings: list[str], *, max_turns: int = MAX_TURNS,
                        dull: set[str] | None = None, overlap_limit: float = OVERLAP_LIMIT,
                        **overrides) -> list[list[str]]:
@@ -62,7 +71,7 @@ def simulate_dialogues(bot: Bot, openings: list[str], *, max_turns: int = MAX_TU
         for i, reply in zip(live, replies):
             d = dialogues[i]
             own_previous = d[-2] if len(d) >= 2 else None
-            ends = (not reply.text or normalize_reply(reply.text) in dull
+            ends = (not _answerable(bot, reply.text) or normalize_reply(reply.text) in dull
                     or (own_previous is not None and word_overlap(reply.text, own_previous) > overlap_limit))
             if not ends:
                 d.append(reply.text)
@@ -84,9 +93,10 @@ def evaluate_bots(bots: dict[str, Bot], split: Split, *, n_prompts: int = 300, n
                   batch_size: int = 50) -> pd.DataFrame:
     """The evaluation table for ``bots`` on the test split of ``split`` (a fixed, seeded sample of it)."""
     rng = random.Random(seed)
-    pairs = make_pairs(split.test)
+    some_bot = next(iter(bots.values()))
+    pairs = [(q, r) for q, r in make_pairs(split.test) if _answerable(some_bot, q)]  # empty prompts are refused
     sample = rng.sample(pairs, min(n_prompts, len(pairs)))
-    openings = opening_messages(split.test)
+    openings = [o for o in opening_messages(split.test) if _answerable(some_bot, o)]
     openings = rng.sample(openings, min(n_dialogues, len(openings)))
     dull_set = {normalize_reply(d) for d in (dull or DULL_REPLIES)}
     ppl_cache: dict[int, float] = {}
