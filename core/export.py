@@ -64,7 +64,8 @@ def model_card(name: str, model_cfg: dict[str, Any], meta: dict[str, Any], log_r
     rl = meta.get("rl")
     rl_section = "" if not rl else f"""
 ## RL fine-tuning
-Started from `{rl.get('policy')}` (validation perplexity {meta.get('start_valid_ppl', float('nan')):.2f}) and
+Started from `{rl.get('policy')}` (validation perplexity {meta.get('start_valid_ppl', float('nan')):.2f} on the first
+{rl.get('valid_max_batches')} validation batches, as in the table above) and
 trained by self-play REINFORCE (`core/rl.py`): {rl.get('batch_size')} dialogues per step ({rl.get('group_size')} per
 opening message, leave-one-out group baseline), {rl.get('turns')} turns of at most {rl.get('max_len')} tokens
 sampled at temperature {rl.get('temperature')}, reward 0.25 r1 + 0.25 r2 + 0.5 r3

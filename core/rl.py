@@ -15,6 +15,7 @@ Running the same command again resumes from ``<out>/last``.
 from __future__ import annotations
 
 import copy
+import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -227,7 +228,9 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         info["start_ppl"] = valid()
     meta = {"train": fwd_config["meta"]["train"], "rl": asdict(cfg), "corpus": fwd_config["meta"].get("corpus"),
             "n_train_pairs": len(data.train), "parameters": fwd_config["meta"].get("parameters"),
-            "start_valid_ppl": info["start_ppl"], "dull_list": dull_texts}
+            "start_valid_ppl": info["start_ppl"], "dull_list": dull_texts,
+            "hardware": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                         else f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)") + ", 1 process(es)"}
     print(f"RL from {cfg.policy}: start valid ppl {info['start_ppl']:.2f}, {len(openings):,} openings, "
           f"{len(dull)} dull replies", flush=True)
     t_start, t_base = time.time(), info["train_seconds"]
