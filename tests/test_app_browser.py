@@ -93,6 +93,9 @@ def test_send_see_four_replies_move_a_slider_and_rerun(page, tmp_path):
     last_beam = page.locator("#chat-beam [data-testid='bot']").last
     last_beam.filter(has_text="beam K=3").wait_for()
     assert page.locator("#chat-beam [data-testid='bot']").count() == 1  # the reply was replaced, not added
+    for name in ("antilm", "rl"):  # the other beam-search bots follow the slider too
+        page.locator(f"#chat-{name} [data-testid='bot']").last.filter(has_text="K=3").wait_for()
+    page.locator("#status").filter(has_text="All 4 replies").wait_for()
     shot = tmp_path / "screenshot.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
