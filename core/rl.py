@@ -15,7 +15,6 @@ Running the same command again resumes from ``<out>/last``.
 from __future__ import annotations
 
 import copy
-import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,15 @@ from core.rewards import (
     sequence_logprobs,
 )
 from core.tokenizer import EOS_ID
-from core.train import TrainConfig, append_log, perplexity, prepare_data, sequence_nll, truncate_log
+from core.train import (
+    TrainConfig,
+    append_log,
+    hardware_name,
+    perplexity,
+    prepare_data,
+    sequence_nll,
+    truncate_log,
+)
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
                  "kl", "unique_share", "dull_share", "greedy_dull_share", "elapsed_s"]
@@ -144,17 +151,31 @@ def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward
     return {"queries": queries, "replies": replies, "r1": r1, "r2": r2, "r3": r3, "r": combine(r1, r2, r3)}
 
 
+def _sampler_eos(replies: list[list[int]], max_len: int | None) -> list[bool] | None:
+    """Which replies drew a </s> (a reply of ``max_len`` tokens was cut before one); None: all of them."""
+    return [len(a) < max_len for a in replies] if max_len else None
+
+
+def policy_logprobs(policy: Seq2Seq, queries: list[list[int]], replies: list[list[int]], *,
+                    temperature: float = 1.0, max_len: int | None = None) -> torch.Tensor:
+    """(N,) log p(reply | query) under the sampler's distribution, with the autograd graph."""
+    return sequence_logprobs(policy, queries, replies, temperature=temperature, eos=_sampler_eos(replies, max_len))
+
+
 @torch.no_grad()
 def reply_kl(policy: Seq2Seq, reference: Seq2Seq, queries: list[list[int]], replies: list[list[int]], *,
-             temperature: float = 1.0, max_len: int | None = None) -> torch.Tensor:
+             temperature: float = 1.0, max_len: int | None = None,
+             policy_logp: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) per-token log pi(a|q) - log pi_ref(a|q) of sampled replies: a one-sample estimate of KL(pi || ref)
-    per token, scored with the sampler's distribution for both models."""
-    eos = [len(a) < max_len for a in replies] if max_len else None
+    per token, scored with the sampler's distribution for both models. ``policy_logp`` (from
+    :func:`policy_logprobs`) saves scoring the policy again."""
+    eos = _sampler_eos(replies, max_len)
+    if policy_logp is None:
+        policy_logp = policy_logprobs(policy, queries, replies, temperature=temperature, max_len=max_len)
+    ref_logp = sequence_logprobs(reference, queries, replies, temperature=temperature, eos=eos)
     n_tok = torch.tensor([len(a) + (1 if e else 0) for a, e in zip(replies, eos or [True] * len(replies))],
-                         dtype=torch.float32).clamp(min=1)
-    lp = sequence_logprobs(policy, queries, replies, temperature=temperature, eos=eos)
-    lr = sequence_logprobs(reference, queries, replies, temperature=temperature, eos=eos)
-    return ((lp - lr).cpu() / n_tok).to(lp.device)
+                         device=ref_logp.device).clamp(min=1)
+    return (policy_logp.detach() - ref_logp) / n_tok
 
 
 def standardized_reward(r1: torch.Tensor, r2: torch.Tensor, r3: torch.Tensor) -> torch.Tensor:
@@ -179,17 +200,17 @@ def group_baseline(rewards: torch.Tensor, groups: list[int]) -> torch.Tensor:
 
 
 def reinforce_loss(policy: Seq2Seq, queries: list[list[int]], replies: list[list[int]], rewards: torch.Tensor,
-                   baseline: float | torch.Tensor, *, temperature: float = 1.0,
-                   max_len: int | None = None) -> torch.Tensor:
+                   baseline: float | torch.Tensor, *, temperature: float = 1.0, max_len: int | None = None,
+                   logp: torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE with a baseline: -sum_i A_i log p(reply_i | query_i) / tokens, with the advantage
     A = (r - baseline) / std(r - baseline) (so the step size does not depend on the reward scale); ``baseline``
     is one number or one per reply. The log-probs are those of the sampler (``temperature``; a reply of
-    ``max_len`` tokens was cut, so it drew no </s>)."""
+    ``max_len`` tokens was cut, so it drew no </s>); pass ``logp`` from :func:`policy_logprobs` if already scored."""
     advantage = rewards - baseline  # (N,)
     spread = advantage.std(unbiased=False) if advantage.numel() > 1 else advantage.new_ones(())
     advantage = advantage / (spread + 1e-6)
-    eos = [len(a) < max_len for a in replies] if max_len else None
-    logp = sequence_logprobs(policy, queries, replies, temperature=temperature, eos=eos)  # (N,), with graph
+    if logp is None:
+        logp = policy_logprobs(policy, queries, replies, temperature=temperature, max_len=max_len)  # with graph
     n_tok = sum(len(a) + 1 for a in replies)
     return -(advantage.detach() * logp).sum() / n_tok
 
@@ -229,8 +250,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     meta = {"train": fwd_config["meta"]["train"], "rl": asdict(cfg), "corpus": fwd_config["meta"].get("corpus"),
             "n_train_pairs": len(data.train), "parameters": fwd_config["meta"].get("parameters"),
             "start_valid_ppl": info["start_ppl"], "dull_list": dull_texts,
-            "hardware": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                         else f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)") + ", 1 process(es)"}
+            "hardware": hardware_name(device)}
     print(f"RL from {cfg.policy}: start valid ppl {info['start_ppl']:.2f}, {len(openings):,} openings, "
           f"{len(dull)} dull replies", flush=True)
     t_start, t_base = time.time(), info["train_seconds"]
@@ -243,12 +263,12 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
 
     if not (out / "best").exists():
         save("best", valid_ppl=info["start_ppl"])
+    group = max(1, min(cfg.group_size, cfg.batch_size))  # dialogues per opening
+    n_groups = -(-cfg.batch_size // group)
     while stop is None and not info["early_stopped"] and info["step"] < cfg.steps:
         step = info["step"]
         rng = random.Random(cfg.seed * 1_000_003 + step)
         # 2. self-play from B openings
-        group = max(1, min(cfg.group_size, cfg.batch_size))
-        n_groups = -(-cfg.batch_size // group)
         batch_open = [o for o in (openings[rng.randrange(len(openings))] for _ in range(n_groups))
                       for _ in range(group)][: cfg.batch_size]
         dialogues = self_play(policy, batch_open, turns=cfg.turns, max_len=cfg.max_len,
@@ -264,10 +284,12 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                           max_src_len=train_cfg.max_src_len)
         r_raw = rw["r"].to(device)
         r = standardized_reward(rw["r1"], rw["r2"], rw["r3"]).to(device) if cfg.standardize else r_raw
+        logp = policy_logprobs(policy, rw["queries"], rw["replies"], temperature=cfg.temperature,
+                               max_len=cfg.max_len)  # (N,) with graph: the KL price and the policy gradient
         kl = None
         if cfg.kl_coef:  # per-token log pi(a|q) - log pi_mle(a|q) of each turn: the price of drifting from MLE
             kl = reply_kl(policy, forward, rw["queries"], rw["replies"], temperature=cfg.temperature,
-                          max_len=cfg.max_len)
+                          max_len=cfg.max_len, policy_logp=logp)
             r = r - cfg.kl_coef * kl
         if group > 1:  # turn i of the dialogues that share an opening form one group (greedy candidates too)
             groups = [(d // group) * cfg.turns + i for d in range(len(dialogues)) for i in range(cfg.turns)]
@@ -277,8 +299,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
             info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
         # 4. REINFORCE on the sampled turns + MLE on real pairs
-        pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline, temperature=cfg.temperature,
-                                 max_len=cfg.max_len)
+        pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline, logp=logp)
         mle_batch = collate([data.train[rng.randrange(len(data.train))] for _ in range(cfg.mle_batch_size)])
         nll, n_mle = sequence_nll(policy, mle_batch.to(device))
         mle_loss = nll / n_mle

@@ -118,6 +118,13 @@ class Data:
     split: Split | None = None  # the conversations (chat task only): openings, dull replies, evaluation
 
 
+def hardware_name(device: torch.device, processes: int = 1) -> str:
+    """What a run trained on, for its model card: the GPU's name, or the CPU architecture and thread count."""
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)")
+    return f"{name}, {processes} process(es)"
+
+
 def prepare_data(cfg: TrainConfig) -> Data:
     """Corpus (or synthetic task) -> split -> tokenizer (trained on train only, or reused) -> examples."""
     if cfg.task in TASKS:
@@ -264,10 +271,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif _is_main():
         truncate_log(out / "log.csv", 0)  # a run killed before its first save starts its log again
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                else f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)") + f", {world} process(es)"
     meta_base = {"train": asdict(cfg), "corpus": cfg.corpus if cfg.task == "chat" else f"synthetic:{cfg.task}",
-                 "hardware": hardware,
+                 "hardware": hardware_name(device, world),
                  "n_train_pairs": len(data.train), "parameters": count_parameters(model)}
     if _is_main():
         print(f"{cfg.kind} model: {count_parameters(model):,} parameters, {len(data.train):,} training pairs, "
