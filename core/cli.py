@@ -7,7 +7,7 @@
     chatbot-arena evaluate                                  # the evaluation table of the shipped bots
     chatbot-arena chat --bot antilm                         # talk to a bot in the terminal
     chatbot-arena respond --file prompts.txt --format csv   # one reply per line, every bot
-    chatbot-arena serve                                     # the Gradio app on http://127.0.0.1:7860
+    chatbot-arena serve                                     # the app (installed with the app extra)
     chatbot-arena --help                                    # every subcommand, each with its own --help
 """
 
@@ -54,20 +54,18 @@ Type a message and press Enter; an empty line or Ctrl-D quits.""",
   chatbot-arena respond --file prompts.txt                   # CSV: prompt, bot, reply, score, latency_ms
   chatbot-arena respond --file prompts.txt --bots beam,rl --format json > replies.json
   chatbot-arena respond --file prompts.txt --checkpoint runs/mle/best --beam-size 5""",
-    "serve": """examples:
-  chatbot-arena serve                                        # shipped checkpoints on http://127.0.0.1:7860
-  chatbot-arena serve --host 0.0.0.0 --port 8000             # reachable from the network
-  chatbot-arena serve --checkpoints runs/compare --device cuda
-  chatbot-arena serve --share                                # also a public gradio.live link
-Needs the app extra: pip install -e ".[app]".""",
 }
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, only_given: bool = False) -> None:
-    """One ``--flag`` per dataclass field, with the field's help text and default. ``only_given``: flags the
-    user did not type are left out of the namespace (for overrides of another set of defaults)."""
+def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
+                       only_given: bool = False, exclude: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per dataclass field (but those in ``exclude``), with the field's help text and default.
+    ``only_given``: flags the user did not type are left out of the namespace (for overrides of another set of
+    defaults)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
         help_text = f.metadata.get("help", "")
@@ -88,15 +86,17 @@ def _from_args(cls: type, args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     from core.train import TrainConfig, train
 
-    print(train(_from_args(TrainConfig, args)))
-    return 0
+    summary = train(TrainConfig.from_dict(vars(args)))  # the model's flags (--hidden ...) go into cfg.model
+    print(summary)
+    return 130 if summary["interrupted"] else 0
 
 
 def _cmd_train_rl(args: argparse.Namespace) -> int:
     from core.rl import RLConfig, train_rl
 
-    print(train_rl(_from_args(RLConfig, args)))
-    return 0
+    summary = train_rl(_from_args(RLConfig, args))
+    print(summary)
+    return 130 if summary["interrupted"] else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -217,27 +217,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"\nwrote {out} and {Path(out).with_suffix('.md')}")
     return 0
 
-# ----------------------------------------------------------------------------- serve (the Gradio app)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from demo_app.app import serve  # imported here: core never imports gradio at import time
-
-    serve(args.checkpoints, host=args.host, port=args.port, device=args.device, share=args.share)
-    return 0
-
-
-def add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=None,
-                   help="interface to bind (default: $GRADIO_SERVER_NAME or 127.0.0.1; 0.0.0.0 for the network)")
-    p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
-    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1")
-    p.add_argument("--checkpoints", default=None,
-                   help="folder with bots.json (default: $CHATBOT_ARENA_CHECKPOINTS or the shipped checkpoints/)")
-    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from core.model import ModelConfig
     from core.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="chatbot-arena", description=__doc__,
@@ -246,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("train", help="train a seq2seq, backward or language model (MLE)",
                        epilog=EXAMPLES["train"], formatter_class=fmt)
-    add_dataclass_args(p, TrainConfig)
+    add_dataclass_args(p, TrainConfig, exclude=("model",))
+    add_dataclass_args(p.add_argument_group("model (TrainConfig.model)"), ModelConfig,
+                       exclude=("vocab_size", "kind"))
     p.set_defaults(func=_cmd_train)
 
     from core.decoding import DecodeConfig
@@ -313,11 +296,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, DecodeConfig, only_given=True)
     p.set_defaults(func=_cmd_respond)
 
-    p = sub.add_parser("serve", help="serve the Gradio app: four bots side by side", epilog=EXAMPLES["serve"],
-                       formatter_class=fmt)
-    add_serve_args(p)
-    p.set_defaults(func=_cmd_serve)
+    for register in command_plugins():
+        register(sub)
     return parser
+
+
+# Subcommands that live in their own modules: each module has ``register(subparsers)``. Packages outside core
+# (the Gradio app's ``serve``) add theirs through the ``chatbot_arena.commands`` entry-point group of their
+# pyproject, so core never imports them.
+CORE_COMMAND_MODULES: tuple[str, ...] = ("core.pipeline", "core.arena.cli")
+ENTRY_POINT_GROUP = "chatbot_arena.commands"
+
+
+def command_plugins() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """The ``register(subparsers)`` functions of the core command modules, then of the installed entry points
+    (a plugin that fails to import is reported on stderr and left out, so the other commands still work)."""
+    import importlib
+    from importlib.metadata import entry_points
+
+    found = [importlib.import_module(m).register for m in CORE_COMMAND_MODULES]
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            found.append(ep.load())
+        except ImportError as e:  # e.g. the app extra is not installed
+            print(f"(chatbot-arena {ep.name} is not available: {e})", file=sys.stderr)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,8 @@
 
 Columns, one row per bot:
     test_ppl          perplexity of the bot's model on the test split (the same for bots sharing a model)
-    distinct_1/2      unique n-grams / all n-grams, pooled over the bot's replies to test prompts
-    mean_len          mean reply length in words (after normalisation, as in the app)
-    dull_rate         share of replies that are in the dull list after normalisation
+    <reply metrics>   every metric of core.metrics.METRICS on the bot's replies to the test prompts: distinct_1,
+                      distinct_2, mean_words, dull_rate, top_reply_share (see :data:`core.metrics.METRICS`)
     bleu              corpus BLEU-4 of replies against the reference replies
     sim_turns         mean length of simulated dialogues (two copies of the bot, up to 8 turns; a dialogue ends
                       at a dull turn or when a turn shares more than 80% of its words with the same agent's
@@ -30,7 +29,7 @@ from core.batching import Example, encode_pairs
 from core.bots import Bot
 from core.checkpoint import read_config
 from core.corpora import Split, load_corpus, make_pairs, opening_messages, split_conversations
-from core.metrics import DULL_REPLIES, bleu, distinct_n, dull_rate, mean_length, normalize_reply
+from core.metrics import DULL_REPLIES, bleu, distinct_n, normalize_reply, reply_metrics
 from core.train import perplexity
 
 MAX_TURNS = 8
@@ -119,9 +118,7 @@ def evaluate_bots(bots: dict[str, Bot], split: Split, *, n_prompts: int = 300, n
         rows.append({
             "bot": name, "checkpoint": bot.checkpoint.name if bot.checkpoint else "",
             "test_ppl": round(ppl_cache[id(bot.model)], 2),
-            "distinct_1": round(distinct_n(replies, 1), 4), "distinct_2": round(distinct_n(replies, 2), 4),
-            "mean_len": round(mean_length(replies), 2),
-            "dull_rate": round(dull_rate(replies, dull_set), 4),
+            **{k: round(v, 4) for k, v in reply_metrics(replies, dull_list=dull_set).items()},
             "bleu": round(bleu(replies, [r for _, r in sample]), 4),
             "sim_turns": round(statistics.mean(len(d) - 1 for d in dialogues), 3),
             "sim_ended_early": round(ended_dull / len(dialogues), 3),

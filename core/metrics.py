@@ -1,4 +1,5 @@
-"""Reply metrics: distinct-n, dull rate, mean length, corpus BLEU. Pure Python, no torch, no gradio.
+"""Reply metrics: distinct-n, dull rate, mean length, top reply share, corpus BLEU; the registry :data:`METRICS`
+that every table reads. Pure Python, no torch, no gradio.
 
 Every metric works on reply strings. Words are the whitespace-split tokens of :func:`normalize_reply`
 (lower case, punctuation removed, apostrophes kept), so "I don't know." and "i don't know" count the same.
@@ -17,7 +18,8 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 # Replies that end a conversation (Li et al. 2016 list D) plus the usual one-word ones.
 DULL_REPLIES: tuple[str, ...] = (
@@ -123,15 +125,49 @@ def _bleu_tokens(text: str) -> list[str]:
     return _BLEU_TOKEN.findall(unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES))
 
 
+def top_reply_share(replies: Sequence[str]) -> float:
+    """Share of the replies taken by the most frequent one (after :func:`normalize_reply`); 0.0 for none. A
+    policy collapsing onto one answer shows here first."""
+    if not replies:
+        return 0.0
+    return Counter(normalize_reply(r) for r in replies).most_common(1)[0][1] / len(replies)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reply metric: ``fn(replies, dull_list) -> float``, with its direction and a one-line definition.
+    Every table that reports reply metrics (the evaluation, the tuning grid, the batch tab) reads
+    :data:`METRICS`, so a metric added here appears in all of them."""
+
+    name: str  # column name in every table
+    label: str  # shown in the app
+    definition: str  # one line, shown beside the tables
+    higher_is_better: bool | None  # None: neither (e.g. length)
+    fn: Callable[[Sequence[str], Iterable[str]], float]
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("distinct_1", "distinct-1", "unique words / all words, pooled over the replies", True,
+           lambda r, d: distinct_n(r, 1)),
+    Metric("distinct_2", "distinct-2", "unique word bigrams / all word bigrams, pooled over the replies", True,
+           lambda r, d: distinct_n(r, 2)),
+    Metric("mean_words", "mean length (words)", "mean reply length in words (after normalisation)", None,
+           lambda r, d: mean_length(r)),
+    Metric("dull_rate", "dull rate", "share of replies in the dull list (\"i don't know\", ...)", False,
+           lambda r, d: dull_rate(r, d)),
+    Metric("top_reply_share", "top reply share", "share of the replies taken by the most frequent reply", False,
+           lambda r, d: top_reply_share(r)),
+)}
+
+
 def reply_metrics(replies: Sequence[str], latencies: Sequence[float] | None = None,
                   dull_list: Iterable[str] = DULL_REPLIES) -> dict[str, float]:
-    """The per-bot summary of the app's batch compare and of the evaluation table."""
-    out = {
-        "distinct_1": distinct_n(replies, 1),
-        "distinct_2": distinct_n(replies, 2),
-        "mean_words": mean_length(replies),
-        "dull_rate": dull_rate(replies, dull_list),
-    }
+    """Every metric of :data:`METRICS` on ``replies`` (plus ``mean_latency_s`` when ``latencies`` are given)."""
+    dull = list(dull_list)
+    out = {name: m.fn(replies, dull) for name, m in METRICS.items()}
     if latencies is not None:
         out["mean_latency_s"] = sum(latencies) / len(latencies) if latencies else 0.0
     return out

@@ -26,7 +26,7 @@ import pandas as pd
 
 from core.bots import Bot
 from core.corpora import Split, make_pairs
-from core.metrics import DULL_REPLIES, distinct_n, dull_rate
+from core.metrics import DULL_REPLIES, reply_metrics
 
 RARE_TOKEN_LOGP = -8.0  # a token the model gives less than e^-8 ~ 3e-4: a word that does not belong
 GRID = {"antilm": [0.1, 0.2, 0.3, 0.4, 0.5], "gamma": [2, 4, 6], "n_bonus": [0.0, 0.25, 0.5]}
@@ -39,10 +39,9 @@ def _score(bot: Bot, prompts: list[str], dull: list[str], batch_size: int, **set
     texts = [r.text for r in replies]
     logp = [sum(r.logprobs) / max(1, len(r.logprobs)) for r in replies]
     worst = [min(r.logprobs, default=0.0) for r in replies]
-    return {"distinct_2": distinct_n(texts, 2), "distinct_1": distinct_n(texts, 1), "dull_rate": dull_rate(texts, dull),
+    return {**reply_metrics(texts, dull_list=dull),
             "logp_per_token": statistics.mean(logp), "worst_token_logp": statistics.mean(worst),
-            "rare_share": sum(w < RARE_TOKEN_LOGP for w in worst) / len(worst),
-            "mean_len": statistics.mean(len(t.split()) for t in texts)}
+            "rare_share": sum(w < RARE_TOKEN_LOGP for w in worst) / len(worst)}
 
 
 def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str, list] | None = None,

@@ -1,14 +1,15 @@
-"""Callbacks of the arena: plain functions of plain values (dicts, lists, pandas frames), no gradio import.
+"""Callbacks of the side-by-side, attention and batch tabs: plain functions of plain values (dicts, lists, pandas
+frames), no gradio import.
 
-:mod:`demo_app.app` wires them to components; tests call them directly. A chat history is a list of message
-dicts ``{"role": "user" | "assistant", "content": str}`` (Gradio 6 hands contents back as lists of
+The tab modules of :mod:`demo_app.tabs` wire them to components; tests call them directly. A chat history is a
+list of message dicts ``{"role": "user" | "assistant", "content": str}`` (Gradio 6 hands contents back as lists of
 ``{"type": "text", "text": ...}`` parts; both forms are accepted).
 
 Texts shown in the chat are HTML-escaped here, so markup typed by a user (or produced by a byte-level model)
 is displayed as text and never reaches the page as HTML.
 
-    >>> bots = load_bots()
-    >>> for turn in chat(bots, "how are you?", [[] for _ in bots], default_settings(bots)):
+    >>> ctx = demo_app.server.make_context()            # the bots and the batching scheduler
+    >>> for turn in chat(ctx, "how are you?", [[] for _ in ctx.bots], default_settings(ctx.bots)):
     ...     print(turn.status)      # one update per finished bot, in the order they finish
 """
 
@@ -19,26 +20,27 @@ import html
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
 from core.bots import Bot
 from core.corpora import normalize_text, read_prompts
-from core.metrics import reply_metrics
+from core.metrics import METRICS, reply_metrics
+from core.serving import BatchScheduler, Busy
+from demo_app.context import AppContext
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
-WORKERS = 2  # bots answering at once within one request (the Space has 2 vCPUs)
 MAX_SHOWN_CHARS = 1000  # a longer message is shown by its tail (the part the bots read)
 MAX_BATCH_PROMPTS = 100
 PENDING = "…"
@@ -97,7 +99,8 @@ def applies_to(bot: Bot, name: str) -> bool:
 
 
 def default_settings(bots: Mapping[str, Bot]) -> dict[str, Any]:
-    """Each control starts at the bots.json value of the first bot it applies to (beam K=10, anti-LM 0.5)."""
+    """Each control starts at the bots.json value of the first bot it applies to (e.g. the beam size of the first
+    beam bot, the anti-LM weight of the first bot with a language model)."""
     out: dict[str, Any] = {}
     for c in CONTROLS:
         if c.checkbox:
@@ -174,15 +177,14 @@ def _show(value: Any) -> str:
 # ----------------------------------------------------------------------------- answering
 
 
-def reply_record(bot: Bot, prompt: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Ask one bot; return a JSON-safe record of its reply (or ``{"error": message}``), never raise."""
+def reply_record(bot: Bot, future: Future) -> dict[str, Any]:
+    """A JSON-safe record of one bot's finished request: its reply, or ``{"error": message}``; never raises."""
     record: dict[str, Any] = {"bot": bot.name, "label": bot.label}
     try:
-        with torch.inference_mode():
-            reply = bot.respond(prompt, **overrides)
-    except ValueError as e:  # bad prompt or settings: the message says what to change
+        reply = future.result()
+    except (ValueError, Busy) as e:  # bad prompt or settings, or a full queue: the message says what to do
         return {**record, "error": str(e)}
-    except Exception as e:  # a failing bot must not take the other three (or the page) down
+    except Exception as e:  # a failing bot must not take the others (or the page) down
         log.exception("bot %s failed", bot.name)
         return {**record, "error": f"{type(e).__name__}: {e}"}
     return {
@@ -205,15 +207,40 @@ def _finite(x: float) -> float | None:
     return round(float(x), 4) if math.isfinite(x) else None
 
 
-def answer_all(bots: Mapping[str, Bot], prompt: str, settings: Mapping[str, Any], *,
-               workers: int = WORKERS) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(bot name, record) for every bot, in the order they finish; ``workers`` bots decode at once.
-    ``settings``: the control values to apply (see :func:`changed_settings`); a bot keeps the rest of its own."""
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="arena") as pool:
-        futures = {pool.submit(reply_record, bot, prompt, overrides_for(bot, settings)): name
-                   for name, bot in bots.items()}
+def _failed(error: Exception) -> Future:
+    fut: Future = Future()
+    fut.set_exception(error)
+    return fut
+
+
+def submit_all(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str,
+               settings: Mapping[str, Any]) -> dict[Future, str]:
+    """Queue ``prompt`` for every bot (each with the control values that fit it); future -> bot name. A request
+    refused at once (bad settings, a full queue) is a future that already holds its error."""
+    futures: dict[Future, str] = {}
+    for name, bot in bots.items():
+        try:
+            fut = scheduler.submit(name, prompt, overrides_for(bot, settings))
+        except (ValueError, Busy) as e:
+            fut = _failed(e)
+        futures[fut] = name
+    return futures
+
+
+def answer_all(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str,
+               settings: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(bot name, record) for every bot, in the order they finish; every request goes through the batching
+    scheduler. ``settings``: the control values to apply (see :func:`changed_settings`); a bot keeps the rest of
+    its own. Closing the iterator early (the visitor left, or a newer slider move replaced this run) cancels the
+    requests that have not been decoded yet."""
+    futures = submit_all(scheduler, bots, prompt, settings)
+    try:
         for fut in as_completed(futures):
-            yield futures[fut], fut.result()
+            name = futures[fut]
+            yield name, reply_record(bots[name], fut)
+    finally:
+        for fut in futures:
+            fut.cancel()
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -286,61 +313,82 @@ def nbest_frame(record: Mapping[str, Any] | None) -> pd.DataFrame:
 
 @dataclass
 class Turn:
-    """Everything the side-by-side tab shows after an event (one yield of :func:`chat` / :func:`rerun`)."""
+    """Everything the side-by-side tab shows after an event (one yield of :func:`chat` / :func:`rerun`).
 
-    message: str  # the message box
+    A streamed update carries only what changed (the rest is KEEP): the first one the user message with a
+    placeholder per bot, then each finished bot's history and n-best list, and the last one everything, with the
+    reply details. So the N + 2 updates of a turn send each reply about once, not N times."""
+
+    message: str | Any  # the message box, or KEEP
     last_prompt: str | None | Any  # what re-run answers again, or KEEP
-    histories: list[list[dict[str, Any]]]
+    histories: list[Any]  # one chat history per bot, or KEEP each
     nbest: list[pd.DataFrame] | list[Any]  # or KEEP each
-    details: dict[str, Any] | Any  # {"prompt": ..., "bots": {name: record}}, or KEEP
+    details: dict[str, Any] | Any  # {"prompt": ..., "bots": {name: record without attention}}, or KEEP
+    records: dict[str, Any] | Any  # the full records (attention included) for the attention tab, or KEEP
     status: str = ""
 
     def outputs(self) -> tuple[Any, ...]:
-        """Flat, in the order of the app's outputs: message, last prompt, histories, n-best lists, details, status."""
-        return (self.message, self.last_prompt, *self.histories, *self.nbest, self.details, self.status)
+        """Flat, in the order of the app's outputs: message, last prompt, histories, n-best lists, details, status,
+        records."""
+        return (self.message, self.last_prompt, *self.histories, *self.nbest, self.details, self.status,
+                self.records)
+
+
+HEAVY_FIELDS = ("attention", "source_tokens", "token_strs")  # kept server-side (records), not sent as details
 
 
 @dataclass
 class _TurnBuilder:
     """Streams one turn: placeholders first, then each bot's reply as it arrives."""
 
-    bots: Mapping[str, Bot]
+    ctx: AppContext
     prompt: str
     histories: list[list[dict[str, Any]]]
     notes: list[str] = field(default_factory=list)
 
-    def run(self, settings: Mapping[str, Any], workers: int) -> Iterator[Turn]:
-        names = list(self.bots)
+    def run(self, settings: Mapping[str, Any]) -> Iterator[Turn]:
+        names = list(self.ctx.bots)
+        n = len(names)
         for h in self.histories:
             h.append({"role": "assistant", "content": PENDING})
+        yield Turn(KEEP, self.prompt, [list(h) for h in self.histories], [nbest_frame(None) for _ in names], KEEP,
+                   KEEP, self._status("Thinking…"))
         records: dict[str, dict[str, Any]] = {}
-        yield self._turn(records, "Thinking…")
         t0 = time.perf_counter()
-        for name, record in answer_all(self.bots, self.prompt, settings, workers=workers):
+        for name, record in answer_all(self.ctx.scheduler, self.ctx.bots, self.prompt, settings):
             records[name] = record
-            self.histories[names.index(name)][-1] = bot_message(record)
-            done = len(records) == len(names)
-            status = f"All {len(names)} replies in {time.perf_counter() - t0:.2f} s." if done else \
-                f"{len(records)} of {len(names)} replies…"
-            yield self._turn(records, status)
+            i = names.index(name)
+            self.histories[i][-1] = bot_message(record)
+            if len(records) < n:
+                histories, nbest = [KEEP] * n, [KEEP] * n
+                histories[i], nbest[i] = list(self.histories[i]), nbest_frame(record)
+                yield Turn(KEEP, KEEP, histories, nbest, KEEP, KEEP, self._status(f"{len(records)} of {n} replies…"))
+        ordered = {name: records[name] for name in names}
+        details = {"prompt": self.prompt,
+                   "bots": {k: {f: v for f, v in r.items() if f not in HEAVY_FIELDS} for k, r in ordered.items()}}
+        yield Turn("", self.prompt, [list(h) for h in self.histories], [nbest_frame(r) for r in ordered.values()],
+                   details, {"prompt": self.prompt, "bots": ordered},
+                   self._status(f"All {n} replies in {time.perf_counter() - t0:.2f} s."))
 
-    def _turn(self, records: dict[str, dict[str, Any]], status: str) -> Turn:
-        nbest = [nbest_frame(records.get(name)) for name in self.bots]
-        details = {"prompt": self.prompt, "bots": {n: records[n] for n in self.bots if n in records}}
-        lines = [status, *self.notes]
-        histories = [list(h) for h in self.histories]  # a snapshot: later replies must not edit this turn
-        return Turn("", self.prompt, histories, nbest, details, "\n\n".join(lines))
+    def _status(self, line: str) -> str:
+        return "\n\n".join([line, *self.notes])
 
 
 def _histories(bots: Mapping[str, Bot], histories: Sequence[Any] | None) -> list[list[dict[str, Any]]]:
-    """Copies of the chat histories, one per bot (None or missing -> empty)."""
-    given = list(histories or [])
-    return [list(given[i] or []) if i < len(given) else [] for i in range(len(bots))]
+    """Copies of the chat histories, one per bot (None or missing -> empty; anything but a list of message
+    dicts -> empty, so a malformed history sent to the API is replaced, never a crash)."""
+    given = list(histories) if isinstance(histories, (list, tuple)) else []
+    out = []
+    for i in range(len(bots)):
+        h = given[i] if i < len(given) else None
+        ok = isinstance(h, list) and all(isinstance(m, dict) and m.get("role") in ("user", "assistant") for m in h)
+        out.append(list(h) if ok else [])
+    return out
 
 
 def _unchanged(bots: Mapping[str, Bot], histories: list[list[dict[str, Any]]], message: str, status: str) -> Turn:
     """Only a status line: the last turn (its prompt, n-best lists and details) stays as it was."""
-    return Turn(message, KEEP, histories, [KEEP for _ in bots], KEEP, status)
+    return Turn(message, KEEP, histories, [KEEP for _ in bots], KEEP, KEEP, status)
 
 
 def _requested(bots: Mapping[str, Bot], values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -350,9 +398,10 @@ def _requested(bots: Mapping[str, Bot], values: Mapping[str, Any]) -> tuple[dict
     return changed_settings(settings, initial), notes
 
 
-def chat(bots: Mapping[str, Bot], message: Any, histories: Sequence[Any] | None, values: Mapping[str, Any], *,
-         workers: int = WORKERS) -> Iterator[Turn]:
+def chat(ctx: AppContext, message: Any, histories: Sequence[Any] | None, values: Mapping[str, Any]
+         ) -> Iterator[Turn]:
     """Send ``message`` to every bot; yields the tab after the user message is shown and after each reply."""
+    bots = ctx.bots
     hist = _histories(bots, histories)
     message = message if isinstance(message, str) else ""
     if not normalize_text(message):
@@ -366,15 +415,16 @@ def chat(bots: Mapping[str, Bot], message: Any, histories: Sequence[Any] | None,
         notes.append(f"Long message ({len(message):,} characters): the bots read only its last {reads} tokens.")
     for h in hist:
         h.append(user_message(message))
-    yield from _TurnBuilder(bots, message, hist, notes).run(settings, workers)
+    yield from _TurnBuilder(ctx, message, hist, notes).run(settings)
 
 
-def rerun(bots: Mapping[str, Bot], last_prompt: str | None, histories: Sequence[Any] | None,
-          values: Mapping[str, Any], *, workers: int = WORKERS) -> Iterator[Turn]:
+def rerun(ctx: AppContext, last_prompt: str | None, histories: Sequence[Any] | None,
+          values: Mapping[str, Any]) -> Iterator[Turn]:
     """Answer the last message again with the current settings, replacing each bot's last reply."""
+    bots = ctx.bots
     hist = _histories(bots, histories)
-    if not last_prompt:
-        yield _unchanged(bots, hist, "", "Nothing to re-run yet: send a message first.")
+    if not last_prompt or not isinstance(last_prompt, str):
+        yield _unchanged(bots, hist, KEEP, "Nothing to re-run yet: send a message first.")
         return
     settings, notes = _requested(bots, values)
     for h in hist:
@@ -382,11 +432,57 @@ def rerun(bots: Mapping[str, Bot], last_prompt: str | None, histories: Sequence[
             h.pop()
         if not h:  # cleared since: show the prompt again
             h.append(user_message(last_prompt))
-    yield from _TurnBuilder(bots, last_prompt, hist, notes).run(settings, workers)
+    yield from _TurnBuilder(ctx, last_prompt, hist, notes).run(settings)
+
+
+class LiveRuns:
+    """Which live re-run of each browser session is the newest: a slider released again supersedes the run the
+    previous release started, which then stops (and its queued requests are cancelled)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def begin(self, key: str) -> int:
+        with self._lock:
+            self._counter += 1
+            self._latest[key] = self._counter
+            if len(self._latest) > 10_000:  # forget the oldest sessions
+                for old in list(self._latest)[:5_000]:
+                    del self._latest[old]
+            return self._counter
+
+    def is_latest(self, key: str, token: int) -> bool:
+        with self._lock:
+            return self._latest.get(key) == token
+
+
+LIVE_DEBOUNCE_S = 0.15  # a release waits this long for a newer one before it decodes
+
+
+def live_rerun(ctx: AppContext, live: LiveRuns, key: str, last_prompt: str | None, histories: Sequence[Any] | None,
+               values: Mapping[str, Any], *, debounce_s: float = LIVE_DEBOUNCE_S) -> Iterator[Turn]:
+    """A slider was released: answer the last message again with the new values (as :func:`rerun`), unless a
+    newer release of the same session (``key``) comes within ``debounce_s`` or while this one is streaming, in
+    which case this run stops. Before the first message nothing happens."""
+    token = live.begin(key)
+    nothing = Turn(KEEP, KEEP, [KEEP for _ in ctx.bots], [KEEP for _ in ctx.bots], KEEP, KEEP, KEEP)
+    if not last_prompt or not isinstance(last_prompt, str):
+        yield nothing
+        return
+    time.sleep(debounce_s)
+    if not live.is_latest(key, token):
+        yield nothing
+        return
+    for turn in rerun(ctx, last_prompt, histories, values):
+        if not live.is_latest(key, token):
+            return  # closing rerun() cancels its queued requests
+        yield turn
 
 
 def clear(bots: Mapping[str, Bot]) -> Turn:
-    return Turn("", None, [[] for _ in bots], [nbest_frame(None) for _ in bots], {}, "")
+    return Turn("", None, [[] for _ in bots], [nbest_frame(None) for _ in bots], {}, {}, "")
 
 
 # ----------------------------------------------------------------------------- attention view
@@ -401,11 +497,14 @@ class AttentionView:
 
 def attention_view(details: Mapping[str, Any] | None, bot_name: str) -> AttentionView:
     """Heatmap of the attention (reply tokens x prompt tokens) and per-token probabilities of one bot's reply."""
-    record = ((details or {}).get("bots") or {}).get(bot_name)
+    bots = details.get("bots") if isinstance(details, Mapping) else None
+    record = bots.get(bot_name) if isinstance(bots, Mapping) and isinstance(bot_name, str) else None
     if not record:
         return AttentionView(None, [], "Send a message in the **Side by side** tab first; its replies show here.")
     if "error" in record:
-        return AttentionView(None, [], f"This bot gave no reply: {escape_text(record['error'])}")
+        return AttentionView(None, [], f"This bot gave no reply: {escape_text(str(record['error']))}")
+    if not all(isinstance(record.get(k), list) for k in ("token_strs", "logprobs", "attention", "source_tokens")):
+        return AttentionView(None, [], "These reply details have no attention weights to draw.")
     tokens = [(t, round(math.exp(lp), 3) if lp is not None else 0.0)
               for t, lp in zip(record["token_strs"], record["logprobs"])]
     known = [lp for lp in record["logprobs"] if lp is not None]
@@ -413,8 +512,11 @@ def attention_view(details: Mapping[str, Any] | None, bot_name: str) -> Attentio
     caption = (f"**{html.escape(record['label'])}** answered *{escape_text(record['text']) or '(empty)'}*: "
                f"{len(tokens)} tokens, mean log p {mean_lp:.2f}, score {record['score']}. "
                "Colour = probability of each token given the prompt and the tokens before it.")
-    return AttentionView(attention_figure(record["attention"], record["source_tokens"], record["token_strs"]),
-                         tokens, caption)
+    try:
+        figure = attention_figure(record["attention"], record["source_tokens"], record["token_strs"])
+    except (KeyError, TypeError, ValueError):
+        return AttentionView(None, [], "These reply details have no attention weights to draw.")
+    return AttentionView(figure, tokens, caption)
 
 
 def _label(piece: str) -> str:
@@ -447,9 +549,8 @@ def attention_figure(attention: Sequence[Sequence[float]], source: Sequence[str]
 
 # ----------------------------------------------------------------------------- batch compare
 
-# core.metrics.reply_metrics keys -> column names: distinct_n, mean_length (words), dull_rate, mean latency
-METRIC_COLUMNS = {"distinct_1": "distinct-1", "distinct_2": "distinct-2", "mean_words": "mean length (words)",
-                  "dull_rate": "dull rate", "mean_latency_s": "latency per reply (s)"}
+# core.metrics.reply_metrics keys -> column names: every metric of the registry, then the latency
+METRIC_COLUMNS = {**{name: m.label for name, m in METRICS.items()}, "mean_latency_s": "latency per reply (s)"}
 
 
 @dataclass
@@ -468,10 +569,12 @@ def _prompt_bytes(text: str | None, file_path: str | Path | None) -> bytes:
     return data
 
 
-def batch_compare(bots: Mapping[str, Bot], text: str | None, file_path: str | Path | None = None, *,
-                  workers: int = WORKERS, max_prompts: int = MAX_BATCH_PROMPTS,
-                  out_dir: str | Path | None = None) -> BatchResult:
-    """Every bot answers every prompt (one batched search per bot, with its bots.json settings)."""
+def batch_compare(ctx: AppContext, text: str | None, file_path: str | Path | None = None, *,
+                  max_prompts: int = MAX_BATCH_PROMPTS, out_dir: str | Path | None = None) -> BatchResult:
+    """Every bot answers every prompt with its bots.json settings. Each bot's prompts go through the batching
+    scheduler together (so they are decoded in batches, and visitors' chat requests still get their turn); the
+    bots follow one another."""
+    bots = ctx.bots
     labels = [b.label for b in bots.values()]
     empty = pd.DataFrame(columns=["prompt", *labels])
     try:
@@ -485,27 +588,25 @@ def batch_compare(bots: Mapping[str, Bot], text: str | None, file_path: str | Pa
     if not prompts:
         return BatchResult(empty, pd.DataFrame(), [], "Paste prompts (one per line) or upload a text file first.")
     notes = []
-
-    def run(bot: Bot) -> tuple[list[str], float]:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            replies = bot.respond_batch(prompts)
-        return [r.text for r in replies], time.perf_counter() - t0
-
     columns: dict[str, list[str]] = {"prompt": prompts}
     rows = []
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="arena-batch") as pool:
-        futures = {name: pool.submit(run, bot) for name, bot in bots.items()}
-        for name, bot in bots.items():
-            try:
-                texts, seconds = futures[name].result()
-            except Exception as e:  # reported in the status; the other bots still count
+    for name, bot in bots.items():
+        t0 = time.perf_counter()
+        futures = []
+        try:
+            futures = [ctx.scheduler.submit(name, p, {}) for p in prompts]
+            texts = [f.result().text for f in futures]
+        except Exception as e:  # reported in the status; the other bots still count
+            for f in futures:
+                f.cancel()
+            if not isinstance(e, (ValueError, Busy)):
                 log.exception("batch compare: bot %s failed", name)
-                notes.append(f"{html.escape(bot.label)} failed: {escape_text(str(e))}")
-                continue
-            columns[bot.label] = texts
-            m = reply_metrics(texts, latencies=[seconds / len(prompts)] * len(prompts))  # core.metrics
-            rows.append({"bot": bot.label, **{METRIC_COLUMNS[k]: round(v, 4) for k, v in m.items()}})
+            notes.append(f"{html.escape(bot.label)} failed: {escape_text(str(e))}")
+            continue
+        seconds = time.perf_counter() - t0
+        columns[bot.label] = texts
+        m = reply_metrics(texts, latencies=[seconds / len(prompts)] * len(prompts))  # core.metrics
+        rows.append({"bot": bot.label, **{METRIC_COLUMNS[k]: round(v, 4) for k, v in m.items()}})
     replies = pd.DataFrame(columns)
     metrics = pd.DataFrame(rows)
     files = _write_csvs(replies, metrics, out_dir)

@@ -12,7 +12,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # core/ and demo_app/ are copied beside this file
 
 import core  # noqa: E402
-from demo_app.app import serve  # noqa: E402
+from demo_app.serve import serve  # noqa: E402
 
 CHECKPOINTS = HERE / "checkpoints"
 

@@ -118,13 +118,25 @@ def tiny_bots(tiny_checkpoints):
 
 
 @pytest.fixture(scope="session")
-def launched_app(tiny_bots, tiny_checkpoints):
-    """The app on the tiny bots, serving on a free localhost port; yields its URL."""
-    from demo_app.app import build_app, launch
+def tiny_ctx(tiny_bots, tiny_checkpoints):
+    """What the app is built from (bots, batching scheduler, checkpoint folder), over the tiny bots; no arena."""
+    from core.serving import BatchScheduler
+    from demo_app.context import AppContext
 
-    demo = build_app(tiny_bots, checkpoint_dir=tiny_checkpoints)
-    launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    scheduler = BatchScheduler(tiny_bots)
+    yield AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints)
+    scheduler.close()
+
+
+@pytest.fixture(scope="session")
+def launched_app(tiny_ctx):
+    """The app and its APIs on the tiny bots (demo_app.server, as ``chatbot-arena serve`` runs it) on a free
+    localhost port; yields its URL."""
+    from demo_app.app import build_app
+    from demo_app.server import start_server
+
+    handle = start_server(tiny_ctx, build_app(tiny_ctx))
     try:
-        yield demo.local_url
+        yield handle.url
     finally:
-        demo.close()
+        handle.close()

@@ -1,5 +1,6 @@
 """The launched app driven over HTTP by gradio_client, as an API user would (tiny checkpoints of conftest.py)."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_markup_comes_back_escaped(client):
 
 def test_attention_and_batch_endpoints(client):
     details = unpack(client.predict(message="where do you live?", api_name="/chat"))["details"]
-    plot, tokens, caption = client.predict(details, "beam", api_name="/attention")
+    plot, tokens, caption = client.predict("beam", api_name="/attention")  # this session's last turn
     assert plot and "image/png" in str(plot)
     assert len(tokens) == len(details["bots"]["beam"]["tokens"])
     assert "Beam search" in caption
@@ -121,16 +122,30 @@ def test_serve_command_and_core_without_gradio():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
     out = subprocess.run([sys.executable, "-m", "core.cli", "serve", "--help"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
-    for flag in ("--host", "--port", "--device", "--checkpoints", "--share", "examples:"):
+    for flag in ("--host", "--port", "--device", "--checkpoints", "--data-dir", "--db", "--no-batching", "--mcp",
+                 "examples:"):
         assert flag in out
 
 
-def test_serve_shares_the_cpus_this_process_may_use(monkeypatch):
-    from demo_app import app
+def imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports (absolute names; relative imports resolved inside its package)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                found.add(".".join(path.relative_to(REPO).parts[: -node.level] + ((node.module,) if node.module else ())))
+            else:
+                found.add(node.module or "")
+            found |= {f"{node.module}.{a.name}" for a in node.names if node.module}
+    return found
 
-    monkeypatch.setattr(app.os, "cpu_count", lambda: 64)  # the host's cores, in a container
-    monkeypatch.setattr(app.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # the 2 it may use
-    assert app.usable_cpus() == 2
-    assert app.threads_per_worker(2) == 1 and app.threads_per_worker(1) == 2 and app.threads_per_worker(4) == 1
-    monkeypatch.delattr(app.os, "sched_getaffinity")  # macOS, Windows
-    assert app.usable_cpus() == 64 and app.threads_per_worker(2) == 32
+
+def test_layers_point_one_way():
+    """core never imports the app (nor gradio), anywhere in its files, not even inside a function."""
+    offenders = {str(p.relative_to(REPO)): sorted(m for m in imported_modules(p)
+                                                  if m.split(".")[0] in ("demo_app", "gradio", "spaces"))
+                 for p in (REPO / "core").rglob("*.py")}
+    assert not {k: v for k, v in offenders.items() if v}

@@ -1,13 +1,17 @@
 """The app's callbacks called directly (no server, no browser), on the tiny checkpoints of conftest.py."""
 
+import contextlib
 import dataclasses
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from core.metrics import distinct_n, mean_length
+from core.serving import BatchScheduler
 from demo_app import callbacks as cb
+from demo_app.context import AppContext
 from demo_app.model_info import checkpoint_infos, read_report, training_curves
 
 NAMES = ["greedy", "beam", "antilm", "rl"]
@@ -18,8 +22,29 @@ def defaults(tiny_bots):
     return cb.default_settings(tiny_bots)
 
 
+@contextlib.contextmanager
+def context(bots):
+    """An app context over ``bots`` with its own batching scheduler (closed at the end)."""
+    scheduler = BatchScheduler(bots)
+    try:
+        yield AppContext(bots=bots, scheduler=scheduler, checkpoint_dir=Path("."))
+    finally:
+        scheduler.close()
+
+
 def run_chat(bots, message, histories=None, **values):
-    return list(cb.chat(bots, message, histories or [[] for _ in bots], values))
+    with context(bots) as ctx:
+        return list(cb.chat(ctx, message, histories or [[] for _ in bots], values))
+
+
+def run_rerun(bots, last_prompt, histories, values):
+    with context(bots) as ctx:
+        return list(cb.rerun(ctx, last_prompt, histories, values))
+
+
+def run_batch(bots, *args, **kwargs):
+    with context(bots) as ctx:
+        return cb.batch_compare(ctx, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- controls
@@ -92,7 +117,7 @@ def test_a_moved_control_applies_to_every_bot_it_fits(mixed_bots):
     assert s["beam"]["beam_size"] == s["antilm"]["beam_size"] == s["rl"]["beam_size"] == 3
     assert all(v["n_bonus"] == 0.1 for v in s.values())
     assert s["greedy"]["strategy"] == "greedy"
-    again = list(cb.rerun(mixed_bots, "hello there", last.histories, {"n_bonus": 0.0}))[-1]
+    again = run_rerun(mixed_bots, "hello there", last.histories, {"n_bonus": 0.0})[-1]
     s = {n: r["settings"] for n, r in again.details["bots"].items()}
     assert s["rl"]["beam_size"] == 5 and s["rl"]["n_bonus"] == 0.3  # back at the start: each bot's own again
 
@@ -125,21 +150,28 @@ def test_resolve_settings_keeps_good_values_silently(defaults):
 
 def test_chat_streams_each_reply_as_it_arrives(tiny_bots):
     turns = run_chat(tiny_bots, "hello there, how are you?")
-    assert len(turns) == 1 + len(NAMES)  # the user message, then one update per finished bot
-    first, last = turns[0], turns[-1]
+    n = len(tiny_bots)
+    assert len(turns) == 1 + n  # the user message, then one update per finished bot (the last one: everything)
+    first, middle, last = turns[0], turns[1:-1], turns[-1]
     assert all(h[-1]["content"] == cb.PENDING for h in first.histories)
-    assert [len(t.details["bots"]) for t in turns] == [0, 1, 2, 3, 4]
+    for i, turn in enumerate(middle, start=1):  # a streamed update sends only the bot that just finished
+        sent = [h for h in turn.histories if h is not cb.KEEP]
+        assert len(sent) == 1 and sent[0][-1]["content"] != cb.PENDING
+        assert turn.details is cb.KEEP and turn.records is cb.KEEP and f"{i} of {n} replies" in turn.status
+    finished = {j for turn in middle for j, h in enumerate(turn.histories) if h is not cb.KEEP}
+    assert len(finished) == n - 1  # each bot but the last streamed once, in the order they finished
     assert last.message == "" and last.last_prompt == "hello there, how are you?"
-    assert "All 4 replies" in last.status
+    assert f"All {n} replies" in last.status
     for name, h in zip(NAMES, last.histories):
         assert [m["role"] for m in h] == ["user", "assistant"]
         assert "score" in h[1]["content"] and " ms" in h[1]["content"]
-        record = last.details["bots"][name]
+        record = last.records["bots"][name]
         assert record["text"].strip() and record["tokens"]
         assert len(record["attention"]) == len(record["tokens"]) == len(record["logprobs"])
+        assert "attention" not in last.details["bots"][name]  # the heavy parts stay on the server
     assert last.details["bots"]["greedy"]["settings"]["strategy"] == "greedy"
     assert len(last.nbest[1]) == 5 and list(last.nbest[1].columns) == cb.NBEST_COLUMNS
-    assert len(last.outputs()) == 2 + 2 * len(NAMES) + 2
+    assert len(last.outputs()) == 2 + 2 * len(NAMES) + 3
 
 
 def test_sliders_change_the_settings_of_the_bots_they_fit(tiny_bots):
@@ -166,7 +198,7 @@ def test_empty_messages_get_a_clear_message_and_change_nothing(tiny_bots, messag
     history = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] for _ in NAMES]
     [turn] = run_chat(tiny_bots, message, history)
     assert "Type a message first" in turn.status
-    assert turn.histories == history and turn.nbest == [cb.KEEP] * 4
+    assert turn.histories == history and turn.nbest == [cb.KEEP] * len(NAMES)
     assert turn.details is cb.KEEP and turn.last_prompt is cb.KEEP  # re-run still answers the last message
 
 
@@ -186,7 +218,7 @@ def test_markup_is_escaped_and_never_reaches_the_page_as_html(tiny_bots):
 def test_huge_emoji_and_control_character_messages_are_answered(tiny_bots):
     huge = ("word " * 20_000)[:100_000]
     last = run_chat(tiny_bots, huge)[-1]
-    assert len(last.details["bots"]) == 4 and all("text" in r for r in last.details["bots"].values())
+    assert len(last.details["bots"]) == len(NAMES) and all("text" in r for r in last.details["bots"].values())
     assert "Long message (100,000 characters)" in last.status
     assert len(last.histories[0][0]["content"]) < 1200  # shown by its tail
     for message in ["hello 😀🎉 how are you? 👍🏽", "hi\x00 there\x07\x1b[31m red", "ﬁne \u202e\u200b"]:
@@ -197,10 +229,10 @@ def test_huge_emoji_and_control_character_messages_are_answered(tiny_bots):
 def test_a_failing_bot_does_not_stop_the_others(tiny_bots):
     broken = dataclasses.replace(tiny_bots["rl"])
 
-    def explode(prompt, **overrides):
+    def explode(prompts, **overrides):
         raise RuntimeError("weights on fire")
 
-    broken.respond = explode
+    broken.respond_batch = explode
     bots = {**tiny_bots, "rl": broken}
     last = run_chat(bots, "hello")[-1]
     assert "weights on fire" in last.details["bots"]["rl"]["error"]
@@ -212,22 +244,22 @@ def test_rerun_replaces_the_last_replies_with_new_settings(tiny_bots):
     first = run_chat(tiny_bots, "where are you from?", beam_size=10)[-1]
     as_gradio_gives_them = [[{**m, "content": [{"type": "text", "text": m["content"]}]} for m in h]
                             for h in first.histories]  # Gradio 6 hands contents back as lists of parts
-    turns = list(cb.rerun(tiny_bots, first.last_prompt, as_gradio_gives_them, {"beam_size": 2}))
+    turns = run_rerun(tiny_bots, first.last_prompt, as_gradio_gives_them, {"beam_size": 2})
     last = turns[-1]
-    assert [len(h) for h in last.histories] == [2, 2, 2, 2]
+    assert [len(h) for h in last.histories] == [2] * len(NAMES)
     assert last.details["bots"]["beam"]["settings"]["beam_size"] == 2
     assert cb.message_text(last.histories[0][0]) == cb.message_text(first.histories[0][0])
     assert last.last_prompt == "where are you from?"
 
 
 def test_rerun_without_a_message_explains(tiny_bots):
-    [turn] = cb.rerun(tiny_bots, None, None, {})
-    assert "Nothing to re-run" in turn.status and turn.histories == [[], [], [], []]
+    [turn] = run_rerun(tiny_bots, None, None, {})
+    assert "Nothing to re-run" in turn.status and turn.histories == [[]] * len(NAMES)
 
 
 def test_clear_empties_everything(tiny_bots):
     turn = cb.clear(tiny_bots)
-    assert turn.histories == [[], [], [], []] and turn.last_prompt is None and turn.details == {}
+    assert turn.histories == [[]] * len(NAMES) and turn.last_prompt is None and turn.details == {}
 
 
 def test_settings_tag():
@@ -243,8 +275,8 @@ def test_settings_tag():
 
 
 def test_attention_view_of_a_reply(tiny_bots):
-    details = run_chat(tiny_bots, "i like pizza and music")[-1].details
-    details = json.loads(json.dumps(details))  # what comes back from the browser's JSON component
+    details = run_chat(tiny_bots, "i like pizza and music")[-1].records  # the session state the tab reads
+    details = json.loads(json.dumps(details))
     view = cb.attention_view(details, "antilm")
     record = details["bots"]["antilm"]
     ax = view.figure.axes[0]
@@ -267,7 +299,7 @@ def test_attention_view_without_a_reply():
 def test_batch_compare_table_metrics_and_csv(tiny_bots, tmp_path):
     upload = tmp_path / "prompts.txt"
     upload.write_bytes(b"where do you live?\n\n\xff\xfe bad bytes\nsee you later\n")
-    result = cb.batch_compare(tiny_bots, "hello there\n   \nhow are you?", upload, out_dir=tmp_path / "out")
+    result = run_batch(tiny_bots, "hello there\n   \nhow are you?", upload, out_dir=tmp_path / "out")
     labels = [b.label for b in tiny_bots.values()]
     assert list(result.replies.columns) == ["prompt", *labels]
     assert len(result.replies) == 5  # blank lines skipped, undecodable bytes replaced
@@ -287,12 +319,12 @@ def test_batch_compare_table_metrics_and_csv(tiny_bots, tmp_path):
 
 
 def test_batch_compare_limits_and_empty_input(tiny_bots):
-    empty = cb.batch_compare(tiny_bots, "  \n\n", None)
+    empty = run_batch(tiny_bots, "  \n\n", None)
     assert "Paste prompts" in empty.status and empty.files == [] and empty.replies.empty
-    too_many = cb.batch_compare(tiny_bots, "\n".join(f"prompt {i}" for i in range(7)), None, max_prompts=3)
+    too_many = run_batch(tiny_bots, "\n".join(f"prompt {i}" for i in range(7)), None, max_prompts=3)
     assert too_many.replies.empty and too_many.files == []
     assert "Too many prompts: 7 prompts; at most 3" in too_many.status
-    fits = cb.batch_compare(tiny_bots, "prompt a\n\n  \nprompt b\nprompt c", None, max_prompts=3)
+    fits = run_batch(tiny_bots, "prompt a\n\n  \nprompt b\nprompt c", None, max_prompts=3)
     assert fits.replies["prompt"].tolist() == ["prompt a", "prompt b", "prompt c"]  # blank lines do not count
 
 

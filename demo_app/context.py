@@ -1,0 +1,25 @@
+"""What every tab of the app is built from: the bots, the batching scheduler, the checkpoint folder, the arena.
+
+One :class:`AppContext` is made at start-up by :func:`demo_app.app.build_app` and handed to each tab's
+``build(ctx, shared)``; nothing in the app lives in module globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.bots import Bot
+from core.serving import BatchScheduler
+
+
+@dataclass
+class AppContext:
+    bots: Mapping[str, Bot]  # the served bots, in bots.json order (any number of them)
+    scheduler: BatchScheduler  # every model call of the app and the API goes through it
+    checkpoint_dir: Path  # the folder of bots.json (model cards, report.csv)
+    missing: Mapping[str, str] = field(default_factory=dict)  # bots of bots.json not served, and why
+    arena: Any = None  # core.arena's battle service when the app keeps votes (None: no Arena tab)
+    extra: dict[str, Any] = field(default_factory=dict)  # settings of optional parts (e.g. the API limits)

@@ -1,0 +1,169 @@
+"""One HTTP server for everything: the Gradio app at ``/`` and the JSON / OpenAI-compatible / webhook routes
+beside it, on one FastAPI app run by uvicorn.
+
+    >>> ctx = make_context("checkpoints")                     # bots, batching scheduler, arena store
+    >>> demo = build_app(ctx)
+    >>> handle = start_server(ctx, demo, host="127.0.0.1", port=7860)   # in a thread; handle.url
+    >>> handle.close()
+
+``chatbot-arena serve`` (:mod:`demo_app.serve`) runs the same server in the foreground.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastapi
+import gradio as gr
+import uvicorn
+
+from core.bots import default_checkpoint_dir, load_bots, missing_bots
+from core.serving import BatchScheduler
+from demo_app.context import AppContext
+
+log = logging.getLogger(__name__)
+
+CSS = """
+.reply-meta { color: var(--body-text-color-subdued); font-size: 0.78em; }
+.reply-error { color: var(--error-text-color); }
+.bot-head { min-height: 8.5em; }
+.bot-head p { margin: 0; font-size: 0.9em; color: var(--body-text-color-subdued); }
+"""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (a container's share, e.g. a Space's 2 vCPUs) where the
+    OS has one; ``os.cpu_count()``, the host's cores, only as a fallback."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def make_context(checkpoints: str | Path | list[str | Path] | None = None, *, device: str = "auto",
+                 batching: bool = True, data_dir: str | Path | None = None, db: str | None = None,
+                 arena: bool = True) -> AppContext:
+    """Load the bots of one or more checkpoint folders, start the batching scheduler and open the vote store.
+
+    Several folders (``--checkpoints`` given twice) serve all their bots side by side; every folder after the first
+    prefixes its bot names with the folder's name (``mine/beam``), so "my corpus vs chitchat" is one page."""
+    folders = [checkpoints] if checkpoints is None or isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    bots: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for i, folder in enumerate(folders):
+        root = Path(folder) if folder is not None else default_checkpoint_dir()
+        prefix = f"{root.name}/" if i else ""
+        for name, bot in load_bots(root, device=device, skip_missing=True).items():
+            if prefix:
+                bot.name, bot.label = prefix + name, f"{bot.label} ({root.name})"
+            if bot.name in bots:
+                raise ValueError(f"two checkpoint folders give a bot named {bot.name!r}; rename one folder")
+            bots[bot.name] = bot
+        missing.update({prefix + k: v for k, v in missing_bots(root).items()})
+    scheduler = BatchScheduler(bots, batching=batching)
+    ctx = AppContext(bots=bots, scheduler=scheduler, checkpoint_dir=Path(folders[0] or default_checkpoint_dir()),
+                     missing=missing)
+    if arena:
+        ctx.arena = open_arena(bots, data_dir=data_dir, db=db)
+    return ctx
+
+
+def open_arena(bots: dict[str, Any], *, data_dir: str | Path | None = None, db: str | None = None) -> Any:
+    """The battle service over the vote store (SQLite under the data folder, or the PostgreSQL of ``db``);
+    None, with a message, when the arena package is not there."""
+    try:
+        from core.arena.battles import Arena
+        from core.arena.store import VoteStore, resolve_db_url
+    except ImportError as e:  # pragma: no cover - the arena ships with core
+        log.warning("arena disabled: %s", e)
+        return None
+    if len(bots) < 2:
+        return None
+    store = VoteStore(resolve_db_url(db, data_dir))
+    return Arena(store, bots)
+
+
+def create_server(ctx: AppContext, demo: gr.Blocks, *, mcp: bool = False) -> fastapi.FastAPI:
+    """The FastAPI app: the API routers first (so ``/api/v1``, ``/v1`` and ``/webhook`` are theirs), the Gradio
+    Blocks mounted at ``/``."""
+    app = fastapi.FastAPI(title="Seq2Seq Chatbot Arena", description="JSON, OpenAI-compatible and webhook APIs of "
+                          "the arena's bots; the web app is at /.", version="1")
+    for install in _api_parts():
+        install(app, ctx)
+    return gr.mount_gradio_app(app, demo, path="/", theme=gr.themes.Soft(), css=CSS, mcp_server=mcp,
+                               footer_links=["api", "gradio"])
+
+
+def _api_parts() -> list:
+    """The API modules present (each: ``install(app, ctx)``)."""
+    parts = []
+    try:
+        from demo_app import errors
+
+        parts.append(lambda app, ctx: errors.install_error_handling(app))
+    except ImportError:
+        pass
+    try:
+        from demo_app import api
+
+        parts.append(lambda app, ctx: app.include_router(api.api_router(ctx)))
+    except ImportError:
+        pass
+    try:
+        from demo_app import messenger
+
+        parts.append(lambda app, ctx: app.include_router(messenger.messenger_router(ctx)))
+    except ImportError:
+        pass
+    return parts
+
+
+@dataclass
+class ServerHandle:
+    """A server running in a thread of this process (tests, benchmarks)."""
+
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def close(self) -> None:
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # the streams it cuts are expected
+        self.server.should_exit = True
+        self.server.force_exit = True  # do not wait for the browsers' open event streams
+        self.thread.join(timeout=10)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_server(ctx: AppContext, demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
+                 mcp: bool = False) -> ServerHandle:
+    """Run :func:`create_server` with uvicorn in a daemon thread; return once it accepts connections."""
+    port = port or free_port(host)
+    config = uvicorn.Config(create_server(ctx, demo, mcp=mcp), host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="arena-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.05)
+    return ServerHandle(f"http://{host}:{port}/", server, thread)
+
+
+def run_server(ctx: AppContext, demo: gr.Blocks, *, host: str, port: int, mcp: bool = False) -> None:
+    """Serve in the foreground until interrupted."""
+    print(f"* Seq2Seq Chatbot Arena on http://{host}:{port}/ (API docs: http://{host}:{port}/docs)", flush=True)
+    uvicorn.run(create_server(ctx, demo, mcp=mcp), host=host, port=port, log_level="warning")

@@ -1,0 +1,129 @@
+"""Side by side: one message, every bot of the registry in its own column, decoder controls that act live."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import gradio as gr
+
+from demo_app import callbacks as cb
+from demo_app.context import AppContext
+
+TITLE = "Side by side"
+ID = "chat"
+EXAMPLES = ["hi, how are you today?", "what do you do for fun?", "where are you from?", "do you have any pets?",
+            "i just got back from a trip to paris", "what is your favourite movie?"]
+MODELS = "models"  # concurrency id of every event that decodes; the scheduler decides how many decode at once
+
+
+def build(ctx: AppContext, shared: dict[str, Any], tab: gr.Tab) -> None:
+    bots = ctx.bots
+    n = len(bots)
+    ui = _layout(ctx)
+    shared["records"] = ui["records"]
+    shared["examples"] = EXAMPLES
+    outputs = [ui["message"], ui["last_prompt"], *ui["chatbots"], *ui["nbest"], ui["details"], ui["status"],
+               ui["records"]]
+    controls = ui["controls"]
+    live = cb.LiveRuns()
+
+    def on_chat(message, *rest):
+        histories, values = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:]))
+        for turn in cb.chat(ctx, message, histories, values):
+            yield _outputs(turn)
+
+    def on_rerun(last_prompt, *rest):
+        histories, values = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:]))
+        for turn in cb.rerun(ctx, last_prompt, histories, values):
+            yield _outputs(turn)
+
+    def on_release(last_prompt, *rest, request: gr.Request):
+        histories, values = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:]))
+        key = getattr(request, "session_hash", None) or "anonymous"
+        for turn in cb.live_rerun(ctx, live, key, last_prompt, histories, values):
+            yield _outputs(turn)
+
+    histories = [f"{_param(name)}_history" for name in bots]
+    _name_params(on_chat, ["message", *histories, *cb.CONTROL_NAMES])
+    _name_params(on_rerun, ["last_prompt", *histories, *cb.CONTROL_NAMES])
+    events = dict(show_progress="hidden", concurrency_id=MODELS)
+    gr.on([ui["send"].click, ui["message"].submit], on_chat, [ui["message"], *ui["chatbots"], *controls], outputs,
+          api_name="chat", **events)
+    ui["rerun"].click(on_rerun, [ui["last_prompt"], *ui["chatbots"], *controls], outputs, api_name="rerun",
+                      **events)
+    releases = [c.release if isinstance(c, gr.Slider) else c.input for c in controls]
+    gr.on(releases, on_release, [ui["last_prompt"], *ui["chatbots"], *controls], outputs, api_name="live_rerun",
+          api_visibility="undocumented", trigger_mode="multiple", **events)
+    ui["clear"].click(lambda: _outputs(cb.clear(bots)), None, outputs, api_name="clear",
+                      api_visibility="undocumented", queue=False)
+
+
+def _outputs(turn: cb.Turn) -> tuple:
+    return tuple(gr.skip() if v is cb.KEEP else v for v in turn.outputs())
+
+
+def _param(name: str) -> str:
+    """A bot name as a Python identifier for the API's parameter names (``mine/beam`` -> ``mine_beam``)."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _name_params(fn, names: list[str]) -> None:
+    """Give a ``*args`` callback named parameters, so the API lists them: ``predict(message=..., beam_size=3)``."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    fn.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names])
+
+
+def _layout(ctx: AppContext) -> dict:
+    bots = ctx.bots
+    ui: dict = {"chatbots": [], "nbest": [], "controls": []}
+    with gr.Row(equal_height=True):
+        ui["message"] = gr.Textbox(placeholder=f"Say something to all {len(bots)} bots, then press Enter or Send",
+                                   show_label=False, scale=6, max_lines=6, elem_id="message")
+        ui["send"] = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+        ui["rerun"] = gr.Button("Re-run", scale=1, elem_id="rerun")
+        ui["clear"] = gr.Button("Clear", scale=1, elem_id="clear")
+    gr.Examples(EXAMPLES, inputs=[ui["message"]], label="Examples")
+    with gr.Row(equal_height=False):
+        for bot in bots.values():
+            with gr.Column(min_width=230, elem_id=f"col-{_param(bot.name)}"):
+                gr.Markdown(f"### {bot.label}\n{bot.description}", elem_classes="bot-head")
+                ui["chatbots"].append(gr.Chatbot(
+                    label=bot.label, show_label=False, elem_id=f"chat-{_param(bot.name)}", height=380,
+                    render_markdown=False, sanitize_html=True, feedback_options=None, buttons=["copy"],
+                    placeholder=f"{bot.label} answers here"))
+                with gr.Accordion("n-best list", open=False):
+                    ui["nbest"].append(gr.Dataframe(headers=cb.NBEST_COLUMNS, interactive=False, wrap=True,
+                                                    elem_id=f"nbest-{_param(bot.name)}", show_label=False))
+    ui["status"] = gr.Markdown(elem_id="status")
+    defaults = cb.default_settings(bots)
+    widgets = {}
+
+    def controls_row(group: str) -> None:
+        with gr.Row():
+            for c in cb.CONTROLS:
+                if c.group == group:
+                    widgets[c.name] = _control(c, ctx, defaults[c.name])
+
+    controls_row("main")
+    with gr.Accordion("Advanced", open=False):
+        controls_row("search")
+        controls_row("sampling")
+    ui["controls"] = [widgets[name] for name in cb.CONTROL_NAMES]  # the order the callbacks unpack
+    gr.Markdown("Move a slider and the last message is answered again with it (or press **Re-run**). A moved "
+                "slider acts on the bots it fits (listed under it); while a slider is where it started, each bot "
+                "keeps its own bots.json setting.")
+    with gr.Accordion("Reply details (JSON)", open=False):
+        ui["details"] = gr.JSON(label="last turn", elem_id="details")
+    ui["last_prompt"] = gr.State(None)
+    ui["records"] = gr.State({})
+    return ui
+
+
+def _control(c: cb.Control, ctx: AppContext, value) -> gr.components.Component:
+    fits = [b.label for b in ctx.bots.values() if cb.applies_to(b, c.name)]
+    info = f"{c.info}. Acts on: {', '.join(fits) if fits else 'no bot (none has the model it needs)'}"
+    if c.checkbox:
+        return gr.Checkbox(value=value, label=c.label, info=info, elem_id=f"ctl-{c.name}")
+    return gr.Slider(c.minimum, c.maximum, value=value, step=c.step, label=c.label, info=info,
+                     elem_id=f"ctl-{c.name}", min_width=200, interactive=bool(fits))
