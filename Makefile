@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 HOST      ?= 127.0.0.1
 PORT      ?= 7860
 
-.PHONY: setup demo test lint browser bench checkpoints space clean
+.PHONY: setup demo test lint browser postgres bench checkpoints space space-push clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,37 +28,35 @@ demo: setup
 	$(BIN)/chatbot-arena serve --host $(HOST) --port $(PORT)
 
 ## make test: lint + the whole test suite (installs Chromium for the browser test when apt-get can)
-test: setup browser
+test: setup browser postgres
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
 
-## Debian's Chromium for the real-browser test (never `playwright install`)
+## Debian's Chromium for the real-browser tests (never `playwright install`); the tests launch /usr/bin/chromium.
+## Without it they skip, except under CI=true (.ci/run), where they fail.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@[ -x /usr/bin/chromium ] || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	      || echo "chromium could not be installed: the browser test will skip"; \
-	  else echo "no root apt-get: the browser test will skip"; fi; }
+	      || echo "chromium could not be installed: the browser tests will skip (fail under CI=true)"; \
+	  else echo "no root apt-get: the browser tests will skip (fail under CI=true)"; fi; }
 
-## make checkpoints: reproduce every shipped checkpoint from chitchat with fixed seeds (each stage resumes)
-RUN := OMP_WAIT_POLICY=PASSIVE $(BIN)/chatbot-arena
-MLE_ARGS := --out runs/mle --epochs 12 --max-steps 8800 --eval-every 800 --save-every 200 --no-progress
+## Debian's PostgreSQL for the vote-store tests (each run starts a throw-away cluster in a temp dir on a free port).
+## Without it those tests skip, except under CI=true, where they fail.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "postgresql could not be installed: the PostgreSQL storage tests will skip (fail under CI=true)"; \
+	  else echo "no root apt-get: the PostgreSQL storage tests will skip (fail under CI=true)"; fi; }
+
+## make checkpoints: reproduce every shipped checkpoint from chitchat with fixed seeds (each stage resumes):
+## tokenizer + MLE, LM, backward, RL, exports into checkpoints/, tuned anti-LM defaults, evaluation table
 checkpoints: setup
-	$(RUN) train $(MLE_ARGS)
-	$(RUN) train --kind lm --tokenizer runs/mle/tokenizer.json --out runs/lm --epochs 4 --max-steps 6400 \
-	  --eval-every 800 --save-every 200 --no-progress
-	$(RUN) train --kind backward --tokenizer runs/mle/tokenizer.json --out runs/backward --epochs 3 \
-	  --max-steps 4800 --eval-every 800 --save-every 200 --no-progress
-	$(RUN) train-rl --policy runs/mle/best --backward runs/backward/best --out runs/rl
-	$(RUN) export runs/mle checkpoints/mle
-	$(RUN) export runs/lm checkpoints/lm
-	$(RUN) export runs/backward checkpoints/backward
-	$(RUN) export runs/rl checkpoints/rl
-	$(RUN) tune --write
-	$(RUN) evaluate
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/chatbot-arena pipeline --out . --preset shipped
 
 bench: setup
 	$(BIN)/python bench/train_speed.py
@@ -67,6 +65,11 @@ bench: setup
 ## make space: assemble a self-contained Hugging Face Space (code + shipped checkpoints) in dist/space/
 space: setup
 	$(BIN)/python -m demo_app.build_space
+
+## make space-push SPACE=owner/name: build dist/space/ and upload it to that Space (write token in $HF_TOKEN)
+space-push: setup
+	@test -n "$(SPACE)" || { echo "usage: HF_TOKEN=hf_... make space-push SPACE=owner/name" >&2; exit 2; }
+	$(BIN)/python -m demo_app.build_space --push "$(SPACE)"
 
 clean:
 	rm -rf $(VENV) dist .pytest_cache .ruff_cache

@@ -1,4 +1,6 @@
-"""Decoding latency: greedy, beam K=10, beam K=10 + anti-LM, and a beam search that loops over hypotheses.
+"""Decoding latency: greedy, beam K=10, beam K=10 + anti-LM, every other strategy of the registry (diverse beam,
+contrastive, sampling with typical-p / min-p, beam with repetition and length penalties), beam with the search
+trace on, and a beam search that loops over hypotheses.
 
     python bench/decode_speed.py                         # 1 thread, 20 tokens per reply, 30 timed rounds
     python bench/decode_speed.py --threads 2 --steps 30 --rounds 50 --device cpu
@@ -7,7 +9,8 @@ The model is ``checkpoints/mle`` (and ``checkpoints/lm``) when they exist, else 
 shipped size: E = H = 256, 2 + 2 GRU layers, V = 8000. Every strategy decodes exactly ``--steps`` tokens
 (min_len = max_len, so </s> never shortens one of them) for the same prompt, batch 1. The strategies run
 round-robin, so background load hits them alike, and the table gives the median (p50) latency of one reply.
-Targets: beam <= 2x greedy, anti-LM <= 1.4x beam; the per-hypothesis reference is reported as measured. Two
+Targets: beam <= 2x greedy, anti-LM <= 1.4x beam; the per-hypothesis reference is reported as measured; each
+other strategy is reported next to beam ("vs beam"), and trace on against trace off on the same beam search. Two
 model-only rows (encoder + the same decoder steps on 1 and on K rows, no search; like the engine, the first step
 runs on one row) give the floor of beam / greedy that the model itself sets on this machine: the ratio if the search
 itself cost nothing.
@@ -114,8 +117,23 @@ def main(argv: list[str] | None = None) -> int:
         f"beam K={args.beam} + anti-LM": DecodeConfig(strategy="beam", beam_size=args.beam, nbest=1, antilm=0.5,
                                                       gamma=args.gamma, **fixed),
     }
+    K = args.beam
+    groups = 2 if K % 2 == 0 else 1
+    others = {
+        f"diverse beam K={K}, {groups} groups": DecodeConfig(strategy="diverse_beam", beam_size=K, nbest=1,
+                                                             num_groups=groups, diversity_penalty=0.5, **fixed),
+        "contrastive top-k=4 alpha=0.6": DecodeConfig(strategy="contrastive", top_k=4, penalty_alpha=0.6, **fixed),
+        f"sample x{K} typical-p=0.9 min-p=0.05": DecodeConfig(strategy="sample", beam_size=K, nbest=1, typical_p=0.9,
+                                                             min_p=0.05, seed=0, **fixed),
+        f"beam K={K} + repetition 1.2, length penalty 0.6": DecodeConfig(strategy="beam", beam_size=K, nbest=1,
+                                                                        repetition_penalty=1.2, length_penalty=0.6,
+                                                                        **fixed),
+    }
     runs = {name: (lambda c=c: generate(model, [src], c, lm=lm)[0].tokens) for name, c in configs.items()}
     runs[f"reference beam K={args.beam} (Python loop)"] = lambda: reference_beam(model, src, args.beam, args.steps)
+    runs.update({name: (lambda c=c: generate(model, [src], c, lm=lm)[0].tokens) for name, c in others.items()})
+    beam_cfg = configs[f"beam K={K}"]
+    runs[f"beam K={K}, trace on"] = lambda: generate(model, [src], beam_cfg, lm=lm, trace=True)[0].tokens
 
     outputs = {name: run() for name, run in runs.items()}
     runs["model only, 1 row (floor of greedy)"] = lambda: model_only(model, src, 1, args.steps)
@@ -135,14 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {desc}")
     print(f"device {device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
           f"{args.steps} tokens per reply, {args.rounds} rounds")
-    print(f"{'strategy':<36} {'p50 ms':>9} {'ms/token':>9} {'vs greedy':>10}")
+    beam = p50[f"beam K={K}"]
+    print(f"{'strategy':<50} {'p50 ms':>9} {'ms/token':>9} {'vs greedy':>10} {'vs beam':>8}")
     for name, t in p50.items():
-        print(f"{name:<36} {t * 1e3:>9.2f} {t * 1e3 / args.steps:>9.3f} {t / p50['greedy']:>9.2f}x")
+        print(f"{name:<50} {t * 1e3:>9.2f} {t * 1e3 / args.steps:>9.3f} {t / p50['greedy']:>9.2f}x "
+              f"{t / beam:>7.2f}x")
     names = list(runs)
     beam_greedy, antilm_beam = p50[names[1]] / p50[names[0]], p50[names[2]] / p50[names[1]]
+    print(f"trace on / off      = {p50[f'beam K={K}, trace on'] / beam:.2f}x  (beam K={K}; trace off is the "
+          "plain beam row: no tracer is built)")
     print(f"beam / greedy       = {beam_greedy:.2f}x  (target <= 2.0: {'ok' if beam_greedy <= 2.0 else 'MISSED'})")
     print(f"anti-LM / beam      = {antilm_beam:.2f}x  (target <= 1.4: {'ok' if antilm_beam <= 1.4 else 'MISSED'})")
-    floor = p50[names[5]] / p50[names[4]]
+    floor = p50[f"model only, {args.beam} rows (floor of beam)"] / p50["model only, 1 row (floor of greedy)"]
     print(f"model-only floor    = {floor:.2f}x  (encoder + {args.steps} decoder steps, the first on 1 row, the others "
           f"on {args.beam} rows vs 1 row; no search: beam / greedy if the search itself cost nothing)")
     print(f"reference / beam    = {p50[names[3]] / p50[names[1]]:.2f}x  (engine and reference agree on the reply: "

@@ -1,7 +1,7 @@
 """What do the RL rewards prefer? Dull vs non-dull replies to the *same* opening message, per reward.
 
-    python bench/reward_contrast.py                                  # runs/mle/best + runs/backward/best
-    python bench/reward_contrast.py --policy checkpoints/mle --backward checkpoints/backward --temperature 1.0
+    python bench/reward_contrast.py                         # the shipped checkpoints/mle + checkpoints/backward
+    python bench/reward_contrast.py --policy runs/mle/best --backward runs/backward/best --temperature 1.0
 
 For each of ``--n-openings`` validation openings, the policy samples ``--group`` replies (and its greedy reply);
 every reply is scored with r1 (ease of answering), the two halves of r3 (forward log p(a|q), backward
@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from core.checkpoint import load_checkpoint, read_config  # noqa: E402
 from core.corpora import opening_messages  # noqa: E402
@@ -36,8 +37,8 @@ from core.train import TrainConfig, prepare_data  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default="runs/mle/best")
-    p.add_argument("--backward", default="runs/backward/best")
+    p.add_argument("--policy", default=str(REPO / "checkpoints" / "mle"), help="policy checkpoint folder")
+    p.add_argument("--backward", default=str(REPO / "checkpoints" / "backward"), help="backward model folder")
     p.add_argument("--n-openings", type=int, default=48)
     p.add_argument("--group", type=int, default=6, help="sampled replies per opening")
     p.add_argument("--temperature", type=float, default=0.7)

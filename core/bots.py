@@ -91,17 +91,19 @@ class Bot:
             raise ValueError("prompt is empty (nothing left after removing whitespace and control characters)")
         return ids[-self.max_src_len :]
 
-    def respond(self, prompt: str, **overrides: Any) -> Reply:
-        """One reply; ``overrides`` are DecodeConfig fields (beam_size=5, antilm=0.3, ...)."""
-        return self.respond_batch([prompt], **overrides)[0]
+    def respond(self, prompt: str, *, trace: bool = False, **overrides: Any) -> Reply:
+        """One reply; ``overrides`` are DecodeConfig fields (beam_size=5, antilm=0.3, ...); ``trace``: the reply
+        lists every candidate of the search (see :mod:`core.decoding`)."""
+        return self.respond_batch([prompt], trace=trace, **overrides)[0]
 
-    def respond_batch(self, prompts: list[str], **overrides: Any) -> list[Reply]:
+    def respond_batch(self, prompts: list[str], *, trace: bool = False, **overrides: Any) -> list[Reply]:
         """One reply per prompt, decoded together in one batched search."""
         cfg = self.settings(**overrides)
         if not prompts:
             return []
         src = [self.encode_prompt(p) for p in prompts]
-        return generate(self.model, src, cfg, lm=self.lm, backward=self.backward, tokenizer=self.tokenizer)
+        return generate(self.model, src, cfg, lm=self.lm, backward=self.backward, tokenizer=self.tokenizer,
+                        trace=trace)
 
 
 # ----------------------------------------------------------------------------- bots.json

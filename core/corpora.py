@@ -65,9 +65,13 @@ def load_chitchat(path: str | Path | None = None) -> list[Conversation]:
     except json.JSONDecodeError as e:
         raise CorpusError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
     convs = []
-    for key in sorted(data):  # sorted keys: the order (and so the split) never depends on dict order
-        turns = [" ".join(u["text"] for u in message) for message in data[key]["messages"]]
-        convs.append(turns)
+    try:
+        for key in sorted(data):  # sorted keys: the order (and so the split) never depends on dict order
+            turns = [" ".join(u["text"] for u in message) for message in data[key]["messages"]]
+            convs.append(turns)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CorpusError(f"{path}: conversation {len(convs) + 1} does not have the chitchat layout "
+                          f"({FORMAT_HELP['chitchat']}): {e!r}") from None
     return convs
 
 
@@ -90,7 +94,10 @@ def _read_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]
                 line = raw.decode(encoding)
             except UnicodeDecodeError as e:
                 where = f"byte 0x{raw[e.start]:02x} at column {e.start + 1}"
-                raise CorpusError(f"{path}:{lineno}: not valid {encoding} ({where})") from None
+                hint = (" (it looks like UTF-16)" if lineno == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+                        else "")
+                raise CorpusError(f"{path}:{lineno}: not valid {encoding} ({where}){hint}; expected {encoding} "
+                                  f"text: re-save the file as {encoding}") from None
             if lineno == 1:
                 line = line.removeprefix("\ufeff")
             yield lineno, line.rstrip("\r\n")
@@ -242,6 +249,31 @@ LOADERS: dict[str, Callable[..., list[Conversation]]] = {
     "reddit": load_reddit,
 }
 BUILTIN = ("chitchat",)  # registry names that load without a path
+FORMAT_HELP = {
+    "tsv": "one 'query<TAB>response' pair per line, UTF-8",
+    "lines": "UTF-8 text, one utterance per line, each answering the line before; a blank line between dialogues",
+    "cornell": "a folder with movie_lines.txt and movie_conversations.txt (fields separated by ' +++$+++ ')",
+    "reddit": "a SQLite database with a comments table (name, parent_id, body, score)",
+    "chitchat": "the chitchat-dataset JSON: {id: {\"messages\": [[{\"text\": ...}, ...], ...]}, ...}",
+}
+
+
+def check_pairs(convs: list[Conversation], source: str | Path, fmt: str | None, *, min_pairs: int) -> int:
+    """The number of (query, response) pairs in ``convs``; a CorpusError naming ``source`` and the expected
+    format when there are none, or fewer than ``min_pairs`` (one batch)."""
+    name = str(source)
+    fmt = fmt or (name if name in LOADERS else _guess_format(Path(name)))
+    expected = FORMAT_HELP.get(fmt, fmt)
+    n = sum(len(c) - 1 for c in convs)
+    if n == 0:
+        path = Path(name)
+        empty = path.is_file() and not path.read_bytes().strip()
+        where = f"{name}:1: the file is empty" if empty else f"{name}: no (query, response) pair found"
+        raise CorpusError(f"{where}; expected {fmt} format: {expected}")
+    if n < min_pairs:
+        raise CorpusError(f"{name}: only {n} (query, response) pair(s), fewer than one batch of {min_pairs}; use a "
+                          f"larger corpus ({fmt} format: {expected}) or a smaller batch size")
+    return n
 
 
 def load_corpus(

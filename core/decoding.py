@@ -1,5 +1,6 @@
-"""Decoding engine: greedy, beam search and sampling in one batched loop; anti-LM, length bonus, n-gram blocking
-as score modifiers; MMI-bidi reranking of the n-best list.
+"""Decoding engine: one batched search loop with the strategies of :mod:`core.strategies` plugged in (greedy,
+beam, sampling, diverse beam, contrastive); anti-LM, length bonus, repetition penalty, n-gram blocking as score
+modifiers; GNMT length penalty in the finishing rule; MMI-bidi reranking of the n-best list; an optional trace.
 
 Shape legend: B batch (prompts), K hypotheses kept per prompt (beams or samples), N = B*K rows,
 C candidates per prompt, S source length, T target length, H hidden, V vocab, L layers.
@@ -8,26 +9,46 @@ One loop (:func:`generate`) owns the search. The prompts are encoded once; at st
   1. the seq2seq model steps all rows at once (one row per prompt at t=0, where the K rows would all be <s>;
      N rows after), and during the first ``gamma`` steps the anti-LM steps the same rows;
   2. score modifiers, small callables ``(scores (N, V), step) -> scores (N, V)``, edit the step log-probs;
-  3. the strategy proposes C candidates per prompt: beam search the top 2K of its K*V continuations, sampling
-     one draw per row (K draws at t=0); greedy is beam search with K=1;
-  4. </s> candidates ranked within the top K become finished hypotheses, the first K others the next rows, and
-     recurrent states follow their rows. Rows still going at ``max_len`` finish without </s>. A prompt is done
-     when it has K finished hypotheses (fairseq's rule; K=1 is greedy), when it has no live row, or when no
-     live row can still beat its n-th best finished score (an exact bound, used only where one exists).
+  3. the strategy object (``STRATEGIES[cfg.strategy]``) proposes C candidates per prompt in rank order: beam
+     search the top 2K of its K*V continuations, sampling one draw per row (K draws at t=0), greedy is beam
+     search with K=1, diverse beam G groups of 2K/G, contrastive the top_k tokens re-ranked;
+  4. </s> candidates ranked within the top K (of each group) become finished hypotheses, the first K others the
+     next rows, and recurrent states follow their rows. Rows still going at ``max_len`` finish without </s>.
+     A finished score is divided by |Y| (``length_norm``) or ((5 + |Y|) / 6) ** length_penalty (GNMT). A prompt
+     is done when it has K finished hypotheses (fairseq's rule; K=1 is greedy), when it has no live row, or when
+     no live row can still beat its n-th best finished score (an exact bound, used only where one exists).
 Hypotheses are rebuilt from back-pointers at the end, so a step never copies the history of the search.
 Hypothesis and Reply tokens end with </s> when the model produced it; per-token lists are aligned with them.
 
+Score parts: every hypothesis carries ``parts`` that add up to its ``score`` (to float rounding):
+  logp        sum of log p(t_k | t_<k, S), the seq2seq model's own log-probs;
+  antilm      - antilm * sum_{k < gamma} log p_LM(t_k | t_<k): the anti-LM penalty as added (positive);
+  bonus       n_bonus * (tokens that are not </s>), plus what the length normalisation (length_norm or
+              length_penalty) changed: finished score - search total;
+  diversity   the Hamming penalties diverse beam search subtracted (<= 0);
+  repetition  what the repetition penalty changed: (theta - 1) * log p of each repeated token (<= 0 for theta > 1);
+  mmi         what the MMI-bidi rerank changed: (1 - lam) log p(T|S) + lam log p(S|T) - the search score.
+So after an MMI rerank the search parts stay as they were and ``mmi`` holds the difference.
+
+Trace (``generate(..., trace=True)``, off by default and then free): ``Reply.trace`` lists, step by step, every
+candidate of the step: ``{"step", "id", "parent", "token", "text", "logp", "score", "parts", "status"}``; ids
+number the candidates of one prompt from 1 (``parent`` 0 is the start, <s>), ``logp`` is the step log-prob,
+``score`` / ``parts`` are cumulative (a finished one's score is its ranking score), ``status`` is ``kept``,
+``pruned`` or ``finished``.
+
     >>> cfg = DecodeConfig(strategy="beam", beam_size=10, antilm=0.5, gamma=5)
     >>> [reply] = generate(model, [tokenizer.encode("hi there")], cfg, lm=lm, tokenizer=tokenizer)
-    >>> reply.text, reply.score, [h.text for h in reply.nbest]
+    >>> reply.text, reply.score, [(h.text, h.parts) for h in reply.nbest]
+    >>> describe_settings(reply.settings)        # 'beam K=10 · anti-LM 0.5 (gamma 5) · max 30'
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -36,54 +57,109 @@ from torch import Tensor
 
 from core.batching import collate
 from core.model import Memory, Seq2Seq, State, map_state
+from core.strategies import (
+    STRATEGIES,
+    Candidates,
+    StepContext,
+    Strategy,
+    min_p_filter,
+    top_k_filter,
+    top_p_filter,
+    typical_filter,
+    wide_topk,
+)
 from core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
+__all__ = ["STRATEGIES", "Candidates", "DecodeConfig", "Hypothesis", "Reply", "StepContext", "Strategy",
+           "UIControl", "describe_settings", "fields_for", "fold", "generate", "min_p_filter", "mmi_rerank",
+           "select_rows", "sequence_logprobs", "tile", "tile_memory", "top_k_filter", "top_p_filter",
+           "typical_filter", "ui_controls", "wide_topk"]
+
 NEG_INF = float("-inf")
-STRATEGIES = ("greedy", "beam", "sample")
 NEVER_GENERATED = (PAD_ID, BOS_ID, UNK_ID)  # special ids a reply never contains
+UI_GROUPS = ("main", "search", "sampling")
 
 # ----------------------------------------------------------------------------- settings
 
 
 def _setting(default: Any, help: str, *, lo: Any = None, hi: Any = None, lo_open: bool = False,
-             choices: tuple[str, ...] | None = None) -> Any:
-    """A DecodeConfig field: ``hi`` may name another field (``"beam_size"``) that bounds this one."""
+             choices: Any = None, label: str = "", step: float | None = None, group: str | None = None,
+             ui_lo: float | None = None, ui_hi: float | None = None) -> Any:
+    """A DecodeConfig field: ``hi`` may name another field (``"beam_size"``) that bounds this one. UI metadata:
+    ``label``, slider ``step``, ``group`` (main, search, sampling; None: not a UI control) and ``ui_lo`` /
+    ``ui_hi``, the slider's range where the core range is too wide (or open) for a slider."""
     return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "lo_open": lo_open,
-                                            "choices": choices})
+                                            "choices": choices, "label": label, "step": step, "group": group,
+                                            "ui_lo": ui_lo, "ui_hi": ui_hi})
 
 
 @dataclass
 class DecodeConfig:
-    """How to decode. Constructing one validates it; bad values raise ValueError naming field, value and range."""
+    """How to decode. Constructing one validates it; bad values raise ValueError naming field, value and range.
+    Each field's metadata is the one source of its default, range, help and UI control (:func:`ui_controls`)."""
 
-    strategy: str = _setting("beam", "greedy, beam or sample", choices=STRATEGIES)
-    beam_size: int = _setting(10, "hypotheses kept per prompt: beams (beam) or samples ranked by score (sample); "
-                              "greedy uses 1", lo=1, hi=50)
-    nbest: int = _setting(5, "size of the n-best list returned with each reply", lo=1, hi="beam_size")
-    max_len: int = _setting(30, "most tokens in a reply (a reply that reaches it ends without </s>)", lo=1, hi=100)
-    min_len: int = _setting(1, "fewest tokens before </s> is allowed", lo=0, hi="max_len")
+    strategy: str = _setting("beam", "decoder: " + ", ".join(STRATEGIES), choices=STRATEGIES, label="Decoder")
+    beam_size: int = _setting(10, "hypotheses kept per prompt: beams (beam, diverse_beam) or samples ranked by "
+                              "score (sample); greedy and contrastive use 1", lo=1, hi=50, label="Beam size K",
+                              step=1, group="main", ui_hi=20)
+    nbest: int = _setting(5, "size of the n-best list returned with each reply", lo=1, hi="beam_size",
+                          label="n-best size", step=1)
+    max_len: int = _setting(30, "most tokens in a reply (a reply that reaches it ends without </s>)", lo=1, hi=100,
+                            label="Max reply length", step=1, group="search")
+    min_len: int = _setting(1, "fewest tokens before </s> is allowed", lo=0, hi="max_len", label="Min reply length",
+                            step=1)
     antilm: float = _setting(0.0, "anti-LM weight: subtract antilm * log p_LM(token | prefix) during the search",
-                             lo=0.0, hi=1.0)
-    gamma: int = _setting(5, "the anti-LM penalty applies to the first gamma generated tokens", lo=0, hi=100)
+                             lo=0.0, hi=1.0, label="Anti-LM weight", step=0.05, group="main")
+    gamma: int = _setting(5, "the anti-LM penalty applies to the first gamma generated tokens", lo=0, hi=100,
+                          label="Anti-LM span gamma", step=1, group="search", ui_hi=20)
     n_bonus: float = _setting(0.0, "reward added per generated token (not </s>): favours longer replies",
-                              lo=0.0, hi=1.0)
-    length_norm: bool = _setting(False, "rank finished hypotheses by score / length")
+                              lo=0.0, hi=1.0, label="Length bonus", step=0.05, group="main")
+    length_norm: bool = _setting(False, "rank finished hypotheses by score / length", label="Length-normalised")
     mmi_lambda: float = _setting(0.0, "MMI-bidi rerank of the n-best: (1 - lam) log p(T|S) + lam log p(S|T), "
-                                 "needs a backward model", lo=0.0, hi=1.0)
-    temperature: float = _setting(1.0, "sampling temperature", lo=0.0, hi=5.0, lo_open=True)
-    top_k: int = _setting(0, "sample among the k most likely tokens (0: off)", lo=0, hi=1000)
+                                 "needs a backward model", lo=0.0, hi=1.0, label="MMI-bidi weight", step=0.05,
+                                 group="search")
+    temperature: float = _setting(1.0, "sampling temperature", lo=0.0, hi=5.0, lo_open=True, label="Temperature",
+                                  step=0.05, group="sampling", ui_lo=0.05, ui_hi=2.0)
+    top_k: int = _setting(0, "sample among the k most likely tokens (0: off); contrastive: the candidates of "
+                          "each step", lo=0, hi=1000, label="Top-k", step=1, group="sampling", ui_hi=100)
     top_p: float = _setting(1.0, "sample among the most likely tokens holding p of the mass (1: off)",
-                            lo=0.0, hi=1.0, lo_open=True)
-    no_repeat_ngram: int = _setting(0, "never repeat an n-gram of this size within a reply (0: off)", lo=0, hi=10)
-    seed: int | None = _setting(None, "seed of the sampler (None: torch's global generator)")
+                            lo=0.0, hi=1.0, lo_open=True, label="Top-p", step=0.05, group="sampling", ui_lo=0.05)
+    no_repeat_ngram: int = _setting(0, "never repeat an n-gram of this size within a reply (0: off)", lo=0, hi=10,
+                                    label="No-repeat n-gram", step=1, group="search", ui_hi=4)
+    seed: int | None = _setting(None, "seed of the sampler (None: torch's global generator)", label="Seed")
+    num_groups: int = _setting(1, "diverse_beam: groups the beams are split into (beam_size must be a multiple)",
+                               lo=1, hi="beam_size", label="Diverse beam groups", step=1, group="search", ui_hi=20)
+    diversity_penalty: float = _setting(0.0, "diverse_beam: score lost per earlier group that chose the same "
+                                        "token at this step (Hamming diversity)", lo=0.0, hi=10.0,
+                                        label="Diversity penalty", step=0.1, group="search", ui_hi=3.0)
+    penalty_alpha: float = _setting(0.0, "contrastive: weight of the degeneration penalty (max cosine of the "
+                                    "next state to earlier states); 0 is greedy", lo=0.0, hi=1.0,
+                                    label="Contrastive alpha", step=0.05, group="search")
+    repetition_penalty: float = _setting(1.0, "CTRL repetition penalty theta on tokens already in the reply: "
+                                         "log p -> theta * log p (1: off)", lo=0.0, hi=10.0, lo_open=True,
+                                         label="Repetition penalty", step=0.05, group="search", ui_lo=1.0,
+                                         ui_hi=2.0)
+    length_penalty: float = _setting(0.0, "GNMT length penalty alpha: rank finished hypotheses by "
+                                     "score / ((5 + |Y|) / 6) ** alpha (0: off)", lo=0.0, hi=2.0,
+                                     label="Length penalty alpha", step=0.1, group="search")
+    typical_p: float = _setting(1.0, "typical sampling: keep the tokens whose surprise is closest to the entropy "
+                                "until they hold this mass (1: off)", lo=0.0, hi=1.0, lo_open=True,
+                                label="Typical-p", step=0.05, group="sampling", ui_lo=0.05)
+    min_p: float = _setting(0.0, "min-p sampling: keep the tokens with p >= min_p * p_max (0: off)", lo=0.0,
+                            hi=1.0, label="Min-p", step=0.05, group="sampling")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> DecodeConfig:
-        """Raise ValueError on the first field with a wrong type or an out-of-range value; return self."""
+        """Raise ValueError on the first field with a wrong type or an out-of-range value, or on settings that
+        do not fit together; return self."""
         for f in fields(self):
             _check_field(self, f.name, getattr(self, f.name))
+        if self.length_norm and self.length_penalty > 0:
+            raise ValueError(f"length_norm=True and length_penalty={self.length_penalty} both rank by length: "
+                             "use one of them")
+        STRATEGIES[self.strategy].check(self)
         return self
 
     def with_overrides(self, **overrides: Any) -> DecodeConfig:
@@ -136,7 +212,7 @@ def _check_field(cfg: DecodeConfig, name: str, v: Any) -> None:
     where = f"DecodeConfig.{name}={v!r}"
     if meta["choices"]:
         if v not in meta["choices"]:
-            raise ValueError(f"{where}: choose one of {meta['choices']}")
+            raise ValueError(f"{where}: choose one of {tuple(meta['choices'])}")
         return
     if typ is bool:
         if not isinstance(v, bool):
@@ -164,6 +240,7 @@ class Hypothesis:
     text: str
     score: float  # search score (after MMI rerank: the rerank score)
     logprobs: list[float]  # log p(token | prefix, source) from the seq2seq model, one per token
+    parts: dict[str, float] = field(default_factory=dict)  # what the score is made of (module docstring)
 
 
 @dataclass
@@ -178,6 +255,7 @@ class Reply:
     source_tokens: list[str]
     latency_s: float  # wall time of the generate() call that produced this reply
     settings: dict[str, Any]  # the effective DecodeConfig
+    trace: list[dict[str, Any]] | None = None  # every candidate of every step, with generate(..., trace=True)
 
 
 # ----------------------------------------------------------------------------- beam reshapes
@@ -286,11 +364,36 @@ class NoRepeatNGram:
         return scores.masked_fill(hits > 0, NEG_INF)
 
 
+class RepetitionPenalty:
+    """CTRL (Keskar et al. 2019): a token already in the row's prefix has its score l -> l * theta if l < 0 else
+    l / theta. On the model's log-probs (all <= 0, as in Hugging Face's beam search) it multiplies by theta."""
+
+    needs_prefix = True
+
+    def __init__(self, theta: float) -> None:
+        self.theta = theta
+
+    def __call__(self, scores: Tensor, step: Step) -> Tensor:
+        prefix = step.prefix  # (N, t)
+        if prefix is None or prefix.size(1) == 0:
+            return scores
+        seen = scores.gather(1, prefix)  # (N, t)
+        return scores.scatter(1, prefix, torch.where(seen < 0, seen * self.theta, seen / self.theta))
+
+
+def _repetition_delta(logp: float, theta: float) -> float:
+    """What :class:`RepetitionPenalty` adds to a repeated token's step score of model log-prob ``logp``."""
+    return logp * theta - logp if logp < 0 else logp / theta - logp
+
+
 def build_modifiers(cfg: DecodeConfig) -> list[Modifier]:
-    """The modifiers ``cfg`` asks for; zero weights add none, so antilm=0 / n_bonus=0 is plain beam search."""
+    """The modifiers ``cfg`` asks for; zero weights add none, so antilm=0 / n_bonus=0 is plain beam search.
+    The repetition penalty comes first, so it acts on the model's own log-probs."""
     mods: list[Modifier] = [BanTokens()]
     if cfg.min_len > 0:
         mods.append(MinLength(cfg.min_len))
+    if cfg.repetition_penalty != 1.0:
+        mods.append(RepetitionPenalty(cfg.repetition_penalty))
     if cfg.no_repeat_ngram > 0:
         mods.append(NoRepeatNGram(cfg.no_repeat_ngram))
     if cfg.antilm > 0 and cfg.gamma > 0:
@@ -300,91 +403,6 @@ def build_modifiers(cfg: DecodeConfig) -> list[Modifier]:
     return mods
 
 
-# ----------------------------------------------------------------------------- strategies
-
-Candidates = tuple[Tensor, Tensor, Tensor]  # scores, tokens, beams (row within the prompt): each (B, C)
-
-
-TOPK_BLOCK = 128  # columns per block in wide_topk
-WIDE_TOPK_FROM = 1 << 14  # narrower rows (greedy, the first beam step) are faster with one topk call
-
-
-def wide_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``x.topk(k, dim=1)`` of x (B, W): values (B, k) best first and their columns (B, k), faster for the wide
-    rows of beam search on CPU (top 20 of 80000: 244 us with topk, 71 us here). The k best entries of a row lie
-    in the k blocks of TOPK_BLOCK columns with the largest maxima (and the tail of the row that fills no block),
-    so topk runs on those columns only. Exact values; among equal values it may pick other columns than topk."""
-    B, W = x.shape
-    n_blocks = W // TOPK_BLOCK
-    if W < WIDE_TOPK_FROM or n_blocks < 2 * k or x.device.type != "cpu":
-        return x.topk(k, dim=1)
-    blocks = x[:, : n_blocks * TOPK_BLOCK].reshape(B, n_blocks, TOPK_BLOCK)  # (B, W // blk, blk)
-    best = blocks.amax(2).topk(k, dim=1, sorted=False).indices  # (B, k) blocks with the largest maxima
-    offsets = torch.arange(TOPK_BLOCK, device=x.device)
-    cols = (best.unsqueeze(-1) * TOPK_BLOCK + offsets).view(B, k * TOPK_BLOCK)  # (B, k*blk) their columns
-    if W > n_blocks * TOPK_BLOCK:
-        cols = torch.cat([cols, torch.arange(n_blocks * TOPK_BLOCK, W, device=x.device).expand(B, -1)], 1)
-    top, pos = x.gather(1, cols).topk(k, dim=1)  # (B, k)
-    return top, cols.gather(1, pos)
-
-
-class BeamSearch:
-    """Keep the best continuations: the top 2K of the R*V candidates of each prompt (2K so that K survive
-    even when K of them are </s>), best first."""
-
-    def __call__(self, scores: Tensor, step_scores: Tensor, K: int) -> Candidates:
-        """scores (B, R) running totals, step_scores (B, R, V) -> candidates (B, 2K); R = 1 at the first step."""
-        B, R, V = step_scores.shape
-        total = (scores.unsqueeze(-1) + step_scores).view(B, R * V)  # (B, R*V)
-        top, idx = wide_topk(total, min(2 * K, R * V))  # (B, C)
-        tokens, beams = idx % V, torch.div(idx, V, rounding_mode="floor")
-        if top.size(1) < 2 * K:  # a vocabulary smaller than 2K: pad with dead candidates
-            pad = 2 * K - top.size(1)
-            top = torch.cat([top, top.new_full((B, pad), NEG_INF)], 1)
-            tokens, beams = (torch.cat([x, x.new_zeros(B, pad)], 1) for x in (tokens, beams))
-        return top, tokens, beams
-
-
-def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Keep the ``k`` largest logits of each row (N, V); the rest become -inf. k=0: unchanged."""
-    if k <= 0 or k >= logits.size(-1):
-        return logits
-    kth = logits.topk(k, dim=-1).values[:, -1:]  # (N, 1)
-    return logits.masked_fill(logits < kth, NEG_INF)
-
-
-def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Keep the most likely tokens of each row (N, V) until they hold ``p`` of the probability mass (nucleus);
-    the token that crosses ``p`` is kept, so every row keeps at least one. p=1: unchanged."""
-    if p >= 1.0:
-        return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (N, V)
-    probs = sorted_logits.softmax(-1)
-    mass_before = probs.cumsum(-1) - probs  # (N, V) mass of the more likely tokens
-    drop = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, mass_before >= p)  # vocabulary order
-    return logits.masked_fill(drop, NEG_INF)
-
-
-class Sampler:
-    """Draws from softmax(step_scores / temperature), restricted by top-k then top-p: K draws from the one row
-    of each prompt at the first step, then one draw per row."""
-
-    def __init__(self, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None) -> None:
-        self.temperature, self.top_k, self.top_p, self.generator = temperature, top_k, top_p, generator
-
-    def __call__(self, scores: Tensor, step_scores: Tensor, K: int) -> Candidates:
-        """scores (B, R) running totals, step_scores (B, R, V) -> K candidates per prompt, (B, K)."""
-        B, R, V = step_scores.shape
-        flat = step_scores.view(B * R, V)  # (B*R, V)
-        logits = top_p_filter(top_k_filter(flat / self.temperature, self.top_k), self.top_p)
-        dead = torch.isneginf(logits).all(-1, keepdim=True)  # (B*R, 1) everything blocked: draw </s>, score -inf
-        logits = logits.masked_fill(dead & (torch.arange(V, device=flat.device) == EOS_ID), 0.0)
-        tok = torch.multinomial(logits.softmax(-1), K // R, replacement=True, generator=self.generator)
-        picked = flat.gather(1, tok).view(B, K)  # (B, K) step score of each draw
-        beams = torch.arange(R, device=flat.device).repeat_interleave(K // R).expand(B, K)
-        return scores.repeat_interleave(K // R, dim=1) + picked, tok.view(B, K), beams
-
-
 # ----------------------------------------------------------------------------- the engine
 
 
@@ -392,40 +410,149 @@ class Sampler:
 class _Final:
     """A finished hypothesis, by back-pointer: its last token came from input row ``row`` at step ``t``."""
 
-    score: float
+    score: float  # ranking score: the search total, length-normalised where asked
+    raw: float  # the search total
     t: int
     row: int
     token: int
     logp: float
+    antilm: float  # anti-LM part of the last token
+    extra: float  # the strategy's own part of the last token (diverse beam: -diversity penalty)
+
+
+class _Path(NamedTuple):
+    tokens: list[int]
+    logps: list[float]
+    antilm: list[float]
+    extra: list[float]
+    attention: Tensor  # (T, S_max)
+
+
+_CHANNELS = ("tokens", "logps", "antilm", "extra")
 
 
 @dataclass
 class _History:
-    """Per step: for each new row, its parent row, token, model log-prob; and the attention of each input row."""
+    """Per step: for each new row, its parent row, token, model log-prob, anti-LM part (during the first
+    lm_steps steps only) and strategy part (only from strategies that add one); and the attention of each
+    input row."""
 
     parents: list[Tensor] = field(default_factory=list)  # (N,) each
     tokens: list[Tensor] = field(default_factory=list)  # (N,)
     logps: list[Tensor] = field(default_factory=list)  # (N,)
+    antilm: list[Tensor] = field(default_factory=list)  # (N,)
+    extra: list[Tensor] = field(default_factory=list)  # (N,)
     attn: list[Tensor] = field(default_factory=list)  # (N, S)
 
-    def paths(self, finals: list[_Final]) -> list[tuple[list[int], list[float], Tensor]]:
-        """Tokens, log-probs and attention (T, S) of each finished hypothesis, by following parents."""
+    def paths(self, finals: list[_Final]) -> list[_Path]:
+        """Tokens, per-token parts and attention (T, S) of each finished hypothesis, by following parents."""
         if not finals:
             return []
-        parents, tokens, logps = (torch.stack(h).tolist() for h in (self.parents, self.tokens, self.logps))
+        parents = torch.stack(self.parents).tolist()
+        chans = {name: torch.stack(getattr(self, name)).tolist() if getattr(self, name) else []
+                 for name in _CHANNELS}
         attn = torch.stack(self.attn)  # (T, N, S)
         out = []
         for f in finals:
-            toks, lps, rows = [f.token], [f.logp], [f.row]
-            r = f.row
+            vals = {"tokens": [f.token], "logps": [f.logp], "antilm": [f.antilm], "extra": [f.extra]}
+            rows, r = [f.row], f.row
             for s in range(f.t - 1, -1, -1):
-                toks.append(tokens[s][r])
-                lps.append(logps[s][r])
+                for name, ch in chans.items():
+                    vals[name].append(ch[s][r] if s < len(ch) else 0.0)
                 r = parents[s][r]
                 rows.append(r)
             steps = torch.arange(f.t + 1, device=attn.device)
-            out.append((toks[::-1], lps[::-1], attn[steps, torch.tensor(rows[::-1], device=attn.device)]))
+            att = attn[steps, torch.tensor(rows[::-1], device=attn.device)]  # (T, S)
+            out.append(_Path(*(vals[name][::-1] for name in _CHANNELS), att))
         return out
+
+
+def _zero_parts() -> dict[str, float]:
+    return {"logp": 0.0, "antilm": 0.0, "bonus": 0.0, "diversity": 0.0, "repetition": 0.0, "mmi": 0.0}
+
+
+def _parts(path: _Path, final: _Final, cfg: DecodeConfig) -> dict[str, float]:
+    """The score parts of a finished hypothesis (see the module docstring); they add up to ``final.score``."""
+    toks, lps = path.tokens, path.logps
+    parts = _zero_parts()
+    parts["logp"] = sum(lps)
+    parts["antilm"] = sum(path.antilm)
+    parts["diversity"] = sum(path.extra)
+    if cfg.repetition_penalty != 1.0:
+        parts["repetition"] = sum((_repetition_delta(lp, cfg.repetition_penalty)
+                                   for k, (t, lp) in enumerate(zip(toks, lps)) if t in toks[:k]), 0.0)
+    parts["bonus"] = cfg.n_bonus * sum(t != EOS_ID for t in toks) + (final.score - final.raw)
+    return parts
+
+
+Ranker = Callable[[float, int], float]
+
+
+def _ranker(cfg: DecodeConfig) -> Ranker | None:
+    """(search total, tokens incl. </s>) -> ranking score, where finished hypotheses are length-normalised."""
+    if cfg.length_norm:
+        return lambda raw, n: raw / n
+    if cfg.length_penalty > 0:
+        alpha = cfg.length_penalty
+        return lambda raw, n: raw / ((5 + n) / 6) ** alpha
+    return None
+
+
+class _Tracer:
+    """Collects the rows of Reply.trace (made only with ``generate(..., trace=True)``)."""
+
+    def __init__(self, B: int, cfg: DecodeConfig, piece: Callable[[int], str]) -> None:
+        self.cfg, self.piece, self.rank = cfg, piece, _ranker(cfg)
+        self.rows: list[list[dict[str, Any]]] = [[] for _ in range(B)]
+        self.row_ids: list[list[int | None]] = [[0] for _ in range(B)]  # trace id of each live row of a prompt
+        self.next_id = [1] * B
+        self.paths: list[dict[int, tuple[list[int], dict[str, float]]]] = [{0: ([], _zero_parts())} for _ in range(B)]
+
+    def step(self, t: int, cand: dict[str, Tensor | None], kept: Tensor, ends: Tensor | None, K: int,
+             done_before: list[bool], done_after: list[bool], last: bool) -> None:
+        """Record every candidate (B, C) of step t: ``kept`` (B, K) their positions that became rows, ``ends``
+        (B, C) the ones finished by </s>; ``last``: the kept rows finish at max_len."""
+        cfg, theta = self.cfg, self.cfg.repetition_penalty
+        B, C = cand["scores"].shape
+        lists = {k: v.tolist() if v is not None else [[0.0] * C for _ in range(B)] for k, v in cand.items()}
+        kept_l = kept.tolist()
+        ends_l = ends.tolist() if ends is not None else [[False] * C for _ in range(B)]
+        for b in range(B):
+            if done_before[b]:
+                continue
+            row_of = {pos: k for k, pos in enumerate(kept_l[b])}
+            new_ids: list[int | None] = [None] * K
+            for c in range(C):
+                score = lists["scores"][b][c]
+                if score == NEG_INF:
+                    continue
+                parent = self.row_ids[b][lists["beams"][b][c]]
+                ptoks, pparts = self.paths[b][parent]
+                tok, lp = lists["tokens"][b][c], lists["logp"][b][c]
+                parts = dict(pparts)
+                parts["logp"] += lp
+                parts["antilm"] += lists["antilm"][b][c]
+                parts["diversity"] += lists["extra"][b][c]
+                parts["bonus"] += cfg.n_bonus if tok != EOS_ID else 0.0
+                if theta != 1.0 and tok in ptoks:
+                    parts["repetition"] += _repetition_delta(lp, theta)
+                cid = self.next_id[b]
+                self.next_id[b] += 1
+                is_row = c in row_of and tok != EOS_ID
+                shown = score
+                if ends_l[b][c] or (last and is_row):
+                    status = "finished"
+                    shown = self.rank(score, t + 1) if self.rank else score
+                    parts["bonus"] += shown - score
+                elif is_row and not done_after[b]:
+                    status = "kept"
+                    new_ids[row_of[c]] = cid
+                    self.paths[b][cid] = (ptoks + [tok], parts)
+                else:
+                    status = "pruned"
+                self.rows[b].append({"step": t, "id": cid, "parent": parent, "token": tok, "text": self.piece(tok),
+                                     "logp": lp, "score": shown, "parts": parts, "status": status})
+            self.row_ids[b] = new_ids
 
 
 def _device(model: Any) -> torch.device:
@@ -442,17 +569,26 @@ def _pad(src: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
     return out.to(device), torch.tensor([len(s) for s in src], device=device)
 
 
-def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, generator: torch.Generator | None
-            ) -> list[list[tuple[float, list[int], list[float], Tensor]]]:
-    """The search loop. Returns, per prompt, the n-best (score, tokens, logprobs, attention (T, S)), best first."""
+def _lookahead(model: Any, state: State, mem: Memory, tokens: Tensor) -> Tensor:
+    """Decoder output states after feeding each candidate: tokens (N, C) -> (N, C, H), rows' states tiled C times."""
+    N, C = tokens.shape
+    out = model.decode_step(tokens.reshape(-1), map_state(state, lambda h: tile(h, C, dim=1)), tile_memory(mem, C),
+                            return_hidden=True)  # hidden (N*C, H)
+    return out[3].view(N, C, -1)
+
+
+def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strategy: Strategy,
+            tracer: _Tracer | None = None) -> list[list[tuple[_Final, _Path]]]:
+    """The search loop. Returns, per prompt, the n-best (finished hypothesis, its path), best first."""
     device = _device(model)
     B = len(src)
-    K = 1 if cfg.strategy == "greedy" else cfg.beam_size
+    K, G = strategy.width(cfg), strategy.groups
     nbest = min(cfg.nbest, K)
-    strategy = Sampler(cfg.temperature, cfg.top_k, cfg.top_p, generator) if cfg.strategy == "sample" else BeamSearch()
     modifiers = build_modifiers(cfg)
     lm_steps = max([getattr(m, "lm_steps", 0) for m in modifiers])
+    antilm_w = cfg.antilm if lm_steps else 0.0
     keep_prefix = any(getattr(m, "needs_prefix", False) for m in modifiers)
+    rank = _ranker(cfg)
 
     # 1. encode once; the first step runs one row per prompt (the K rows would all be <s>), then K rows
     src_t, lens = _pad(src, device)  # (B, S), (B,)
@@ -462,6 +598,7 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, genera
     lm_state = lm.init_state(B, device) if lm_steps else None
     tok = torch.full((B,), BOS_ID, dtype=torch.long, device=device)  # (B,), then (N,)
     prefix = torch.empty((B, 0), dtype=torch.long, device=device) if keep_prefix else None  # (N, t)
+    hidden = None  # (N, t+1, H) decoder output states, for strategies that compare them
     scores = torch.zeros(B, 1, device=device)  # (B, R) running scores; R = 1 rows per prompt, then K
     hist = _History()
     finished: list[list[_Final]] = [[] for _ in range(B)]
@@ -470,7 +607,14 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, genera
     for t in range(cfg.max_len):
         # 2. step the model (and the anti-LM while it matters)
         R = scores.size(1)
-        logp, state, attn = model.decode_step(tok, state, mem1 if t == 0 else memK)  # (B*R, V), state, (B*R, S)
+        mem = mem1 if t == 0 else memK
+        if strategy.needs_hidden:
+            logp, state, attn, h = model.decode_step(tok, state, mem, return_hidden=True)  # ..., (B*R, H)
+            hidden = h.unsqueeze(1) if hidden is None else torch.cat([hidden, h.unsqueeze(1)], 1)  # (B*R, t+1, H)
+            ctx = StepContext(t, hidden, lambda cands, s=state, m=mem: _lookahead(model, s, m, cands))
+        else:
+            logp, state, attn = model.decode_step(tok, state, mem)  # (B*R, V), state, (B*R, S)
+            ctx = StepContext(t)
         lm_logp = None
         if t < lm_steps:
             lm_logp, lm_state = lm.decode_step(tok, lm_state)  # (B*R, V)
@@ -480,36 +624,60 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, genera
             step_scores = mod(step_scores, step)  # (B*R, V)
         V = step_scores.size(1)
 
-        # 3. candidates
-        cand_scores, cand_tokens, cand_beams = strategy(scores, fold(step_scores, R), K)  # (B, C) each
-        cand_rows = cand_beams + (torch.arange(B, device=device) * R).unsqueeze(1)  # (B, C) input row of each
-        cand_logp = logp.flatten().take(cand_rows * V + cand_tokens)  # (B, C) model log-prob of its token
-        is_eos = cand_tokens == EOS_ID  # (B, C)
+        # 3. candidates, in rank order (within each of the strategy's G groups)
+        cand = strategy(scores, fold(step_scores, R), K, ctx)  # (B, C) each
+        C = cand.scores.size(1)
+        cand_rows = cand.beams + (torch.arange(B, device=device) * R).unsqueeze(1)  # (B, C) input row of each
+        flat = cand_rows * V + cand.tokens  # (B, C)
+        cand_logp = logp.flatten().take(flat)  # (B, C) model log-prob of its token
+        cand_antilm = None  # (B, C) the anti-LM part of each candidate's step, while it applies
+        if antilm_w and lm_logp is not None:
+            cand_antilm = -antilm_w * lm_logp.flatten().take(flat).clamp(min=-1e4)
+        is_eos = cand.tokens == EOS_ID  # (B, C)
         any_eos = bool(is_eos.any())
+        done_before = list(done) if tracer else []
 
-        # 4. </s> among the top K finishes a hypothesis; the first K other candidates become the new rows
+        # 4. </s> among the top K (of each group) finishes a hypothesis; the first K other candidates become rows
+        Kg, Cg = K // G, C // G
+        ends = None
         if any_eos:
-            ends = is_eos[:, :K] & (cand_scores[:, :K] > NEG_INF)  # (B, K)
-            _finish(finished, done, ends, cand_scores[:, :K], cand_rows[:, :K], cand_tokens[:, :K],
-                    cand_logp[:, :K], t, cfg.length_norm)
-            keep = is_eos.to(torch.uint8).argsort(dim=1, stable=True)[:, :K]  # (B, K) non-EOS first, in rank order
-            scores, tokens, rows, tok_logp = (x.gather(1, keep) for x in (cand_scores, cand_tokens, cand_rows,
-                                                                          cand_logp))
-            scores = scores.masked_fill(tokens == EOS_ID, NEG_INF)  # sampling: a row that drew </s> is over
+            in_top = torch.arange(C, device=device) % Cg < Kg  # (C,) ranked within the top K of its group
+            ends = is_eos & in_top & (cand.scores > NEG_INF)  # (B, C)
+            _finish(finished, done, ends, cand.scores, cand_rows, cand.tokens, cand_logp, cand_antilm, cand.extra,
+                    t, rank)
+            keep = is_eos.view(B * G, Cg).to(torch.uint8).argsort(dim=1, stable=True)[:, :Kg]  # (B*G, Kg)
+            keep = (keep + torch.arange(0, C, Cg, device=device).repeat(B).unsqueeze(1)).view(B, K)  # (B, K)
+        elif G > 1 or tracer:
+            keep = (torch.arange(Kg, device=device) + torch.arange(0, C, Cg, device=device).unsqueeze(1))
+            keep = keep.view(1, K).expand(B, K)  # (B, K) the first Kg of each group
+        if G == 1 and not any_eos:
+            picked = [x[:, :K] if x is not None else None
+                      for x in (cand.scores, cand.tokens, cand_rows, cand_logp, cand_antilm, cand.extra)]
         else:
-            scores, tokens, rows, tok_logp = (x[:, :K] for x in (cand_scores, cand_tokens, cand_rows, cand_logp))
-        if t == cfg.max_len - 1:  # 5. rows still going at max_len finish without </s>
-            _finish(finished, done, scores > NEG_INF, scores, rows, tokens, tok_logp, t, cfg.length_norm)
+            picked = [x.gather(1, keep) if x is not None else None
+                      for x in (cand.scores, cand.tokens, cand_rows, cand_logp, cand_antilm, cand.extra)]
+        scores, tokens, rows, tok_logp, tok_antilm, tok_extra = picked  # (B, K) each
+        if any_eos:
+            scores = scores.masked_fill(tokens == EOS_ID, NEG_INF)  # sampling: a row that drew </s> is over
+        last = t == cfg.max_len - 1
+        if last:  # 5. rows still going at max_len finish without </s>
+            _finish(finished, done, scores > NEG_INF, scores, rows, tokens, tok_logp, tok_antilm, tok_extra, t, rank)
 
         # 6. record back-pointers, reorder the states, feed the chosen tokens
         rows, tok = rows.reshape(-1), tokens.reshape(-1)  # (N,)
         hist.parents.append(rows)
         hist.tokens.append(tok)
         hist.logps.append(tok_logp.reshape(-1))
+        if tok_antilm is not None:
+            hist.antilm.append(tok_antilm.reshape(-1))
+        if tok_extra is not None:
+            hist.extra.append(tok_extra.reshape(-1))
         if t == 0:  # one input row per prompt: pad to N rows so that the steps stack (rows >= B are never read)
             attn = torch.cat([attn, attn.new_zeros(B * K - B, attn.size(1))])
         hist.attn.append(attn)
         state = select_rows(state, rows)
+        if hidden is not None:
+            hidden = hidden.index_select(0, rows)  # (N, t+1, H)
         if t + 1 < lm_steps:
             lm_state = select_rows(lm_state, rows)
         if prefix is not None:
@@ -517,7 +685,10 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, genera
 
         # 7. which prompts are done; their rows stop competing
         newly = _update_done(done, finished, scores.max(1).values.tolist(), K, nbest,
-                             _gain_left(cfg, lm_steps, t))
+                             _gain_left(cfg, lm_steps, t, rank))
+        if tracer:
+            tracer.step(t, {"scores": cand.scores, "tokens": cand.tokens, "beams": cand.beams, "logp": cand_logp,
+                            "antilm": cand_antilm, "extra": cand.extra}, keep, ends, K, done_before, done, last)
         if all(done):
             break
         if newly:
@@ -526,28 +697,32 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, genera
     out = []
     for b in range(B):
         best = sorted(finished[b], key=lambda f: -f.score)[:nbest]
-        out.append([(f.score, toks, lps, att) for f, (toks, lps, att) in zip(best, hist.paths(best))])
+        out.append(list(zip(best, hist.paths(best))))
     return out
 
 
-def _gain_left(cfg: DecodeConfig, lm_steps: int, t: int) -> float:
+def _gain_left(cfg: DecodeConfig, lm_steps: int, t: int, rank: Ranker | None) -> float:
     """Most a live row can still add to its score after step t: n_bonus per remaining token; unbounded while
-    the anti-LM still applies (it adds -antilm * log p_LM >= 0) or when scores are length-normalised."""
-    if cfg.length_norm or t + 1 < lm_steps:
+    the anti-LM still applies (it adds -antilm * log p_LM >= 0) or when scores are length-normalised. (The
+    repetition penalty and diverse beam's penalty only lower scores.)"""
+    if rank is not None or t + 1 < lm_steps:
         return math.inf
     return cfg.n_bonus * (cfg.max_len - 1 - t)
 
 
 def _finish(finished: list[list[_Final]], done: list[bool], mask: Tensor, scores: Tensor, rows: Tensor,
-            tokens: Tensor, logps: Tensor, t: int, length_norm: bool) -> None:
-    """Add the candidates under ``mask`` (B, K) of prompts that are not done to their finished lists."""
+            tokens: Tensor, logps: Tensor, antilm: Tensor | None, extra: Tensor | None, t: int,
+            rank: Ranker | None) -> None:
+    """Add the candidates under ``mask`` (B, X) of prompts that are not done to their finished lists."""
     if not bool(mask.any()):
         return
     b_idx, k_idx = mask.nonzero(as_tuple=True)
-    picked = [x[b_idx, k_idx].tolist() for x in (scores, rows, tokens, logps)]
-    for b, score, row, token, logp in zip(b_idx.tolist(), *picked):
+    zeros = [0.0] * len(b_idx)
+    picked = [x[b_idx, k_idx].tolist() if x is not None else zeros
+              for x in (scores, rows, tokens, logps, antilm, extra)]
+    for b, score, row, token, logp, a, e in zip(b_idx.tolist(), *picked):
         if not done[b]:
-            finished[b].append(_Final(score / (t + 1) if length_norm else score, t, row, token, logp))
+            finished[b].append(_Final(rank(score, t + 1) if rank else score, score, t, row, token, logp, a, e))
 
 
 def _update_done(done: list[bool], finished: list[list[_Final]], best_live: list[float], K: int, nbest: int,
@@ -601,7 +776,8 @@ def sequence_logprobs(model: Seq2Seq, src: list[list[int]], tgt: list[list[int]]
 
 
 def mmi_rerank(backward: Any, src: list[int], hyps: list[Hypothesis], lam: float) -> list[Hypothesis]:
-    """Rescore ``hyps`` by (1 - lam) log p(T|S) + lam log p(S|T) and sort them, best first."""
+    """Rescore ``hyps`` by (1 - lam) log p(T|S) + lam log p(S|T) and sort them, best first; a hypothesis with
+    ``parts`` gets ``parts["mmi"]`` = new score - old score, so its parts still add up to its score."""
     if not hyps:
         return hyps
     replies = [[t for t in h.tokens if t != EOS_ID] for h in hyps]
@@ -613,7 +789,10 @@ def mmi_rerank(backward: Any, src: list[int], hyps: list[Hypothesis], lam: float
         for i, v in zip(ok, scores):
             back[i] = v
     for h, lp_back in zip(hyps, back):
-        h.score = NEG_INF if lp_back == NEG_INF else (1 - lam) * sum(h.logprobs) + lam * lp_back
+        score = NEG_INF if lp_back == NEG_INF else (1 - lam) * sum(h.logprobs) + lam * lp_back
+        if h.parts:  # the search parts stay; mmi holds what the rerank changed
+            h.parts = {**h.parts, "mmi": h.parts.get("mmi", 0.0) + (score - h.score)}
+        h.score = score
     return sorted(hyps, key=lambda h: -h.score)
 
 
@@ -641,34 +820,137 @@ def _check_inputs(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, 
 
 @torch.inference_mode()
 def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = None, backward: Any = None,
-             tokenizer: Tokenizer | None = None) -> list[Reply]:
-    """Decode one reply per source sequence (token ids, no specials), all prompts in one batched search."""
+             tokenizer: Tokenizer | None = None, trace: bool = False) -> list[Reply]:
+    """Decode one reply per source sequence (token ids, no specials), all prompts in one batched search.
+    ``trace``: fill each Reply's ``trace`` with every candidate of every step (see the module docstring)."""
     t0 = time.perf_counter()
     cfg.validate()
     _check_inputs(model, src, cfg, lm, backward)
+    cls = STRATEGIES[cfg.strategy]
     generator = None
-    if cfg.strategy == "sample" and cfg.seed is not None:
+    if "seed" in cls.reads and cfg.seed is not None:
         generator = torch.Generator(device=_device(model)).manual_seed(cfg.seed)
+    strategy = cls(cfg, generator)
+    if strategy.needs_hidden and "return_hidden" not in inspect.signature(model.decode_step).parameters:
+        raise ValueError(f"strategy={cfg.strategy!r} compares decoder states: the model's decode_step must accept "
+                         "return_hidden=True")
 
     def text_of(ids: list[int]) -> str:
         return tokenizer.decode(ids) if tokenizer else " ".join(str(i) for i in ids if i != EOS_ID)
 
-    def pieces(ids: list[int]) -> list[str]:
-        return [tokenizer.id_to_token(i) for i in ids] if tokenizer else [str(i) for i in ids]
+    def piece(i: int) -> str:
+        return tokenizer.id_to_token(i) if tokenizer else str(i)
 
-    results = _search(model, src, cfg, lm, generator)
+    tracer = _Tracer(len(src), cfg, piece) if trace else None
+    results = _search(model, src, cfg, lm, strategy, tracer)
     replies = []
-    for s, found in zip(src, results):
-        hyps = [Hypothesis(toks, text_of(toks), score, lps) for score, toks, lps, _ in found]
-        attention = {id(h): att for h, (_, _, _, att) in zip(hyps, found)}  # (T, S_max) each
+    for b, (s, found) in enumerate(zip(src, results)):
+        hyps, attention = [], {}
+        for final, path in found:
+            h = Hypothesis(path.tokens, text_of(path.tokens), final.score, path.logps, _parts(path, final, cfg))
+            hyps.append(h)
+            attention[id(h)] = path.attention  # (T, S_max)
         if cfg.mmi_lambda > 0:
             hyps = mmi_rerank(backward, s, hyps, cfg.mmi_lambda)
-        best = hyps[0] if hyps else Hypothesis([], "", NEG_INF, [])
+        best = hyps[0] if hyps else Hypothesis([], "", NEG_INF, [], _zero_parts())
         att = attention[id(best)][:, : len(s)].tolist() if hyps else []  # (T, S) without padding
-        replies.append(Reply(text=best.text, tokens=best.tokens, token_strs=pieces(best.tokens),
+        replies.append(Reply(text=best.text, tokens=best.tokens, token_strs=[piece(i) for i in best.tokens],
                              logprobs=best.logprobs, score=best.score, nbest=hyps, attention=att,
-                             source_tokens=pieces(s), latency_s=0.0, settings=cfg.to_dict()))
+                             source_tokens=[piece(i) for i in s], latency_s=0.0, settings=cfg.to_dict(),
+                             trace=tracer.rows[b] if tracer else None))
     latency = time.perf_counter() - t0
     for r in replies:
         r.latency_s = latency
     return replies
+
+
+# ----------------------------------------------------------------------------- settings for people
+
+COMMON_FIELDS = ("nbest", "max_len", "min_len", "antilm", "gamma", "n_bonus", "length_norm", "mmi_lambda",
+                 "no_repeat_ngram", "repetition_penalty", "length_penalty")  # read whatever the strategy
+
+
+def fields_for(strategy: str) -> tuple[str, ...]:
+    """The DecodeConfig fields that change what ``strategy`` does (its ``reads`` and COMMON_FIELDS), in field
+    order: a UI shows only these controls."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {tuple(STRATEGIES)}")
+    used = set(STRATEGIES[strategy].reads) | set(COMMON_FIELDS) | {"strategy"}
+    return tuple(f.name for f in fields(DecodeConfig) if f.name in used)
+
+
+def describe_settings(settings: Mapping[str, Any] | DecodeConfig) -> str:
+    """Short tag of decoder settings (a DecodeConfig or its dict, missing fields at their defaults), e.g.
+    ``beam K=10 · anti-LM 0.4 (gamma 4) · max 30``: the strategy's own tag, then the modifiers that are on."""
+    cfg = settings if isinstance(settings, DecodeConfig) else DecodeConfig().with_overrides(**dict(settings))
+    parts = [STRATEGIES[cfg.strategy].describe(cfg)]
+    if cfg.antilm > 0 and cfg.gamma > 0:
+        parts.append(f"anti-LM {cfg.antilm:g} (gamma {cfg.gamma})")
+    if cfg.n_bonus > 0:
+        parts.append(f"bonus {cfg.n_bonus:g}")
+    if cfg.mmi_lambda > 0:
+        parts.append(f"MMI {cfg.mmi_lambda:g}")
+    if cfg.no_repeat_ngram > 0:
+        parts.append(f"no-repeat {cfg.no_repeat_ngram}")
+    if cfg.repetition_penalty != 1.0:
+        parts.append(f"repetition {cfg.repetition_penalty:g}")
+    if cfg.length_penalty > 0:
+        parts.append(f"length penalty {cfg.length_penalty:g}")
+    if cfg.length_norm:
+        parts.append("length-normalised")
+    parts.append(f"max {cfg.max_len}")
+    return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class UIControl:
+    """One control a UI generates from DecodeConfig: ``lo`` / ``hi`` are the slider's range (within the core
+    range), ``kind`` is ``int``, ``float``, ``bool`` or ``choice``."""
+
+    name: str
+    label: str
+    help: str
+    lo: float
+    hi: float
+    step: float
+    kind: str
+    group: str | None
+    default: Any
+    choices: tuple[str, ...] = ()
+
+
+SAMPLE_CONTROL = UIControl("sample", "Sample instead of beam search", "strategy sample instead of beam: K samples, "
+                           "the best score wins", 0, 1, 1, "bool", "sampling", False)
+
+
+def _control(f: Any) -> UIControl:
+    meta, typ = f.metadata, _TYPES[f.name]
+    if meta["choices"]:
+        return UIControl(f.name, meta["label"], meta["help"], 0, 0, 0, "choice", meta["group"], f.default,
+                         tuple(meta["choices"]))
+    if typ is bool:
+        return UIControl(f.name, meta["label"], meta["help"], 0, 1, 1, "bool", meta["group"], f.default)
+    hi = meta["hi"]
+    if isinstance(hi, str):  # bounded by another field: its slider's maximum
+        other = _FIELDS[hi].metadata
+        hi = other["ui_hi"] if other["ui_hi"] is not None else other["hi"]
+    lo = meta["ui_lo"] if meta["ui_lo"] is not None else (meta["lo"] if meta["lo"] is not None else 0)
+    hi = meta["ui_hi"] if meta["ui_hi"] is not None else (hi if hi is not None else 2**31 - 1)
+    integer = typ is int or typ == (int | None)
+    step = meta["step"] if meta["step"] is not None else 1
+    return UIControl(f.name, meta["label"], meta["help"], lo, hi, step, "int" if integer else "float",
+                     meta["group"], f.default)
+
+
+def ui_controls(*, every_field: bool = False) -> list[UIControl]:
+    """The controls of the decoder settings, in display order: groups main, search, sampling (the sampling
+    group led by the ``sample`` checkbox, which switches strategy between beam and sample), each in field order.
+    ``every_field``: then also the fields that are no shared control (strategy as a choice, nbest, ...)."""
+    out = []
+    for group in UI_GROUPS:
+        if group == "sampling":
+            out.append(SAMPLE_CONTROL)
+        out += [_control(f) for f in fields(DecodeConfig) if f.metadata["group"] == group]
+    if every_field:
+        out += [_control(f) for f in fields(DecodeConfig) if f.metadata["group"] is None]
+    return out

@@ -20,9 +20,13 @@ MAX_WEIGHT_BYTES = 25 * 1024 * 1024
 
 def export_run(run_dir: str | Path, dest: str | Path, *, which: str = "best", notes: str = "") -> Path:
     """Write ``dest`` from ``run_dir/<which>``: fp16 ``model.safetensors``, config, tokenizer, ``train_log.csv``
-    and ``MODEL_CARD.md``. Refuses to write a weight file over 25 MB."""
+    and ``MODEL_CARD.md``. Refuses to write a weight file over ``MAX_WEIGHT_BYTES`` (25 MB)."""
     run_dir, dest = Path(run_dir), Path(dest)
     src = resolve(run_dir / which)
+    if not (src / "config.json").exists():
+        other = "last" if which == "best" else "best"
+        hint = f" (it has {other}/: --which {other})" if (resolve(run_dir / other) / "config.json").exists() else ""
+        raise FileNotFoundError(f"{run_dir} has no {which}/ checkpoint{hint}; is it a training run folder?")
     model, tokenizer, config = load_checkpoint(src)
     meta = dict(config["meta"])
     state_file = resolve(run_dir / "last") / "train_state.json"
@@ -38,7 +42,8 @@ def export_run(run_dir: str | Path, dest: str | Path, *, which: str = "best", no
     size = (dest / "model.safetensors").stat().st_size
     if size > MAX_WEIGHT_BYTES:
         shutil.rmtree(dest)
-        raise ValueError(f"{dest}/model.safetensors would be {size / 2**20:.1f} MB (limit 25 MB)")
+        raise ValueError(f"{dest}/model.safetensors would be {size:,} bytes ({size / 2**20:.1f} MB); the limit is "
+                         f"{MAX_WEIGHT_BYTES:,} bytes ({MAX_WEIGHT_BYTES / 2**20:.1f} MB)")
     return dest
 
 

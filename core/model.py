@@ -219,19 +219,27 @@ class Decoder(nn.Module):
 
     def forward(self, tgt_in: Tensor, state: State, memory: Memory | None) -> tuple[Tensor, State, Tensor | None]:
         """tgt_in (B, T) -> logits (B, T, V), final state, attention (B, T, S) or None."""
+        hidden, state, weights = self.features(tgt_in, state, memory)  # (B, T, H)
+        return self.out(self.drop(hidden)), state, weights  # (B, T, V)
+
+    def features(self, tgt_in: Tensor, state: State, memory: Memory | None) -> tuple[Tensor, State, Tensor | None]:
+        """tgt_in (B, T) -> output hidden states (B, T, H) (what the output projection reads), final state,
+        attention (B, T, S) or None."""
         emb = self.drop(self.embedding(tgt_in))  # (B, T, E)
         rnn_out, state = self.rnn(emb, state)  # (B, T, H)
         weights = None
         if self.attn is not None:
             context, weights = self.attn(rnn_out, memory.outputs, memory.mask)  # (B, T, H), (B, T, S)
             rnn_out = torch.tanh(self.combine(torch.cat([rnn_out, context], -1)))  # (B, T, H)
-        return self.out(self.drop(rnn_out)), state, weights  # (B, T, V)
+        return rnn_out, state, weights
 
-    def step(self, tok: Tensor, state: State, memory: Memory | None) -> tuple[Tensor, State, Tensor | None]:
+    def step(self, tok: Tensor, state: State, memory: Memory | None, *, return_hidden: bool = False
+             ) -> tuple[Tensor, State, Tensor | None] | tuple[Tensor, State, Tensor | None, Tensor]:
         """Inference path of one step (see :func:`inference_path`): tok (B,) -> logits (B, V), new state,
-        attention (B, S) or None. It computes what forward() does on a (B, 1) prefix, up to float rounding: the
-        cells are called per layer without the nn.GRU / nn.LSTM wrapper, and the output projection is
-        :func:`packed_linear`. Only for eval mode without autograd: it has no dropout."""
+        attention (B, S) or None, and with ``return_hidden`` the output hidden state (B, H) too. It computes what
+        forward() does on a (B, 1) prefix, up to float rounding: the cells are called per layer without the
+        nn.GRU / nn.LSTM wrapper, and the output projection is :func:`packed_linear`. Only for eval mode without
+        autograd: it has no dropout."""
         x = self.embedding(tok)  # (B, E)
         hs, cs = [], []
         for layer, params in enumerate(self.rnn.all_weights):  # w_ih, w_hh, b_ih, b_hh of each layer
@@ -247,7 +255,8 @@ class Decoder(nn.Module):
             context, weights = self.attn(x.unsqueeze(1), memory.outputs, memory.mask)  # (B, 1, H), (B, 1, S)
             x = torch.tanh(self.combine(torch.cat([x, context[:, 0]], -1)))  # (B, H)
             weights = weights[:, 0]  # (B, S)
-        return packed_linear(x, self.out.weight, self.out.bias), state, weights  # (B, V)
+        logits = packed_linear(x, self.out.weight, self.out.bias)  # (B, V)
+        return (logits, state, weights, x) if return_hidden else (logits, state, weights)
 
 
 class Seq2Seq(nn.Module):
@@ -271,13 +280,16 @@ class Seq2Seq(nn.Module):
         logits, _, _ = self.decoder(tgt_in, mem.state, mem)
         return logits
 
-    def decode_step(self, tok: Tensor, state: State, memory: Memory) -> tuple[Tensor, State, Tensor]:
-        """One step: tok (B,) -> log-probs (B, V), new state, attention (B, S)."""
+    def decode_step(self, tok: Tensor, state: State, memory: Memory, *, return_hidden: bool = False
+                    ) -> tuple[Tensor, State, Tensor] | tuple[Tensor, State, Tensor, Tensor]:
+        """One step: tok (B,) -> log-probs (B, V), new state, attention (B, S); with ``return_hidden`` also the
+        decoder's output hidden state (B, H) after ``tok`` (contrastive search compares these)."""
         if inference_path(self.decoder):
-            logits, state, weights = self.decoder.step(tok, state, memory)  # (B, V), state, (B, S)
-            return torch.log_softmax(logits.float(), -1), state, weights
-        logits, state, weights = self.decoder(tok.unsqueeze(1), state, memory)  # (B, 1, V)
-        return torch.log_softmax(logits[:, 0].float(), -1), state, weights[:, 0]
+            out = self.decoder.step(tok, state, memory, return_hidden=return_hidden)  # (B, V), state, (B, S)[, (B, H)]
+            return (torch.log_softmax(out[0].float(), -1), *out[1:])
+        hidden, state, weights = self.decoder.features(tok.unsqueeze(1), state, memory)  # (B, 1, H)
+        logp = torch.log_softmax(self.decoder.out(self.decoder.drop(hidden))[:, 0].float(), -1)  # (B, V)
+        return (logp, state, weights[:, 0], hidden[:, 0]) if return_hidden else (logp, state, weights[:, 0])
 
 
 class LanguageModel(nn.Module):

@@ -16,23 +16,15 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from core.batching import collate
-from core.checkpoint import (
-    load_checkpoint,
-    load_train_state,
-    load_weights,
-    pack_train_state,
-    resolve,
-    save_checkpoint,
-)
+from core.bots import load_model
+from core.checkpoint import pack_train_state, resolve
 from core.corpora import opening_messages
 from core.decoding import DecodeConfig, generate
 from core.metrics import normalize_reply
@@ -45,16 +37,9 @@ from core.rewards import (
     semantic_coherence,
     sequence_logprobs,
 )
+from core.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
 from core.tokenizer import EOS_ID
-from core.train import (
-    TrainConfig,
-    append_log,
-    hardware_name,
-    perplexity,
-    prepare_data,
-    sequence_nll,
-    truncate_log,
-)
+from core.train import TrainConfig, perplexity, prepare_data, sequence_nll
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
                  "kl", "unique_share", "dull_share", "greedy_dull_share", "elapsed_s"]
@@ -216,17 +201,21 @@ def reinforce_loss(policy: Seq2Seq, queries: list[list[int]], replies: list[list
 
 
 def train_rl(cfg: RLConfig) -> dict[str, Any]:
-    """Run (or resume) RL fine-tuning; returns a summary with the start and final validation perplexity."""
+    """Run (or resume) RL fine-tuning; returns a summary with the start and final validation perplexity. Whatever
+    stops it (its step or time budget, the fluency check, Ctrl-C), the last step is validated if it was not
+    already, and ``best/`` and ``last/`` are on disk when it returns."""
     device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
+    set_threads(cfg.threads)
+    run = RunFolder(cfg.out, RL_LOG_FIELDS)
+    out = run.out
     # 1. the frozen MLE model (rewards), the backward model, and the policy initialised from the MLE model
-    forward, tokenizer, fwd_config = load_checkpoint(cfg.policy, device=device)
-    backward, _, _ = load_checkpoint(cfg.backward, device=device)
-    policy = copy.deepcopy(forward)
-    for p in [*forward.parameters(), *backward.parameters()]:
-        p.requires_grad_(False)
+    forward, tokenizer, fwd_config = load_model(cfg.policy, device)
+    backward, _, _ = load_model(cfg.backward, device)
+    if fwd_config["model"].get("kind", "seq2seq") != "seq2seq" or backward.cfg.kind != "backward":
+        raise ValueError(f"--policy needs a seq2seq checkpoint and --backward a backward one; got "
+                         f"{fwd_config['model'].get('kind')!r} ({cfg.policy}) and {backward.cfg.kind!r} "
+                         f"({cfg.backward})")
+    policy = copy.deepcopy(forward).requires_grad_(True)
     train_cfg = TrainConfig.from_dict({**fwd_config["meta"]["train"], "out": str(out),
                                        "tokenizer": str(resolve(cfg.policy) / "tokenizer.json")})
     data = prepare_data(train_cfg)
@@ -238,11 +227,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     info: dict[str, Any] = {"step": 0, "baseline": None, "start_ppl": None, "best_step": 0, "train_seconds": 0.0,
                             "early_stopped": False}
-    if (resolve(out / "last") / "train_state.json").exists():
-        load_weights(policy, resolve(out / "last") / "model.safetensors")
-        info.update(load_train_state(out / "last", optimizer))
-        truncate_log(out / "log.csv", info["step"], RL_LOG_FIELDS)
-        print(f"resumed from {out / 'last'} at step {info['step']}", flush=True)
+    info.update(run.resume(policy, optimizer) or {})
     policy.eval()  # no dropout: the sampled turns and their log-probs come from the same distribution
     valid = lambda: perplexity(policy, data.valid, device=device, max_batches=cfg.valid_max_batches)  # noqa: E731
     if info["start_ppl"] is None:
@@ -253,96 +238,103 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             "hardware": hardware_name(device)}
     print(f"RL from {cfg.policy}: start valid ppl {info['start_ppl']:.2f}, {len(openings):,} openings, "
           f"{len(dull)} dull replies", flush=True)
-    t_start, t_base = time.time(), info["train_seconds"]
+    clock = TimeBudget(cfg.max_minutes, info["train_seconds"])
     stop = None
 
     def save(path: str, **extra: Any) -> None:
-        info["train_seconds"] = t_base + time.time() - t_start
-        save_checkpoint(out / path, policy, tokenizer, meta=dict(meta, step=info["step"], **extra),
-                        train_state=pack_train_state(optimizer, info) if path == "last" else None)
+        info["train_seconds"] = clock.total_s()
+        run.save(path, policy, tokenizer, meta=dict(meta, step=info["step"], **extra),
+                 train_state=pack_train_state(optimizer, info) if path == "last" else None)
 
-    if not (out / "best").exists():
+    if not run.has_best():
         save("best", valid_ppl=info["start_ppl"])
+    signals = StopRequest()
     group = max(1, min(cfg.group_size, cfg.batch_size))  # dialogues per opening
     n_groups = -(-cfg.batch_size // group)
-    while stop is None and not info["early_stopped"] and info["step"] < cfg.steps:
-        step = info["step"]
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        # 2. self-play from B openings
-        batch_open = [o for o in (openings[rng.randrange(len(openings))] for _ in range(n_groups))
-                      for _ in range(group)][: cfg.batch_size]
-        dialogues = self_play(policy, batch_open, turns=cfg.turns, max_len=cfg.max_len,
-                              temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + step)
-        # 3. rewards and the baseline
-        step_dull = dull if not cfg.dull_sample else rng.sample(dull, min(cfg.dull_sample, len(dull)))
-        greedy = None
-        if cfg.greedy_candidates:  # the policy's own most likely reply to each query, scored beside the sample
-            queries = flatten_turns(dialogues)[0]
-            greedy_cfg = DecodeConfig(strategy="greedy", max_len=cfg.max_len, min_len=1)
-            greedy = [_strip_eos(r.tokens) or [EOS_ID] for r in generate(policy, queries, greedy_cfg)]
-        rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=step_dull, alternatives=greedy,
-                          max_src_len=train_cfg.max_src_len)
-        r_raw = rw["r"].to(device)
-        r = standardized_reward(rw["r1"], rw["r2"], rw["r3"]).to(device) if cfg.standardize else r_raw
-        logp = policy_logprobs(policy, rw["queries"], rw["replies"], temperature=cfg.temperature,
-                               max_len=cfg.max_len)  # (N,) with graph: the KL price and the policy gradient
-        kl = None
-        if cfg.kl_coef:  # per-token log pi(a|q) - log pi_mle(a|q) of each turn: the price of drifting from MLE
-            kl = reply_kl(policy, forward, rw["queries"], rw["replies"], temperature=cfg.temperature,
-                          max_len=cfg.max_len, policy_logp=logp)
-            r = r - cfg.kl_coef * kl
-        if group > 1:  # turn i of the dialogues that share an opening form one group (greedy candidates too)
-            groups = [(d // group) * cfg.turns + i for d in range(len(dialogues)) for i in range(cfg.turns)]
-            baseline: float | torch.Tensor = group_baseline(r, groups * (len(r) // len(groups)))
-            info["baseline"] = float(baseline.mean())
-        else:
-            baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
-            info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
-        # 4. REINFORCE on the sampled turns + MLE on real pairs
-        pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline, logp=logp)
-        mle_batch = collate([data.train[rng.randrange(len(data.train))] for _ in range(cfg.mle_batch_size)])
-        nll, n_mle = sequence_nll(policy, mle_batch.to(device))
-        mle_loss = nll / n_mle
-        optimizer.zero_grad(set_to_none=True)
-        (pg_loss + cfg.mle_weight * mle_loss).backward()
-        nn.utils.clip_grad_norm_(policy.parameters(), cfg.clip)
-        optimizer.step()
-        info["step"] = step = step + 1
-        # 5. fluency check: validation perplexity; keep best/ = the latest fluent policy
-        valid_ppl = None
-        if step % cfg.eval_every == 0 or step >= cfg.steps:
-            valid_ppl = valid()
-            if valid_ppl > cfg.ppl_tolerance * info["start_ppl"]:
-                stop = f"valid ppl {valid_ppl:.2f} > {cfg.ppl_tolerance} x start {info['start_ppl']:.2f}"
-                info["early_stopped"] = True
+    with signals:
+        while stop is None and not info["early_stopped"] and info["step"] < cfg.steps:
+            step = info["step"]
+            rng = random.Random(cfg.seed * 1_000_003 + step)
+            # 2. self-play from B openings
+            batch_open = [o for o in (openings[rng.randrange(len(openings))] for _ in range(n_groups))
+                          for _ in range(group)][: cfg.batch_size]
+            dialogues = self_play(policy, batch_open, turns=cfg.turns, max_len=cfg.max_len,
+                                  temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + step)
+            # 3. rewards and the baseline
+            step_dull = dull if not cfg.dull_sample else rng.sample(dull, min(cfg.dull_sample, len(dull)))
+            greedy = None
+            if cfg.greedy_candidates:  # the policy's own most likely reply to each query, scored beside the sample
+                queries = flatten_turns(dialogues)[0]
+                greedy_cfg = DecodeConfig(strategy="greedy", max_len=cfg.max_len, min_len=1)
+                greedy = [_strip_eos(r.tokens) or [EOS_ID] for r in generate(policy, queries, greedy_cfg)]
+            rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=step_dull, alternatives=greedy,
+                              max_src_len=train_cfg.max_src_len)
+            r_raw = rw["r"].to(device)
+            r = standardized_reward(rw["r1"], rw["r2"], rw["r3"]).to(device) if cfg.standardize else r_raw
+            logp = policy_logprobs(policy, rw["queries"], rw["replies"], temperature=cfg.temperature,
+                                   max_len=cfg.max_len)  # (N,) with graph: the KL price and the policy gradient
+            kl = None
+            if cfg.kl_coef:  # per-token log pi(a|q) - log pi_mle(a|q) of each turn: the price of drifting from MLE
+                kl = reply_kl(policy, forward, rw["queries"], rw["replies"], temperature=cfg.temperature,
+                              max_len=cfg.max_len, policy_logp=logp)
+                r = r - cfg.kl_coef * kl
+            if group > 1:  # turn i of the dialogues that share an opening form one group (greedy candidates too)
+                groups = [(d // group) * cfg.turns + i for d in range(len(dialogues)) for i in range(cfg.turns)]
+                baseline: float | torch.Tensor = group_baseline(r, groups * (len(r) // len(groups)))
+                info["baseline"] = float(baseline.mean())
             else:
-                info["best_step"] = step
-                save("best", valid_ppl=valid_ppl)
-        texts = [normalize_reply(tokenizer.decode(a)) for a in rw["replies"]]
-        n_sampled = len(texts) // 2 if greedy is not None else len(texts)
-        greedy_texts = texts[n_sampled:]
-        append_log(out / "log.csv", {
-            "step": step, "reward": round(float(r_raw.mean()), 4), "r1": round(float(rw["r1"].mean()), 4),
-            "r2": round(float(rw["r2"].mean()), 4), "r3": round(float(rw["r3"].mean()), 4),
-            "baseline": round(info["baseline"], 4), "pg_loss": round(float(pg_loss.detach()), 4),
-            "mle_loss": round(float(mle_loss.detach()), 4),
-            "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
-            "reply_len": round(sum(len(x) for x in rw["replies"][:n_sampled]) / n_sampled, 2),
-            "kl": "" if kl is None else round(float(kl.mean()), 4),
-            "unique_share": round(len(set(texts[:n_sampled])) / n_sampled, 3),  # falls if the policy collapses
-            "dull_share": round(sum(t in dull_set for t in texts[:n_sampled]) / n_sampled, 3),
-            "greedy_dull_share": round(sum(t in dull_set for t in greedy_texts) / len(greedy_texts), 3)
-            if greedy_texts else "",
-            "elapsed_s": round(t_base + time.time() - t_start, 1)}, RL_LOG_FIELDS)
-        if step >= cfg.steps:
-            stop = f"reached {cfg.steps} steps"
-        elif cfg.max_minutes and time.time() - t_start > cfg.max_minutes * 60:
-            stop = f"time limit of {cfg.max_minutes} min"
-        if stop or step % cfg.save_every == 0:
-            save("last")
+                baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
+                info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
+            # 4. REINFORCE on the sampled turns + MLE on real pairs
+            pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline, logp=logp)
+            mle_batch = collate([data.train[rng.randrange(len(data.train))] for _ in range(cfg.mle_batch_size)])
+            nll, n_mle = sequence_nll(policy, mle_batch.to(device))
+            mle_loss = nll / n_mle
+            optimizer.zero_grad(set_to_none=True)
+            (pg_loss + cfg.mle_weight * mle_loss).backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), cfg.clip)
+            optimizer.step()
+            info["step"] = step = step + 1
+            # 5. stop conditions, then the fluency check (on schedule, and once more at the last step):
+            #    validation perplexity; best/ = the latest fluent policy
+            if step >= cfg.steps:
+                stop = f"reached {cfg.steps} steps"
+            elif clock.up():
+                stop = f"time limit of {cfg.max_minutes} min"
+            elif signals.requested:
+                stop = f"interrupted ({signals.signal_name})"
+            valid_ppl = None
+            if step % cfg.eval_every == 0 or stop:
+                valid_ppl = valid()
+                info["valid_step"] = step
+                if valid_ppl > cfg.ppl_tolerance * info["start_ppl"]:
+                    stop = stop or f"valid ppl {valid_ppl:.2f} > {cfg.ppl_tolerance} x start {info['start_ppl']:.2f}"
+                    info["early_stopped"] = True
+                else:
+                    info["best_step"] = step
+                    save("best", valid_ppl=valid_ppl)
+            texts = [normalize_reply(tokenizer.decode(a)) for a in rw["replies"]]
+            n_sampled = len(texts) // 2 if greedy is not None else len(texts)
+            greedy_texts = texts[n_sampled:]
+            run.log({
+                "step": step, "reward": round(float(r_raw.mean()), 4), "r1": round(float(rw["r1"].mean()), 4),
+                "r2": round(float(rw["r2"].mean()), 4), "r3": round(float(rw["r3"].mean()), 4),
+                "baseline": round(info["baseline"], 4), "pg_loss": round(float(pg_loss.detach()), 4),
+                "mle_loss": round(float(mle_loss.detach()), 4),
+                "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
+                "reply_len": round(sum(len(x) for x in rw["replies"][:n_sampled]) / n_sampled, 2),
+                "kl": "" if kl is None else round(float(kl.mean()), 4),
+                "unique_share": round(len(set(texts[:n_sampled])) / n_sampled, 3),  # falls if the policy collapses
+                "dull_share": round(sum(t in dull_set for t in texts[:n_sampled]) / n_sampled, 3),
+                "greedy_dull_share": round(sum(t in dull_set for t in greedy_texts) / len(greedy_texts), 3)
+                if greedy_texts else "",
+                "elapsed_s": round(clock.total_s(), 1)})
+            if stop or step % cfg.save_every == 0:
+                save("last")
     if stop is None:
         stop = "finished earlier (nothing to do)"
-    print(f"stopped: {stop}; best step {info['best_step']}", flush=True)
+    print(f"stopped at step {info['step']}: {stop}; validated at step {info.get('valid_step', 0)}; best/ is step "
+          f"{info['best_step']}", flush=True)
     return {"step": info["step"], "best_step": info["best_step"], "start_valid_ppl": info["start_ppl"],
-            "train_seconds": info["train_seconds"],
+            "train_seconds": info["train_seconds"], "stopped": stop, "interrupted": stop.startswith("interrupted"),
             "done": bool(info["early_stopped"] or info["step"] >= cfg.steps)}

@@ -7,18 +7,17 @@
     torchrun --nproc_per_node 2 -m core.cli train --out runs/ddp         # DistributedDataParallel
 
 A run folder holds ``last/`` (full checkpoint with optimizer and RNG state, for resume), ``best/`` (best
-validation perplexity), ``tokenizer.json`` and ``log.csv``. Running the same command again resumes from
-``last/``.
+validation perplexity), ``tokenizer.json`` and ``log.csv`` (see core.runs). Running the same command again resumes
+from ``last/``. Whatever stops a run (its step or time budget, early stopping, Ctrl-C), its last step is validated
+and ``best/`` written before it returns.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +28,25 @@ from torch import nn
 from tqdm import tqdm
 
 from core.batching import Batch, Example, collate, encode_pairs, iterate_batches, make_batches
-from core.checkpoint import (
-    load_train_state,
-    load_weights,
-    pack_train_state,
-    read_config,
-    resolve,
-    save_checkpoint,
-)
-from core.corpora import Split, load_corpus, make_pairs, split_conversations
+from core.checkpoint import pack_train_state, read_config
+from core.corpora import CorpusError, Split, check_pairs, load_corpus, make_pairs, split_conversations
 from core.model import LanguageModel, ModelConfig, Seq2Seq, build_model, count_parameters, pick_device
+from core.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
 from core.synthetic import TASKS, task_splits
 from core.tokenizer import PAD_ID, Tokenizer, train_tokenizer
 
 LOG_FIELDS = ["step", "epoch", "loss", "valid_ppl", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
 
 
+MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name not in ("vocab_size", "kind"))
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; saved in each checkpoint's config.json under ``meta.train``."""
+    """Everything a training run needs; saved in each checkpoint's config.json under ``meta.train``.
+
+    The architecture is ``model`` (a :class:`~core.model.ModelConfig`); its ``kind`` and ``vocab_size`` follow
+    ``kind`` and the tokenizer. On the command line its fields are flags of their own (``--hidden 128``)."""
 
     out: str = field(default="runs/mle", metadata={"help": "run folder (resumes if it has last/)"})
     kind: str = field(default="seq2seq", metadata={"help": "seq2seq, backward (swapped pairs) or lm"})
@@ -62,16 +61,7 @@ class TrainConfig:
     split_seed: int = field(default=1234, metadata={"help": "seed of the train/valid/test conversation split"})
     max_src_len: int = field(default=40, metadata={"help": "keep the last N source tokens"})
     max_tgt_len: int = field(default=40, metadata={"help": "drop pairs whose reply is longer than N tokens"})
-    # model
-    emb_dim: int = field(default=256, metadata={"help": "embedding size"})
-    hidden: int = field(default=256, metadata={"help": "hidden size"})
-    enc_layers: int = field(default=2, metadata={"help": "encoder layers"})
-    dec_layers: int = field(default=2, metadata={"help": "decoder layers"})
-    cell: str = field(default="gru", metadata={"help": "gru or lstm"})
-    attention: str = field(default="dot", metadata={"help": "dot, general or concat"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout"})
-    tie_output: bool = field(default=False, metadata={"help": "tie output projection to decoder embedding"})
-    share_embeddings: bool = field(default=False, metadata={"help": "encoder and decoder share one embedding"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "architecture"})
     # optimisation
     batch_size: int = field(default=64, metadata={"help": "pairs per batch (per process)"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
@@ -92,17 +82,32 @@ class TrainConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: all cores)"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        self.model = replace(self.model, kind=self.kind, vocab_size=self.vocab_size)
+
     def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size, kind=self.kind, cell=self.cell, emb_dim=self.emb_dim, hidden=self.hidden,
-            enc_layers=self.enc_layers, dec_layers=self.dec_layers, attention=self.attention,
-            dropout=self.dropout, tie_output=self.tie_output, share_embeddings=self.share_embeddings,
-        )
+        """The architecture for a tokenizer of ``vocab_size`` tokens."""
+        return replace(self.model, vocab_size=vocab_size)
+
+    def flat(self) -> dict[str, Any]:
+        """The settings as one flat dict (the model's fields beside the others), as the command line has them."""
+        d = asdict(self)
+        model = d.pop("model")
+        return {**d, **{k: model[k] for k in MODEL_FIELDS}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """From ``meta.train`` of a checkpoint (nested ``model``, or the flat layout of older checkpoints) or
+        from command-line flags; unknown keys are ignored."""
+        d = dict(d)
+        model = dict(d.pop("model", None) or {})
+        model.update({k: d.pop(k) for k in MODEL_FIELDS if k in d})
+        model.pop("vocab_size", None)
+        model.pop("kind", None)
+        names = {f.name for f in fields(cls)} - {"model"}
+        return cls(**{k: v for k, v in d.items() if k in names}, model=ModelConfig(**model))
 
 
 # ----------------------------------------------------------------------------- data
@@ -118,13 +123,6 @@ class Data:
     split: Split | None = None  # the conversations (chat task only): openings, dull replies, evaluation
 
 
-def hardware_name(device: torch.device, processes: int = 1) -> str:
-    """What a run trained on, for its model card: the GPU's name, or the CPU architecture and thread count."""
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)")
-    return f"{name}, {processes} process(es)"
-
-
 def prepare_data(cfg: TrainConfig) -> Data:
     """Corpus (or synthetic task) -> split -> tokenizer (trained on train only, or reused) -> examples."""
     if cfg.task in TASKS:
@@ -132,6 +130,7 @@ def prepare_data(cfg: TrainConfig) -> Data:
         tok_kind, texts, split = "word", [t for p in train_p for t in p], None
     elif cfg.task == "chat":
         convs = load_corpus(cfg.corpus, fmt=cfg.corpus_format, max_chars=cfg.max_chars)
+        check_pairs(convs, cfg.corpus, cfg.corpus_format, min_pairs=cfg.batch_size)
         split = split_conversations(convs, seed=cfg.split_seed)
         swap = cfg.kind == "backward"
         train_p, valid_p, test_p = (make_pairs(c, swap=swap) for c in (split.train, split.valid, split.test))
@@ -149,7 +148,14 @@ def prepare_data(cfg: TrainConfig) -> Data:
             tok_path.parent.mkdir(parents=True, exist_ok=True)
             tokenizer.save(tok_path)
     enc = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}
-    return Data(tokenizer, *(encode_pairs(tokenizer, p, **enc) for p in (train_p, valid_p, test_p)), test_p, split)
+    data = Data(tokenizer, *(encode_pairs(tokenizer, p, **enc) for p in (train_p, valid_p, test_p)), test_p, split)
+    if len(data.train) < cfg.batch_size:
+        raise CorpusError(f"{cfg.corpus}: {len(data.train)} training pairs after the split and the length filter "
+                          f"(replies of at most {cfg.max_tgt_len} tokens), fewer than one batch of {cfg.batch_size}; "
+                          f"use a larger corpus or a smaller --batch-size")
+    if not data.valid:
+        raise CorpusError(f"{cfg.corpus}: the validation split has no usable pair; use a larger corpus")
+    return data
 
 
 # ----------------------------------------------------------------------------- loss
@@ -240,16 +246,18 @@ def _param_groups(model: Seq2Seq | LanguageModel, cfg: TrainConfig) -> list[dict
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) MLE training as configured; returns a summary (steps, best validation perplexity)."""
+    """Run (or resume) MLE training as configured; returns a summary (steps, best validation perplexity, why it
+    stopped). Whatever stops it (step budget, time budget, early stopping, Ctrl-C), the last step is validated
+    if it was not already, and ``best/`` and ``last/`` are on disk when it returns."""
     device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     rank, world = _setup_distributed(device)
     if world > 1 and cfg.teacher_forcing < 1.0:
         raise ValueError("teacher_forcing < 1 runs a per-step loop outside DistributedDataParallel; "
                          "use teacher_forcing 1.0 with several processes")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(cfg.out, LOG_FIELDS, main=_is_main())
+    if run.has_last():  # before any work: a different run in the same folder is an error, not a resume
+        _check_same_run(cfg, read_config(run.out / "last")["meta"].get("train", {}))
     if _is_main():
         data = prepare_data(cfg)  # rank 0 first: it may train and save the tokenizer the others then load
     if world > 1:
@@ -260,111 +268,112 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = build_model(cfg.model_config(data.tokenizer.vocab_size)).to(device)
     optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
     info = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ppl": float("inf"), "bad_evals": 0, "lr_scale": 1.0,
-            "train_seconds": 0.0, "early_stopped": False}
-    if (resolve(out / "last") / "train_state.json").exists():
-        _check_same_run(cfg, read_config(out / "last")["meta"].get("train", {}))
-        load_weights(model, resolve(out / "last") / "model.safetensors")
-        info.update(load_train_state(out / "last", optimizer))
-        if _is_main():
-            truncate_log(out / "log.csv", info["step"])
-            print(f"resumed from {out / 'last'} at step {info['step']} (epoch {info['epoch']})", flush=True)
-    elif _is_main():
-        truncate_log(out / "log.csv", 0)  # a run killed before its first save starts its log again
+            "train_seconds": 0.0, "early_stopped": False, "valid_step": 0}
+    info.update(run.resume(model, optimizer) or {})
+    info["has_best"] = run.has_best()
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     meta_base = {"train": asdict(cfg), "corpus": cfg.corpus if cfg.task == "chat" else f"synthetic:{cfg.task}",
-                 "hardware": hardware_name(device, world),
+                 "corpus_format": cfg.corpus_format, "hardware": hardware_name(device, world),
                  "n_train_pairs": len(data.train), "parameters": count_parameters(model)}
     if _is_main():
         print(f"{cfg.kind} model: {count_parameters(model):,} parameters, {len(data.train):,} training pairs, "
               f"device {device}, {world} process(es)", flush=True)
-    log_file = out / "log.csv"
     use_amp = device.type == "cuda"
     n_batches = len(make_batches(data.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=0)) // world
     max_steps = cfg.max_steps or int(cfg.epochs * n_batches)
     if info["early_stopped"] or info["step"] >= max_steps:  # finished before: nothing to do
-        return _summary(info, model, max_steps)
-    t_start, t_base = time.time(), info["train_seconds"]
-    stop_reason = None
+        if _is_main():
+            print(f"{run.out}: already finished at step {info['step']} (nothing to do)", flush=True)
+        return _summary(info, model, max_steps, "finished earlier (nothing to do)")
+    clock = TimeBudget(cfg.max_minutes, info["train_seconds"])
     bar = tqdm(total=max_steps, initial=info["step"], disable=not (cfg.progress and _is_main()),
                mininterval=5, dynamic_ncols=True)
     tokens_since, t_since = 0, time.time()
 
-    def save_last() -> None:
-        info["train_seconds"] = t_base + time.time() - t_start
-        if _is_main():
-            save_checkpoint(out / "last", model, data.tokenizer, meta=dict(meta_base, step=info["step"]),
-                            train_state=pack_train_state(optimizer, info))
-
-    ddp.train()
-    while stop_reason is None:
-        epoch_iter = iterate_batches(data.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=info["epoch"],
-                                     rank=rank, world=world, skip=info["batch_in_epoch"])
-        for batch in epoch_iter:
-            batch = batch.to(device)
-            # 1. learning rate: warm-up, then the plateau scale
-            warm = min(1.0, (info["step"] + 1) / max(1, cfg.warmup_steps))
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * warm * info["lr_scale"]
-            # 2. forward / backward on the mean token loss
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                nll, n_tok = sequence_nll(ddp, batch, cfg.teacher_forcing)
-            optimizer.zero_grad(set_to_none=True)
-            (nll / n_tok).backward()
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
-            optimizer.step()
-            info["step"] += 1
-            info["batch_in_epoch"] += 1
-            tokens_since += n_tok * world
-            bar.update(1)
-            loss = float(nll.detach()) / n_tok
-            bar.set_postfix(loss=f"{loss:.3f}", epoch=info["epoch"])
-            # 3. validation, best checkpoint, plateau LR decay, early stopping
-            valid_ppl = None
-            if info["step"] % cfg.eval_every == 0 or info["step"] >= max_steps:
-                valid_ppl = perplexity(model, data.valid, device=device, max_batches=cfg.valid_max_batches)
-                if valid_ppl < info["best_ppl"]:
-                    info["best_ppl"], info["bad_evals"] = valid_ppl, 0
-                    if _is_main():
-                        save_checkpoint(out / "best", model, data.tokenizer,
-                                        meta=dict(meta_base, step=info["step"], valid_ppl=valid_ppl))
-                else:
-                    info["bad_evals"] += 1
-                    info["lr_scale"] *= cfg.lr_decay
-                    if info["bad_evals"] >= cfg.patience:
-                        stop_reason = f"early stop: {cfg.patience} validations without improvement"
-                        info["early_stopped"] = True
-            # 4. log (every step that validates, and every 50 steps)
-            if _is_main() and (valid_ppl is not None or info["step"] % 50 == 0):
-                now = time.time()
-                append_log(log_file, {
-                    "step": info["step"], "epoch": info["epoch"], "loss": round(loss, 4),
-                    "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
-                    "lr": f"{optimizer.param_groups[0]['lr']:.3g}", "grad_norm": round(grad_norm, 3),
-                    "tokens_per_s": round(tokens_since / max(now - t_since, 1e-9)),
-                    "elapsed_s": round(t_base + now - t_start, 1)})
-                tokens_since, t_since = 0, now
-            # 5. stop conditions and the periodic resume checkpoint
-            if info["step"] >= max_steps:
-                stop_reason = f"reached {max_steps} steps"
-            elif cfg.max_minutes and _any_rank(time.time() - t_start > cfg.max_minutes * 60, device):
-                stop_reason = f"time limit of {cfg.max_minutes} min"
-            if stop_reason or info["step"] % cfg.save_every == 0:
-                save_last()
-            if stop_reason:
-                break
+    def validate() -> float:
+        """Validation perplexity now; keeps best/, decays the LR on a plateau, flags early stopping."""
+        ppl = perplexity(model, data.valid, device=device, max_batches=cfg.valid_max_batches)
+        info["valid_step"] = info["step"]
+        if ppl < info["best_ppl"] or not info["has_best"]:  # a run's first validation always makes best/
+            info["best_ppl"], info["bad_evals"], info["has_best"] = ppl, 0, True
+            run.save("best", model, data.tokenizer, meta=dict(meta_base, step=info["step"], valid_ppl=ppl))
         else:
-            info["epoch"] += 1
-            info["batch_in_epoch"] = 0
+            info["bad_evals"] += 1
+            info["lr_scale"] *= cfg.lr_decay
+            info["early_stopped"] = info["bad_evals"] >= cfg.patience
+        return ppl
+
+    stop_reason = None
+    ddp.train()
+    with StopRequest() as stop:
+        while stop_reason is None:
+            epoch_iter = iterate_batches(data.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=info["epoch"],
+                                         rank=rank, world=world, skip=info["batch_in_epoch"])
+            for batch in epoch_iter:
+                batch = batch.to(device)
+                # 1. learning rate: warm-up, then the plateau scale
+                warm = min(1.0, (info["step"] + 1) / max(1, cfg.warmup_steps))
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * warm * info["lr_scale"]
+                # 2. forward / backward on the mean token loss
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    nll, n_tok = sequence_nll(ddp, batch, cfg.teacher_forcing)
+                optimizer.zero_grad(set_to_none=True)
+                (nll / n_tok).backward()
+                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
+                optimizer.step()
+                info["step"] += 1
+                info["batch_in_epoch"] += 1
+                tokens_since += n_tok * world
+                bar.update(1)
+                loss = float(nll.detach()) / n_tok
+                bar.set_postfix(loss=f"{loss:.3f}", epoch=info["epoch"])
+                # 3. stop conditions that do not need a validation
+                if info["step"] >= max_steps:
+                    stop_reason = f"reached {max_steps} steps"
+                elif _any_rank(clock.up(), device):
+                    stop_reason = f"time limit of {cfg.max_minutes} min"
+                elif _any_rank(stop.requested, device):
+                    stop_reason = f"interrupted ({stop.signal_name or 'signal'})"
+                # 4. validation (on schedule, and once more at the last step): best/, LR decay, early stopping
+                valid_ppl = None
+                if info["step"] % cfg.eval_every == 0 or stop_reason:
+                    valid_ppl = validate()
+                    if info["early_stopped"] and not stop_reason:
+                        stop_reason = f"early stop: {cfg.patience} validations without improvement"
+                # 5. log (every step that validates, and every 50 steps)
+                if valid_ppl is not None or info["step"] % 50 == 0:
+                    now = time.time()
+                    run.log({
+                        "step": info["step"], "epoch": info["epoch"], "loss": round(loss, 4),
+                        "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
+                        "lr": f"{optimizer.param_groups[0]['lr']:.3g}", "grad_norm": round(grad_norm, 3),
+                        "tokens_per_s": round(tokens_since / max(now - t_since, 1e-9)),
+                        "elapsed_s": round(clock.total_s(), 1)})
+                    tokens_since, t_since = 0, now
+                # 6. the resume checkpoint: periodically, and always at the last step
+                if stop_reason or info["step"] % cfg.save_every == 0:
+                    info["train_seconds"] = clock.total_s()
+                    run.save("last", model, data.tokenizer, meta=dict(meta_base, step=info["step"]),
+                             train_state=pack_train_state(optimizer, info))
+                if stop_reason:
+                    break
+            else:
+                info["epoch"] += 1
+                info["batch_in_epoch"] = 0
     bar.close()
     if _is_main():
-        print(f"stopped: {stop_reason}; best valid ppl {info['best_ppl']:.2f}", flush=True)
-    return _summary(info, model, max_steps)
+        print(f"stopped at step {info['step']}: {stop_reason}; validated at step {info['valid_step']}; "
+              f"best/ has valid ppl {info['best_ppl']:.2f}", flush=True)
+    return _summary(info, model, max_steps, stop_reason)
 
 
-def _summary(info: dict[str, Any], model: nn.Module, max_steps: int) -> dict[str, Any]:
+def _summary(info: dict[str, Any], model: nn.Module, max_steps: int, stopped: str) -> dict[str, Any]:
     done = bool(info["early_stopped"] or info["step"] >= max_steps)
     return {"step": info["step"], "epoch": info["epoch"], "best_valid_ppl": info["best_ppl"],
-            "train_seconds": info["train_seconds"], "parameters": count_parameters(model), "done": done}
+            "train_seconds": info["train_seconds"], "parameters": count_parameters(model), "done": done,
+            "early_stopped": bool(info["early_stopped"]), "stopped": stopped,
+            "interrupted": stopped.startswith("interrupted")}
 
 
 # Settings that may change between a run and its resume; any other difference means a different run.
@@ -373,33 +382,10 @@ RESUMABLE_CHANGES = {"out", "epochs", "max_steps", "max_minutes", "eval_every", 
 
 
 def _check_same_run(cfg: TrainConfig, saved: dict[str, Any]) -> None:
-    now = asdict(cfg)
+    now = cfg.flat()
+    saved = TrainConfig.from_dict(saved).flat() if saved else {}
     diff = {k: (saved[k], now[k]) for k in saved if k in now and k not in RESUMABLE_CHANGES and saved[k] != now[k]}
     if diff:
         pretty = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{cfg.out} holds a run with other settings ({pretty}); use another --out or the same "
                          f"settings to resume")
-
-
-def truncate_log(path: Path, step: int, fieldnames: list[str] = LOG_FIELDS) -> None:
-    """Drop log rows written after the checkpoint we resume from (they will be written again)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fieldnames)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def append_log(path: Path, row: dict[str, Any], fieldnames: list[str] = LOG_FIELDS) -> None:
-    """Append one row to a CSV log, writing the header first if the file is new."""
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fieldnames)
-        if new:
-            w.writeheader()
-        w.writerow(row)

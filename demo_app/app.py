@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 import gradio as gr
+import torch
 
 from core.bots import Bot, default_checkpoint_dir
 from core.serving import BatchScheduler
@@ -54,10 +55,10 @@ def tab_modules() -> list[ModuleType]:
 def build_app(ctx: AppContext | Mapping[str, Bot], *, checkpoint_dir: str | Path | None = None,
               missing: Mapping[str, str] | None = None, mcp: bool = False) -> gr.Blocks:
     """The Blocks app over ``ctx`` (bots loaded once, shared read-only by every session). A plain mapping of bots
-    gets a context of its own (a batching scheduler, no arena)."""
+    gets a context of its own (a batching scheduler with the caller's torch threads, no arena)."""
     if not isinstance(ctx, AppContext):
         bots = dict(ctx)
-        ctx = AppContext(bots=bots, scheduler=BatchScheduler(bots),
+        ctx = AppContext(bots=bots, scheduler=BatchScheduler(bots, threads=torch.get_num_threads()),
                          checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(),
                          missing=dict(missing or {}))
     shared: dict = {}

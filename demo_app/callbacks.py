@@ -113,10 +113,12 @@ def default_settings(bots: Mapping[str, Bot]) -> dict[str, Any]:
 
 
 def resolve_settings(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Control values as sent by a browser or an API client -> (usable settings, notes on what was changed).
+    """Control values as sent by a browser or a Gradio API client -> (usable settings, notes on what was changed).
 
-    A value outside its slider's range is clamped, a fractional value of an integer control rounded, and a
-    missing or non-numeric value replaced by the default; each of these adds a note.
+    Gradio has already refused values outside a slider's range and values that are not numbers, with its own
+    message naming the bound ("Value 35 is greater than maximum value 20."), so what is left to do here: a
+    fractional value of an integer control is rounded, and a checkbox value that is not true/false is replaced by
+    the default; each adds a note. A missing control keeps its default.
     """
     settings, notes = {}, []
     for c in CONTROLS:
@@ -126,22 +128,10 @@ def resolve_settings(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> 
             if not isinstance(v, bool):
                 notes.append(f"{c.label}: {_show(v)} is not true/false; used {defaults[c.name]}")
             continue
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            x = math.nan
-        if not math.isfinite(x):
-            settings[c.name] = defaults[c.name]
-            notes.append(f"{c.label}: {_show(v)} is not a number; used {defaults[c.name]:g}")
-            continue
-        clamped = min(max(x, c.minimum), c.maximum)
-        if clamped != x:
-            notes.append(f"{c.label}: {x:g} is outside {c.minimum:g}..{c.maximum:g}; used {clamped:g}")
-        if c.integer:
-            clamped = int(math.floor(clamped + 0.5))
-            if clamped != x and c.minimum <= x <= c.maximum:
-                notes.append(f"{c.label}: {x:g} rounded to {clamped}")
-        settings[c.name] = clamped
+        x = float(v)
+        if c.integer and x != int(math.floor(x + 0.5)):
+            notes.append(f"{c.label}: {x:g} rounded to {int(math.floor(x + 0.5))}")
+        settings[c.name] = int(math.floor(x + 0.5)) if c.integer else x
     return settings, notes
 
 

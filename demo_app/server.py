@@ -38,18 +38,9 @@ CSS = """
 """
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (a container's share, e.g. a Space's 2 vCPUs) where the
-    OS has one; ``os.cpu_count()``, the host's cores, only as a fallback."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
 def make_context(checkpoints: str | Path | list[str | Path] | None = None, *, device: str = "auto",
                  batching: bool = True, data_dir: str | Path | None = None, db: str | None = None,
-                 arena: bool = True) -> AppContext:
+                 arena: bool = True, threads: int | None = None) -> AppContext:
     """Load the bots of one or more checkpoint folders, start the batching scheduler and open the vote store.
 
     Several folders (``--checkpoints`` given twice) serve all their bots side by side; every folder after the first
@@ -67,7 +58,7 @@ def make_context(checkpoints: str | Path | list[str | Path] | None = None, *, de
                 raise ValueError(f"two checkpoint folders give a bot named {bot.name!r}; rename one folder")
             bots[bot.name] = bot
         missing.update({prefix + k: v for k, v in missing_bots(root).items()})
-    scheduler = BatchScheduler(bots, batching=batching)
+    scheduler = BatchScheduler(bots, batching=batching, threads=threads)  # threads: None = the usable CPUs
     ctx = AppContext(bots=bots, scheduler=scheduler, checkpoint_dir=Path(folders[0] or default_checkpoint_dir()),
                      missing=missing)
     if arena:
@@ -75,19 +66,19 @@ def make_context(checkpoints: str | Path | list[str | Path] | None = None, *, de
     return ctx
 
 
+SALT_ENV = "ARENA_SESSION_SALT"
+
+
 def open_arena(bots: dict[str, Any], *, data_dir: str | Path | None = None, db: str | None = None) -> Any:
-    """The battle service over the vote store (SQLite under the data folder, or the PostgreSQL of ``db``);
-    None, with a message, when the arena package is not there."""
-    try:
-        from core.arena.battles import Arena
-        from core.arena.store import VoteStore, resolve_db_url
-    except ImportError as e:  # pragma: no cover - the arena ships with core
-        log.warning("arena disabled: %s", e)
-        return None
+    """The battle service over the vote store (SQLite under the data folder, or the PostgreSQL of ``db``); None
+    with fewer than two bots (a battle needs two)."""
+    from core.arena.battles import Arena
+    from core.arena.store import ArenaStore, resolve_db_url
+
     if len(bots) < 2:
         return None
-    store = VoteStore(resolve_db_url(db, data_dir))
-    return Arena(store, bots)
+    salt = os.environ.get(SALT_ENV)  # replicas sharing one store need the same salt (same session, same hash)
+    return Arena(ArenaStore(resolve_db_url(db, data_dir)), bots, salt=salt)
 
 
 def create_server(ctx: AppContext, demo: gr.Blocks, *, mcp: bool = False) -> fastapi.FastAPI:

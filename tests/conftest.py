@@ -123,7 +123,7 @@ def tiny_ctx(tiny_bots, tiny_checkpoints):
     from core.serving import BatchScheduler
     from demo_app.context import AppContext
 
-    scheduler = BatchScheduler(tiny_bots)
+    scheduler = BatchScheduler(tiny_bots, threads=1)
     yield AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints)
     scheduler.close()
 

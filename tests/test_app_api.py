@@ -65,11 +65,16 @@ def test_rerun_answers_the_last_message_again_with_new_settings(client):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"beam_size": 35}, "greater than maximum"),
+    ({"beam_size": 35}, "Value 35 is greater than maximum value 20"),
     ({"antilm": -1}, "less than minimum"),
     ({"max_len": 10_000}, "greater than maximum"),
+    ({"beam_size": "many"}, "slider"),
+    ({"beam_size": None}, "slider"),
+    ({"greedy_history": "not a list"}, "validation error"),
+    ({"greedy_history": [{"x": 1}]}, "validation error"),
 ])
-def test_out_of_range_values_get_a_clear_message_and_the_app_keeps_serving(client, values, message):
+def test_bad_values_get_gradios_message_and_the_app_keeps_serving(client, values, message):
+    """Gradio checks every input against its component before the callback runs, and says what is wrong."""
     with pytest.raises(AppError, match=message):
         client.predict(message="hi", api_name="/chat", **values)
     assert "All 4 replies" in unpack(client.predict(message="hi", api_name="/chat"))["status"]
@@ -136,7 +141,8 @@ def imported_modules(path: Path) -> set[str]:
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                found.add(".".join(path.relative_to(REPO).parts[: -node.level] + ((node.module,) if node.module else ())))
+                package = path.relative_to(REPO).parts[: -node.level]
+                found.add(".".join(package + ((node.module,) if node.module else ())))
             else:
                 found.add(node.module or "")
             found |= {f"{node.module}.{a.name}" for a in node.names if node.module}

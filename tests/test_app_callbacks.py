@@ -25,7 +25,7 @@ def defaults(tiny_bots):
 @contextlib.contextmanager
 def context(bots):
     """An app context over ``bots`` with its own batching scheduler (closed at the end)."""
-    scheduler = BatchScheduler(bots)
+    scheduler = BatchScheduler(bots, threads=1)
     try:
         yield AppContext(bots=bots, scheduler=scheduler, checkpoint_dir=Path("."))
     finally:
@@ -123,17 +123,13 @@ def test_a_moved_control_applies_to_every_bot_it_fits(mixed_bots):
 
 
 @pytest.mark.parametrize("given, used, note", [
-    ({"beam_size": 35}, {"beam_size": 20}, "outside 1..20"),
-    ({"beam_size": -3}, {"beam_size": 1}, "outside 1..20"),
-    ({"antilm": 7.5}, {"antilm": 1.0}, "outside 0..1"),
     ({"beam_size": 2.6}, {"beam_size": 3}, "rounded to 3"),
-    ({"beam_size": "many"}, {"beam_size": 10}, "not a number"),
-    ({"n_bonus": float("nan")}, {"n_bonus": 0.0}, "not a number"),
-    ({"max_len": None}, {"max_len": 30}, "not a number"),
+    ({"max_len": 11.4}, {"max_len": 11}, "rounded to 11"),
     ({"sample": "yes"}, {"sample": False}, "not true/false"),
-    ({"top_p": 0.0}, {"top_p": 0.05}, "outside 0.05..1"),
 ])
-def test_resolve_settings_clamps_and_explains(defaults, given, used, note):
+def test_resolve_settings_rounds_and_explains(defaults, given, used, note):
+    """What reaches the callback from Gradio (out-of-range and non-numeric values are refused by Gradio first:
+    tests/test_app_api.py)."""
     settings, notes = cb.resolve_settings(given, defaults)
     for k, v in used.items():
         assert settings[k] == v

@@ -310,3 +310,48 @@ def test_make_pairs_and_swap():
     assert make_pairs(convs) == [("a", "b"), ("b", "c"), ("x", "y")]
     assert make_pairs(convs, swap=True) == [("b", "a"), ("c", "b"), ("y", "x")]
     assert opening_messages(convs) == ["a", "x"]
+
+
+# ----------------------------------------------------------------------------- input checks before training
+
+
+def test_check_pairs_names_the_file_and_the_expected_format(tmp_path):
+    from core.corpora import check_pairs
+
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(CorpusError, match=at(empty, 1) + " the file is empty; expected tsv format"):
+        check_pairs(load_corpus(empty), empty, None, min_pairs=1)
+    single = tmp_path / "single.txt"
+    single.write_text("one line alone\n\nanother alone\n")
+    with pytest.raises(CorpusError, match="no \\(query, response\\) pair found; expected lines format: UTF-8 text, "
+                                          "one utterance per line"):
+        check_pairs(load_corpus(single, fmt="lines"), single, "lines", min_pairs=1)
+    few = tmp_path / "few.tsv"
+    few.write_text("a\tb\nc\td\n")
+    assert check_pairs(load_corpus(few), few, "tsv", min_pairs=2) == 2
+    with pytest.raises(CorpusError, match="only 2 .* fewer than one batch of 64"):
+        check_pairs(load_corpus(few), few, "tsv", min_pairs=64)
+
+
+def test_utf16_file_gets_a_hint(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes("hi\thello\n".encode("utf-16"))
+    with pytest.raises(CorpusError, match=at(path, 1) + ".*it looks like UTF-16.*re-save the file as utf-8"):
+        load_corpus(path, fmt="tsv")
+
+
+def test_json_without_the_chitchat_layout_is_a_corpus_error(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text('{"a": {"turns": ["hi", "hello"]}}')
+    with pytest.raises(CorpusError, match="conversation 1 does not have the chitchat layout"):
+        load_corpus(path, fmt="chitchat")
+
+
+def test_training_refuses_a_corpus_smaller_than_a_batch(tmp_path):
+    from core.train import TrainConfig, prepare_data
+
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"hello {i}\tworld {i}\n" for i in range(70)))  # 70 pairs, 63 of them in training
+    with pytest.raises(CorpusError, match="training pairs .* fewer than one batch of 64"):
+        prepare_data(TrainConfig(out=str(tmp_path / "run"), corpus=str(path), corpus_format="tsv", vocab_size=100))

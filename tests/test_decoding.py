@@ -559,12 +559,18 @@ def real_parts():
 def decode_configs(draw):
     beam = draw(st.integers(1, 50))
     max_len = draw(st.integers(1, 100))
+    strategy = draw(st.sampled_from(["greedy", "beam", "sample", "diverse_beam", "contrastive"]))
+    length_norm = draw(st.booleans())
     return DecodeConfig(
-        strategy=draw(st.sampled_from(["greedy", "beam", "sample"])), beam_size=beam,
+        strategy=strategy, beam_size=beam,
+        num_groups=draw(st.sampled_from([g for g in range(1, beam + 1) if beam % g == 0])),
+        diversity_penalty=draw(st.floats(0, 10)), penalty_alpha=draw(st.floats(0, 1)),
+        repetition_penalty=draw(st.floats(0.1, 10)), length_penalty=0.0 if length_norm else draw(st.floats(0, 2)),
+        typical_p=draw(st.floats(0.01, 1)), min_p=draw(st.floats(0, 1)),
         nbest=draw(st.integers(1, beam)), max_len=max_len, min_len=draw(st.integers(0, max_len)),
         antilm=draw(st.floats(0, 1)), gamma=draw(st.integers(0, 100)), n_bonus=draw(st.floats(0, 1)),
-        length_norm=draw(st.booleans()), mmi_lambda=draw(st.floats(0, 1)),
-        temperature=draw(st.floats(0.05, 5)), top_k=draw(st.integers(0, 1000)),
+        length_norm=length_norm, mmi_lambda=draw(st.floats(0, 1)),
+        temperature=draw(st.floats(0.05, 5)), top_k=draw(st.integers(1 if strategy == "contrastive" else 0, 1000)),
         top_p=draw(st.floats(0.01, 1)), no_repeat_ngram=draw(st.integers(0, 10)),
         seed=draw(st.none() | st.integers(0, 2**31)),
     )
@@ -577,6 +583,7 @@ def test_any_text_and_any_valid_settings_give_a_reply_within_max_len(real_parts,
     ids = tok.encode(normalize_text(text))[-40:] or [UNK_ID]
     [r] = generate(model, [ids], cfg, lm=lm, backward=backward, tokenizer=tok)
     assert isinstance(r.text, str)
+    assert all(sum(h.parts.values()) == pytest.approx(h.score, rel=1e-4, abs=1e-3) for h in r.nbest)
     assert len(r.tokens) <= cfg.max_len
     assert len(r.nbest) <= cfg.nbest
     assert all(len(h.tokens) <= cfg.max_len for h in r.nbest)

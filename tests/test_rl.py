@@ -2,7 +2,11 @@
 
 import copy
 import csv
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +35,7 @@ from core.tokenizer import train_tokenizer
 from core.train import TrainConfig, train
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
 
 PAIRS = [
     ("what is your name", "i don't know"),
@@ -40,8 +45,8 @@ PAIRS = [
     ("do you have a cat", "yes a black cat called tom"),
     ("what do you do for work", "i am a teacher at a school"),
 ]
-TINY = dict(emb_dim=32, hidden=32, enc_layers=1, dec_layers=1, dropout=0.0, vocab_size=200, batch_size=16,
-            lr=5e-3, warmup_steps=10, eval_every=100, save_every=100, threads=1, progress=False)
+TINY = dict(model=ModelConfig(emb_dim=32, hidden=32, enc_layers=1, dec_layers=1, dropout=0.0), vocab_size=200,
+            batch_size=16, lr=5e-3, warmup_steps=10, eval_every=100, save_every=100, threads=1, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +248,22 @@ def test_reply_kl_is_zero_against_itself_and_grows_with_the_drift(models):
     assert reply_kl(drifted, fwd, q, a).abs().sum() > 1e-3
     cut = reply_kl(drifted, fwd, q, a, max_len=len(a[0]))  # reply 0 was cut at max_len: no </s> term
     assert torch.isfinite(cut).all() and not torch.allclose(cut[0], reply_kl(drifted, fwd, q, a)[0])
+
+
+def test_train_rl_cli_end_to_end(models):
+    root, _, _, _ = models
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "core.cli", "train-rl", "--policy", str(root / "fwd/last"), "--backward",
+           str(root / "bwd/last"), "--out", str(root / "rl-cli"), "--steps", "2", "--batch-size", "4", "--turns", "1",
+           "--max-len", "6", "--eval-every", "5", "--save-every", "5", "--valid-max-batches", "2", "--threads", "1",
+           "--ppl-tolerance", "100"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # the last step was not on the validation schedule (every 5): it is validated once more and becomes best/
+    assert "stopped at step 2: reached 2 steps; validated at step 2; best/ is step 2" in out.stdout
+    assert load_checkpoint(root / "rl-cli/best")[2]["meta"]["step"] == 2
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert f"resumed from {root / 'rl-cli' / 'last'} at step 2" in again.stdout and "nothing to do" in again.stdout
+    wrong = subprocess.run([*cmd[:7], str(root / "fwd/last"), *cmd[8:]], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert wrong.returncode == 2 and "--backward a backward one" in wrong.stderr

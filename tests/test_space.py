@@ -1,7 +1,9 @@
-"""The Hugging Face Space: its front matter, the build script, and the assembled folder served from a subprocess."""
+"""The Hugging Face Space: its front matter, the build script, the push (offline: the Hub client is replaced), and
+the assembled folder served from a subprocess."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import subprocess
@@ -14,7 +16,8 @@ import gradio
 import pytest
 import yaml
 
-from demo_app.build_space import MARKER, build_space
+from demo_app import build_space as build_space_module
+from demo_app.build_space import LFS_PATTERNS, MARKER, build_space
 
 REPO = Path(__file__).resolve().parent.parent
 SPACES = REPO / "spaces"
@@ -69,6 +72,75 @@ def test_build_refuses_bad_inputs(tiny_checkpoints, tmp_path):
     (tmp_path / "ck" / "bots.json").write_text((tiny_checkpoints / "bots.json").read_text())
     with pytest.raises(FileNotFoundError, match="mle/model.safetensors"):
         build_space(tmp_path / "ck", tmp_path / "out")
+
+
+def test_the_built_space_stores_every_binary_file_with_lfs(tiny_checkpoints, tmp_path):
+    out = build_space(tiny_checkpoints, tmp_path / "space")
+    lines = (out / ".gitattributes").read_text(encoding="utf-8").splitlines()
+    assert "*.safetensors filter=lfs diff=lfs merge=lfs -text" in lines
+    assert all(re.fullmatch(r"\*\.[a-z0-9]+ filter=lfs diff=lfs merge=lfs -text", ln) for ln in lines)
+    tracked = [ln.split()[0] for ln in lines]
+    assert "*.json" not in tracked and "*.py" not in tracked  # text stays text
+    for f in out.rglob("*"):
+        if f.is_file() and b"\0" in f.read_bytes()[:8192]:  # a binary file (weights): must go through LFS
+            assert any(fnmatch.fnmatch(f.name, pattern) for pattern in tracked), f
+    assert len(list(out.rglob("*.safetensors"))) == 4 and set(tracked) == set(LFS_PATTERNS)
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi: records the calls, sends nothing."""
+
+    calls: list = []
+
+    def __init__(self, token=None, **kwargs):
+        FakeHub.calls.append(("HfApi", {"token": token, **kwargs}))
+
+    def create_repo(self, **kwargs):
+        FakeHub.calls.append(("create_repo", kwargs))
+
+    def upload_folder(self, **kwargs):
+        FakeHub.calls.append(("upload_folder", kwargs))
+        assert (Path(kwargs["folder_path"]) / ".gitattributes").is_file()  # uploaded with the weights
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import huggingface_hub
+
+    FakeHub.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    return FakeHub
+
+
+def test_push_builds_then_uploads_the_folder_as_a_space(tiny_checkpoints, tmp_path, fake_hub, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    out = tmp_path / "space"
+    rc = build_space_module.main(["--checkpoints", str(tiny_checkpoints), "--out", str(out), "--push", "me/arena"])
+    assert rc == 0
+    (_, api), (_, create), (_, upload) = fake_hub.calls
+    assert api["token"] == "hf_not_a_real_token"
+    assert create == dict(repo_id="me/arena", repo_type="space", space_sdk="gradio", exist_ok=True)
+    assert upload["repo_id"] == "me/arena" and upload["repo_type"] == "space"
+    assert Path(upload["folder_path"]) == out and MARKER in upload["ignore_patterns"]
+    printed = capsys.readouterr()
+    assert "https://huggingface.co/spaces/me/arena" in printed.out
+    assert "hf_not_a_real_token" not in printed.out + printed.err
+
+
+@pytest.mark.parametrize("space,token,message", [
+    ("me/arena", None, "no Hugging Face token: set HF_TOKEN to a write token"),
+    ("arena", "hf_x", "the Space must be named owner/name"),
+    ("me/are na", "hf_x", "the Space must be named owner/name"),
+])
+def test_push_refuses_without_a_token_or_a_space_name(tiny_checkpoints, tmp_path, fake_hub, monkeypatch, capsys,
+                                                      space, token, message):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    out = tmp_path / "space"
+    rc = build_space_module.main(["--checkpoints", str(tiny_checkpoints), "--out", str(out), "--push", space])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert fake_hub.calls == [] and not out.exists()  # checked before building, nothing sent
 
 
 @pytest.mark.slow

@@ -38,8 +38,8 @@ def build(ctx: AppContext, shared: dict[str, Any], tab: gr.Tab) -> None:
         for turn in cb.rerun(ctx, last_prompt, histories, values):
             yield _outputs(turn)
 
-    def on_release(last_prompt, *rest, request: gr.Request):
-        histories, values = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:]))
+    def on_release(last_prompt, *rest):  # rest: histories, controls, then the gr.Request Gradio passes in
+        histories, values, request = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:-1])), rest[-1]
         key = getattr(request, "session_hash", None) or "anonymous"
         for turn in cb.live_rerun(ctx, live, key, last_prompt, histories, values):
             yield _outputs(turn)
@@ -47,6 +47,7 @@ def build(ctx: AppContext, shared: dict[str, Any], tab: gr.Tab) -> None:
     histories = [f"{_param(name)}_history" for name in bots]
     _name_params(on_chat, ["message", *histories, *cb.CONTROL_NAMES])
     _name_params(on_rerun, ["last_prompt", *histories, *cb.CONTROL_NAMES])
+    _name_params(on_release, ["last_prompt", *histories, *cb.CONTROL_NAMES], request=True)
     events = dict(show_progress="hidden", concurrency_id=MODELS)
     gr.on([ui["send"].click, ui["message"].submit], on_chat, [ui["message"], *ui["chatbots"], *controls], outputs,
           api_name="chat", **events)
@@ -68,10 +69,15 @@ def _param(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
-def _name_params(fn, names: list[str]) -> None:
-    """Give a ``*args`` callback named parameters, so the API lists them: ``predict(message=..., beam_size=3)``."""
+def _name_params(fn, names: list[str], *, request: bool = False) -> None:
+    """Give a ``*args`` callback named parameters, so the API lists them: ``predict(message=..., beam_size=3)``;
+    ``request``: a last ``gr.Request`` parameter, which Gradio fills with the caller's request."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    fn.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names])
+    params = [inspect.Parameter(n, kind) for n in names]
+    if request:
+        params.append(inspect.Parameter("request", kind, annotation=gr.Request))
+        fn.__annotations__ = {"request": gr.Request}  # Gradio reads the type hints, not the signature
+    fn.__signature__ = inspect.Signature(params)
 
 
 def _layout(ctx: AppContext) -> dict:

@@ -1,0 +1,279 @@
+"""Load benchmark: N simulated visitors chat with a launched app over HTTP, batching on vs off in the same run.
+
+    python bench/load.py                                     # 1 and 32 users, no think time, 30 s each, on + off
+    python bench/load.py --users 32 --think 5 --duration 120 # the issue's crowd: 5 s think time, 2 minutes
+    python bench/load.py --users 2 --duration 10             # a quick check that everything works
+    python bench/load.py --device cuda --users 1 32 64       # on a GPU machine
+    python bench/load.py --modes on --json dist/load-on.json # batching on only
+
+For each mode (``on``: the default server; ``off``: ``chatbot-arena serve --no-batching``, every request decoded
+alone) it starts ``chatbot-arena serve`` from this checkout's .venv on a free loopback port with the given
+``--checkpoints`` (and a throw-away vote folder), waits until the page answers and warms the bots up. Then, for each
+``--users`` count, that many closed-loop users run for ``--duration`` seconds: each user has its own
+``gradio_client.Client``, sends a prompt to the ``/chat`` endpoint (parameter ``message``: every bot replies),
+waits for the final update, thinks for ``--think`` seconds (uniformly 0.5x to 1.5x, seeded), and sends the next.
+No request starts after the deadline; those under way are waited for (at most ``--request-timeout`` s each).
+
+Reported per mode and user count: completed requests, errors (an exception or a timeout), throughput (requests/s
+over the window from the first send to the last answer), latency p50 / p95 / max of one ``/chat`` call (all the
+bots' replies), the throughput relative to 1 user of the same mode when it was measured, and the server's RSS
+(VmRSS of /proc/<pid>/status) before and after the user count ran. A markdown table is printed and every row is
+written as JSON (``--json``, default dist/load.json). Loopback only; every run is bounded by ``--duration``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = ["hi, how are you?", "what do you do for fun?", "i love pizza", "where are you from?",
+           "do you have any pets?", "i went hiking yesterday", "what's your favorite movie?", "i'm so tired today",
+           "any plans for the weekend?", "what music do you like?", "i just got a new job", "do you like sports?",
+           "my sister is visiting next week", "have you ever been to paris?", "it is raining again here",
+           "what did you have for breakfast?"]
+
+
+@dataclass
+class Row:
+    mode: str  # "on" (batching) or "off"
+    users: int
+    think_s: float
+    duration_s: float
+    requests: int  # completed without error
+    errors: int
+    throughput_rps: float
+    p50_s: float
+    p95_s: float
+    max_s: float
+    vs_one_user: float | None  # throughput / the 1-user throughput of the same mode
+    rss_before_mb: float
+    rss_after_mb: float
+    rss_growth: float  # after / before - 1
+    first_error: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc/<pid>/status (MB); nan where /proc is not there."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+class Server:
+    """``chatbot-arena serve`` in a subprocess of its own session, on 127.0.0.1:port."""
+
+    def __init__(self, *, batching: bool, checkpoints: Path, device: str, port: int, log: Path) -> None:
+        exe = REPO / ".venv" / "bin" / "chatbot-arena"
+        if not exe.exists():
+            raise SystemExit(f"{exe} not found: run `make setup` first")
+        self.data = tempfile.TemporaryDirectory(prefix="load-votes-")
+        cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--checkpoints", str(checkpoints),
+               "--device", device, "--data-dir", self.data.name]
+        if not batching:
+            cmd.append("--no-batching")
+        self.url, self.log = f"http://127.0.0.1:{port}/", log
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def wait_until_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited with {self.proc.returncode}; its log "
+                                 f"({self.log}):\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise SystemExit(f"the server did not answer on {self.url} within {timeout:.0f} s (log: {self.log})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.data.cleanup()
+
+
+def make_client(url: str) -> Any:
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=False, analytics_enabled=False)
+
+
+def chat(client: Any, message: str, timeout: float) -> None:
+    """One /chat call, waiting for its final update."""
+    job = client.submit(message=message, api_name="/chat")
+    try:
+        job.result(timeout=timeout)
+    except BaseException:
+        job.cancel()
+        raise
+
+
+def run_users(url: str, users: int, *, think: float, duration: float, timeout: float, seed: int
+              ) -> tuple[list[float], list[str], float]:
+    """Closed loop of ``users`` users for ``duration`` s: (latencies of completed calls, errors, window in s)."""
+    clients = [make_client(url) for _ in range(users)]  # connected before the clock starts
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+    deadline = start + duration
+    last_end = [start]
+
+    def user(i: int) -> None:
+        rng = random.Random(seed * 1000 + i)
+        n = i
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                chat(clients[i], PROMPTS[n % len(PROMPTS)], timeout)
+                ok, err = True, ""
+            except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+                ok, err = False, f"{type(e).__name__}: {e}"[:300]
+            t1 = time.perf_counter()
+            with lock:
+                (latencies.append(t1 - t0) if ok else errors.append(err))
+                last_end[0] = max(last_end[0], t1)
+            n += 1
+            if think > 0:
+                time.sleep(min(think * rng.uniform(0.5, 1.5), max(0.0, deadline - time.perf_counter())))
+
+    threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration + timeout + 30)
+    for c in clients:
+        close = getattr(c, "close", None)
+        if close:
+            close()
+    return latencies, errors, last_end[0] - start
+
+
+def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
+    log = Path(tempfile.gettempdir()) / f"load-server-{mode}-{port}.log"
+    server = Server(batching=mode == "on", checkpoints=args.checkpoints, device=args.device, port=port, log=log)
+    rows: list[Row] = []
+    try:
+        server.wait_until_up(args.startup_timeout)
+        warm = make_client(server.url)
+        for prompt in PROMPTS[:3]:  # first calls pack weights and allocate
+            chat(warm, prompt, args.request_timeout)
+        one_user = None
+        for users in args.users:
+            before = rss_mb(server.proc.pid)
+            lat, errs, window = run_users(server.url, users, think=args.think, duration=args.duration,
+                                          timeout=args.request_timeout, seed=args.seed)
+            after = rss_mb(server.proc.pid)
+            rps = len(lat) / window if window > 0 else 0.0
+            if users == 1:
+                one_user = rps
+            rows.append(Row(mode=mode, users=users, think_s=args.think, duration_s=round(window, 2),
+                            requests=len(lat), errors=len(errs), throughput_rps=rps, p50_s=percentile(lat, 50),
+                            p95_s=percentile(lat, 95), max_s=max(lat, default=float("nan")),
+                            vs_one_user=rps / one_user if one_user else None, rss_before_mb=before,
+                            rss_after_mb=after, rss_growth=after / before - 1 if before else float("nan"),
+                            first_error=errs[0] if errs else ""))
+            print(f"  {mode:>3} {users:>3} users: {len(lat)} ok, {len(errs)} errors, {rps:.2f} req/s, "
+                  f"p50 {rows[-1].p50_s:.2f} s, p95 {rows[-1].p95_s:.2f} s", flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def to_markdown(rows: list[Row]) -> str:
+    head = ("| batching | users | think (s) | requests | errors | req/s | vs 1 user | p50 (s) | p95 (s) | max (s) "
+            "| RSS before (MB) | RSS after (MB) | RSS growth |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        vs = f"{r.vs_one_user:.2f}x" if r.vs_one_user is not None else "-"
+        lines.append(f"| {r.mode} | {r.users} | {r.think_s:g} | {r.requests} | {r.errors} | {r.throughput_rps:.2f} "
+                     f"| {vs} | {r.p50_s:.2f} | {r.p95_s:.2f} | {r.max_s:.2f} | {r.rss_before_mb:.0f} "
+                     f"| {r.rss_after_mb:.0f} | {r.rss_growth:+.1%} |")
+    return "\n".join(lines)
+
+
+def _json_row(row: Row) -> dict[str, Any]:
+    """The row as a dict with nan (no value) as null, so the file is strict JSON."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(row).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, nargs="+", default=[1, 32], help="user counts to run, in order (1 32)")
+    ap.add_argument("--think", type=float, default=0.0, help="mean think time between a user's requests, s (0)")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds each user count runs (30)")
+    ap.add_argument("--modes", nargs="+", choices=("on", "off"), default=["on", "off"],
+                    help="batching on, off, or both (default: both, on first)")
+    ap.add_argument("--checkpoints", type=Path, default=REPO / "checkpoints", help="folder with bots.json")
+    ap.add_argument("--device", default="cpu", help="the server's --device (cpu, cuda, auto)")
+    ap.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    ap.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a call counts as an error")
+    ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for the server to come up")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the think times")
+    ap.add_argument("--json", type=Path, default=REPO / "dist" / "load.json", help="where the rows go as JSON")
+    args = ap.parse_args(argv)
+    if any(u < 1 for u in args.users) or args.duration <= 0 or args.think < 0:
+        ap.error("--users must be >= 1, --duration > 0 and --think >= 0")
+    if not (args.checkpoints / "bots.json").exists():
+        ap.error(f"{args.checkpoints}/bots.json not found: pass --checkpoints <folder with bots.json>")
+    rows: list[Row] = []
+    for mode in args.modes:
+        print(f"batching {mode}: starting chatbot-arena serve ...", flush=True)
+        rows += bench_mode(mode, args, args.port or free_port())
+    print(f"\n/chat calls (every bot replies), {args.duration:g} s per user count, device {args.device}, "
+          f"{os.cpu_count()} CPUs\n")
+    print(to_markdown(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                     "rows": [_json_row(r) for r in rows]}, indent=2), encoding="utf-8")
+    print(f"\nwrote {args.json}")
+    errors = sum(r.errors for r in rows)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

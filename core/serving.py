@@ -1,0 +1,282 @@
+"""Serving many visitors: concurrent requests for the same bot are decoded together in one batched search.
+
+    >>> scheduler = BatchScheduler(load_bots())
+    >>> scheduler.respond("beam", "how are you?", {"beam_size": 5}).text
+    >>> future = scheduler.submit("antilm", "hi there", {})     # a Ticket: concurrent.futures.Future[Reply]
+    >>> future.result().text, future.queue_s, future.batch_size
+    >>> scheduler.stats()["largest_batch"]
+    >>> scheduler.close()
+
+How a request travels:
+  1. ``submit`` checks it (bot name, settings through ``bot.settings``, prompt through ``bot.encode_prompt``), so
+     a bad request fails alone with a ValueError and never enters a batch. Past ``max_queue`` waiting requests it
+     raises :class:`Busy` at once.
+  2. It joins the group of its bot and its effective :class:`~core.decoding.DecodeConfig`: requests whose
+     settings differ never share a search. Sampling with an explicit seed is a group of its own (its draws would
+     change next to other prompts).
+  3. A decode worker takes the group whose first request is the oldest, once that request has waited
+     ``max_wait_s`` or the group holds ``max_batch`` requests, and decodes up to ``max_batch`` of them with one
+     ``bot.respond_batch`` call. Requests cancelled meanwhile (the client went away) are dropped first. If the
+     call raises, its requests are decoded one by one, so only the failing one fails.
+With ``batching=False`` every request is decoded alone, in arrival order, by the same workers (the baseline of
+``bench/load.py``).
+
+Batched greedy and beam replies hold the same tokens as the same requests decoded alone (tests/test_serving.py),
+but their scores and log-probs may differ in the last float32 bits (about 1e-7 relative): the CPU GEMM (MKL) sums
+a row's products in an order that depends on how many rows the call has (measured on torch 2.13 / MKL 2024.2: one
+order for 1 row, another for 2-3, others from 4), so a float of a batched call is not bitwise that of the call
+alone. Only an exact near-tie between two hypotheses could therefore resolve differently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core.bots import Bot
+from core.decoding import Reply
+
+GroupKey = tuple[Any, ...]
+
+
+class Busy(RuntimeError):
+    """The queue is full (or the scheduler is closed): the caller should try again shortly."""
+
+
+class Ticket(Future[Reply]):
+    """The Future of one request. Besides the Reply it tells how long the request waited before its decode
+    started (``queue_s``) and how many requests shared that decode (``batch_size``); both are set before the
+    result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue_s: float | None = None
+        self.batch_size: int | None = None
+
+
+@dataclass
+class _Request:
+    bot: str
+    prompt: str
+    overrides: dict[str, Any]
+    key: GroupKey
+    ticket: Ticket
+    t_submit: float = field(default_factory=time.perf_counter)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: $OMP_NUM_THREADS when set, else the CPU affinity mask."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class BatchScheduler:
+    """Gathers concurrent requests per (bot, settings) and decodes each group in one batched call.
+
+    ``workers`` decode threads (default 1) share the CPUs: torch gets ``threads`` intra-op threads, by default
+    :func:`usable_cpus` // ``workers``, set once here for the whole process. ``stats()`` counts what happened.
+    """
+
+    def __init__(self, bots: Mapping[str, Bot], *, max_batch: int = 32, max_wait_s: float = 0.005,
+                 max_queue: int = 256, batching: bool = True, workers: int = 1, threads: int | None = None) -> None:
+        for name, value, lo in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1), ("workers", workers, 1)):
+            if not isinstance(value, int) or value < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+        if not max_wait_s >= 0:
+            raise ValueError(f"max_wait_s must be >= 0 seconds, got {max_wait_s!r}")
+        self.bots = dict(bots)
+        self.max_batch, self.max_wait_s, self.max_queue, self.batching = max_batch, max_wait_s, max_queue, batching
+        self.workers = workers
+        self.threads = threads if threads is not None else max(1, usable_cpus() // workers)
+        torch.set_num_threads(self.threads)  # the one place the serving process sets its torch threads
+        self._cond = threading.Condition()
+        self._groups: dict[GroupKey, deque[_Request]] = {}  # waiting requests, per group, oldest first
+        self._waiting = 0
+        self._closed = False
+        self._alone = itertools.count()  # makes a group key unique (seeded sampling, batching=False)
+        self._stats = dict(requests=0, batches=0, largest_batch=0, decoded=0, failed=0, cancelled=0, busy=0,
+                           decoding_now=0, max_decodes_at_once=0, queue_s_total=0.0, queue_s_max=0.0)
+        self._threads = [threading.Thread(target=self._work, name=f"decode-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------------- the callers' side
+
+    def submit(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None = None) -> Ticket:
+        """Queue one request; the Ticket's result is the Reply (or the exception of this request alone).
+        Raises ValueError for a bad request and :class:`Busy` when ``max_queue`` requests are waiting."""
+        key, overrides = self._check(bot, prompt, overrides)
+        req = _Request(bot, prompt, overrides, key, Ticket())
+        with self._cond:
+            if self._closed:
+                raise Busy("the server is shutting down; try again in a few seconds")
+            if self._waiting >= self.max_queue:
+                self._drop_cancelled()
+            if self._waiting >= self.max_queue:
+                self._stats["busy"] += 1
+                raise Busy(f"the server is busy: {self._waiting} requests are waiting; try again in a few seconds")
+            self._groups.setdefault(key, deque()).append(req)
+            self._waiting += 1
+            self._stats["requests"] += 1
+            self._cond.notify_all()
+        return req.ticket
+
+    def respond(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None = None, *,
+                timeout: float | None = None) -> Reply:
+        """``submit(...).result(timeout)``; a request that times out is cancelled, so it costs no decode."""
+        ticket = self.submit(bot, prompt, overrides)
+        try:
+            return ticket.result(timeout)
+        except FutureTimeout:
+            ticket.cancel()
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters: requests, batches, largest_batch, decoded, failed, cancelled, busy
+        (refused), waiting, decoding_now, max_decodes_at_once, queue_s_total / queue_s_max (seconds from submit to
+        the start of the decode), plus the settings workers, threads, max_batch, max_wait_s, batching."""
+        with self._cond:
+            return {**self._stats, "waiting": self._waiting, "workers": self.workers, "threads": self.threads,
+                    "max_batch": self.max_batch, "max_wait_s": self.max_wait_s, "batching": self.batching}
+
+    def close(self) -> None:
+        """Stop the workers after their current decode; requests still queued fail with Busy."""
+        with self._cond:
+            self._closed = True
+            left = [r for q in self._groups.values() for r in q]
+            self._groups.clear()
+            self._waiting = 0
+            self._cond.notify_all()
+        for r in left:
+            if r.ticket.set_running_or_notify_cancel():
+                r.ticket.set_exception(Busy("the server is shutting down; try again in a few seconds"))
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join()
+
+    def __enter__(self) -> BatchScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None) -> tuple[GroupKey, dict[str, Any]]:
+        """Validate a request (ValueError naming what is wrong); return its group key and its overrides."""
+        if not isinstance(bot, str) or bot not in self.bots:
+            raise ValueError(f"unknown bot {bot!r}; this server has {list(self.bots)}")
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
+            raise ValueError(f"settings must be a mapping of DecodeConfig field names, got {overrides!r}")
+        overrides = dict(overrides)
+        cfg = self.bots[bot].settings(**overrides)  # ValueError naming the setting and its range
+        self.bots[bot].encode_prompt(prompt)  # ValueError for an empty or non-text prompt
+        key: GroupKey = (bot, tuple(sorted(cfg.to_dict().items())))
+        if not self.batching or (cfg.strategy == "sample" and cfg.seed is not None):
+            key += (next(self._alone),)  # a group of its own
+        return key, overrides
+
+    def _drop_cancelled(self) -> None:
+        """Forget waiting requests whose callers cancelled them (under the lock)."""
+        for key in list(self._groups):
+            q = self._groups[key]
+            kept = deque(r for r in q if not r.ticket.cancelled())
+            self._stats["cancelled"] += len(q) - len(kept)
+            self._waiting -= len(q) - len(kept)
+            if kept:
+                self._groups[key] = kept
+            else:
+                del self._groups[key]
+
+    # ------------------------------------------------------------------------- the workers' side
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._decode(batch)
+
+    def _next_batch(self) -> list[_Request] | None:
+        """Wait for the group of the oldest waiting request to be ready; take up to max_batch live requests of it.
+        None once closed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if not self._groups:
+                    self._cond.wait()
+                    continue
+                key = min(self._groups, key=lambda k: self._groups[k][0].t_submit)
+                q = self._groups[key]
+                wait = q[0].t_submit + self.max_wait_s - time.perf_counter()
+                if self.batching and len(q) < self.max_batch and wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                batch, now = [], time.perf_counter()
+                while q and len(batch) < self.max_batch:
+                    req = q.popleft()
+                    self._waiting -= 1
+                    if not req.ticket.set_running_or_notify_cancel():  # cancelled while it waited
+                        self._stats["cancelled"] += 1
+                        continue
+                    req.ticket.queue_s = now - req.t_submit
+                    batch.append(req)
+                if not q:
+                    del self._groups[key]
+                if not batch:
+                    continue
+                s = self._stats
+                s["batches"] += 1
+                s["largest_batch"] = max(s["largest_batch"], len(batch))
+                s["queue_s_total"] += sum(r.ticket.queue_s for r in batch)
+                s["queue_s_max"] = max([s["queue_s_max"]] + [r.ticket.queue_s for r in batch])
+                s["decoding_now"] += 1
+                s["max_decodes_at_once"] = max(s["max_decodes_at_once"], s["decoding_now"])
+                return batch
+
+    def _decode(self, batch: list[_Request]) -> None:
+        """One batched call; if it raises, each request alone, so that only the failing one fails."""
+        bot, overrides = self.bots[batch[0].bot], batch[0].overrides  # one group: the same effective settings
+        outcomes: list[Reply | BaseException]
+        size = len(batch)  # requests that shared the call that produced each outcome
+        try:
+            try:
+                outcomes = list(bot.respond_batch([r.prompt for r in batch], **overrides))
+                if len(outcomes) != len(batch):
+                    raise RuntimeError(f"respond_batch returned {len(outcomes)} replies for {len(batch)} prompts")
+            except Exception as e:  # noqa: BLE001 - handed to the callers through their futures
+                outcomes = [e] if len(batch) == 1 else [self._alone_outcome(bot, r) for r in batch]
+                size = 1
+        finally:
+            with self._cond:
+                self._stats["decoding_now"] -= 1
+        for req, out in zip(batch, outcomes):
+            req.ticket.batch_size = size
+            with self._cond:
+                self._stats["failed" if isinstance(out, BaseException) else "decoded"] += 1
+            if isinstance(out, BaseException):
+                req.ticket.set_exception(out)
+            else:
+                req.ticket.set_result(out)
+
+    def _alone_outcome(self, bot: Bot, req: _Request) -> Reply | BaseException:
+        try:
+            return bot.respond_batch([req.prompt], **req.overrides)[0]
+        except Exception as e:  # noqa: BLE001 - handed to the caller through its future
+            return e

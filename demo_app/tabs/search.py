@@ -1,0 +1,226 @@
+"""The "Search" tab: see why a decoder said it. One bot (or any strategy on a bot's checkpoint) answers one message
+with the search traced; the tab draws the search tree (steps left to right, kept paths strong, pruned candidates
+faint, finished replies marked, score parts on hover) beside the same message under plain beam search, and lists
+the trace as a table.
+
+    chatbot-arena serve            # then open the "Search" tab
+    >>> result = run_search(load_bots(), "antilm", "how are you?", "diverse_beam", {"num_groups": 2})
+    >>> result.figure.show(); result.table.head()
+
+Callbacks are plain functions of plain values; :func:`build` only wires them to components (event ``search``).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from core.bots import Bot
+from core.decoding import STRATEGIES, Reply, describe_settings, fields_for, ui_controls
+
+TITLE = "Search"
+ID = "search"
+BOT_SETTINGS = "the bot's own settings"  # the strategy choice that keeps the bot's bots.json decoder
+TABLE_COLUMNS = ["step", "id", "parent", "token", "status", "step log p", "score", "logp", "antilm", "bonus",
+                 "diversity", "repetition"]
+PLAIN_BEAM = dict(strategy="beam", antilm=0.0, n_bonus=0.0, mmi_lambda=0.0, no_repeat_ngram=0,
+                  repetition_penalty=1.0, length_penalty=0.0, length_norm=False)
+STYLE = {"kept": ("#1f77b4", 2.5, 1.0), "pruned": ("#9aa5b1", 1.0, 0.35), "finished": ("#d62728", 2.5, 1.0)}
+
+
+@dataclass
+class SearchResult:
+    figure: go.Figure  # the traced decoder's search tree
+    baseline: go.Figure  # the same message under plain beam search
+    table: pd.DataFrame  # the trace, one row per candidate
+    status: str
+
+
+def controls() -> list[Any]:
+    """The setting controls of the tab: every DecodeConfig control but the sample checkbox (the strategy
+    dropdown chooses the decoder here)."""
+    return [c for c in ui_controls() if c.name != "sample"]
+
+
+def overrides_for(bot: Bot, strategy: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The DecodeConfig overrides the tab's controls mean: none for the bot's own settings, else the chosen
+    strategy with the values of the fields it reads (:func:`core.decoding.fields_for`)."""
+    if strategy in (None, "", BOT_SETTINGS):
+        return {}
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
+    used = set(fields_for(strategy))
+    out: dict[str, Any] = {"strategy": strategy}
+    for c in controls():
+        if c.name in used and values.get(c.name) is not None:
+            v = values[c.name]
+            out[c.name] = int(round(float(v))) if c.kind == "int" else v
+    if "antilm" in out and bot.lm is None:
+        out["antilm"] = 0.0
+    if "mmi_lambda" in out and bot.backward is None:
+        out["mmi_lambda"] = 0.0
+    return out
+
+
+def run_search(bots: Mapping[str, Bot], bot_name: str, message: Any, strategy: str = BOT_SETTINGS,
+               values: Mapping[str, Any] | None = None) -> SearchResult:
+    """Decode ``message`` with the trace on, with ``bot_name``'s settings or ``strategy`` and ``values``
+    applied, and under plain beam search; never raises (a bad request gets its message in ``status``)."""
+    empty = SearchResult(tree_figure(None), tree_figure(None), pd.DataFrame(columns=TABLE_COLUMNS), "")
+    if bot_name not in bots:
+        empty.status = f"Unknown bot {html.escape(str(bot_name))!r}; pick one of {', '.join(bots)}."
+        return empty
+    if not isinstance(message, str) or not message.strip():
+        empty.status = "Type a message first."
+        return empty
+    bot = bots[bot_name]
+    try:
+        overrides = overrides_for(bot, strategy, values or {})
+        cfg = bot.settings(**overrides)
+        with torch.inference_mode():
+            reply = bot.respond(message, trace=True, **overrides)
+            plain = bot.respond(message, trace=True, **{**PLAIN_BEAM, "beam_size": cfg.beam_size,
+                                                        "nbest": min(cfg.nbest, cfg.beam_size)})
+    except ValueError as e:
+        empty.status = f"⚠ {html.escape(str(e))}"
+        return empty
+    status = (f"**{html.escape(bot.label)}**, {html.escape(describe_settings(reply.settings))}: "
+              f"*{html.escape(reply.text) or '(empty reply)'}* (score {reply.score:.2f}). "
+              f"Plain beam: *{html.escape(plain.text) or '(empty reply)'}* (score {plain.score:.2f}). "
+              f"{len(reply.trace or [])} candidates in {max((x['step'] for x in reply.trace or []), default=-1) + 1} "
+              "steps.")
+    return SearchResult(tree_figure(reply, f"{bot.label}: {describe_settings(reply.settings)}"),
+                        tree_figure(plain, f"plain beam K={cfg.beam_size}"), trace_table(reply), status)
+
+
+def trace_table(reply: Reply | None) -> pd.DataFrame:
+    """One row per traced candidate, rounded for reading."""
+    rows = []
+    for x in (reply.trace or []) if reply else []:
+        p = x["parts"]
+        rows.append([x["step"], x["id"], x["parent"], x["text"], x["status"], round(x["logp"], 3),
+                     round(x["score"], 3), *(round(p[k], 3) for k in ("logp", "antilm", "bonus", "diversity",
+                                                                       "repetition"))])
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def best_path(reply: Reply) -> set[int]:
+    """Trace ids on the path of the reply's best hypothesis (the finished row whose tokens are the reply's)."""
+    rows = {x["id"]: x for x in reply.trace or []}
+
+    def tokens(i: int) -> list[int]:
+        out = []
+        while i:
+            out.append(rows[i]["token"])
+            i = rows[i]["parent"]
+        return out[::-1]
+
+    for x in rows.values():
+        if x["status"] == "finished" and tokens(x["id"]) == reply.tokens:
+            path, i = set(), x["id"]
+            while i:
+                path.add(i)
+                i = rows[i]["parent"]
+            return path
+    return set()
+
+
+def _hover(x: Mapping[str, Any]) -> str:
+    parts = " · ".join(f"{k} {v:+.3f}" for k, v in x["parts"].items() if v)
+    return (f"<b>{html.escape(x['text'])}</b> ({x['status']})<br>step {x['step']}, log p {x['logp']:.3f}<br>"
+            f"score {x['score']:.3f}<br>{parts or 'no parts'}")
+
+
+def tree_figure(reply: Reply | None, title: str = "") -> go.Figure:
+    """The search tree of a traced reply: x = step, y = rank of the candidate within its step; edges from the
+    parent; kept paths strong, pruned candidates faint, finished replies as stars, the best reply's path thick."""
+    fig = go.Figure()
+    fig.update_layout(title=title, height=520, margin=dict(l=10, r=10, t=40, b=30), showlegend=True,
+                      xaxis=dict(title="step", dtick=1), yaxis=dict(visible=False),
+                      plot_bgcolor="rgba(0,0,0,0)")
+    trace = (reply.trace or []) if reply else []
+    if not trace:
+        fig.add_annotation(text="nothing traced yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        return fig
+    pos: dict[int, tuple[float, float]] = {0: (0.0, 0.0)}
+    rank: dict[int, int] = {}
+    for x in sorted(trace, key=lambda x: (x["step"], -x["score"])):
+        rank[x["step"]] = rank.get(x["step"], -1) + 1
+        pos[x["id"]] = (x["step"] + 1.0, -float(rank[x["step"]]))
+    best = best_path(reply)
+    for status, (color, width, opacity) in STYLE.items():
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        for x in trace:
+            if x["status"] == status and x["id"] not in best:
+                (x0, y0), (x1, y1) = pos[x["parent"]], pos[x["id"]]
+                xs += [x0, x1, None]
+                ys += [y0, y1, None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=color, width=width), opacity=opacity,
+                                 hoverinfo="skip", showlegend=False))
+    xs, ys = [], []
+    for i in sorted(best, key=lambda i: pos[i][0]):
+        parent = next(x["parent"] for x in trace if x["id"] == i)
+        xs += [pos[parent][0], pos[i][0], None]
+        ys += [pos[parent][1], pos[i][1], None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#2ca02c", width=5), name="best reply",
+                             hoverinfo="skip"))
+    for status, (color, _, opacity) in STYLE.items():
+        nodes = [x for x in trace if x["status"] == status]
+        fig.add_trace(go.Scatter(
+            x=[pos[x["id"]][0] for x in nodes], y=[pos[x["id"]][1] for x in nodes], mode="markers+text",
+            text=[x["text"] for x in nodes], textposition="top center", textfont=dict(size=9), name=status,
+            marker=dict(color=color, size=11 if status == "finished" else 7, opacity=opacity,
+                        symbol="star" if status == "finished" else "circle"),
+            hovertext=[_hover(x) for x in nodes], hoverinfo="text"))
+    fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers+text", text=["<s>"], textposition="top center",
+                             marker=dict(color="black", size=9), name="start", hoverinfo="skip"))
+    return fig
+
+
+def _values(names: Sequence[str], args: Sequence[Any]) -> dict[str, Any]:
+    return {n: v for n, v in zip(names, args) if v is not None and not (isinstance(v, float) and math.isnan(v))}
+
+
+def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
+    """The tab's components and its ``search`` event (called inside ``with gr.Tab(TITLE, id=ID)``)."""
+    import gradio as gr
+
+    bots = ctx.bots
+    names = list(bots)
+    gr.Markdown("See why a decoder said it: every candidate the search considered, kept, pruned or finished. "
+                "Hover a node for its score parts (log p, anti-LM penalty, bonus, ...).")
+    with gr.Row():
+        bot = gr.Dropdown(names, value=names[0] if names else None, label="Bot (its checkpoint and models)")
+        strategy = gr.Dropdown([BOT_SETTINGS, *STRATEGIES], value=BOT_SETTINGS, label="Decoder")
+        message = gr.Textbox(label="Message", value="hi, how are you today?", scale=2)
+        run = gr.Button("Trace the search", variant="primary")
+    inputs = []
+    with gr.Accordion("Decoder settings (used when a decoder other than the bot's own is chosen)", open=False):
+        with gr.Row():
+            for c in controls():
+                if c.kind == "bool":
+                    inputs.append(gr.Checkbox(value=c.default, label=c.label, info=c.help))
+                else:
+                    inputs.append(gr.Slider(c.lo, c.hi, value=min(max(c.default, c.lo), c.hi), step=c.step,
+                                            label=c.label, info=c.help))
+    status = gr.Markdown()
+    with gr.Row():
+        tree = gr.Plot(label="Search tree")
+        baseline = gr.Plot(label="Plain beam search, same message")
+    table = gr.Dataframe(label="Trace", headers=TABLE_COLUMNS, wrap=True)
+    control_names = [c.name for c in controls()]
+
+    def on_run(bot_name: str, msg: str, strat: str, *args: Any) -> tuple[Any, ...]:
+        result = run_search(bots, bot_name, msg, strat, _values(control_names, args))
+        return result.figure, result.baseline, result.table, result.status
+
+    run.click(on_run, [bot, message, strategy, *inputs], [tree, baseline, table, status], api_name="search",
+              concurrency_id="models")

@@ -1,0 +1,267 @@
+"""The JSON API (/api/v1/bots, /api/v1/reply) and its clean errors, over real HTTP against a launched server.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_api.py
+
+``api_app`` and ``serve`` are shared with the other API test files (test_openai_compat, test_messenger,
+test_fuzz_api): the API routers and error handling on a FastAPI app, run by uvicorn in a thread on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import fastapi
+import httpx
+import pytest
+import uvicorn
+from conftest import free_port
+
+from core.decoding import DecodeConfig
+from core.serving import BatchScheduler, Busy
+from demo_app.api import api_router
+from demo_app.context import AppContext
+from demo_app.errors import RateLimiter, install_error_handling, json_depth_exceeds
+
+# ----------------------------------------------------------------------------- shared harness
+
+
+def api_app(ctx: AppContext, **limits: Any) -> fastapi.FastAPI:
+    """A FastAPI app with the API routes of ``ctx`` and the error handling (``limits``: install_error_handling's)."""
+    app = fastapi.FastAPI(title="Seq2Seq Chatbot Arena API")
+    install_error_handling(app, **limits)
+    app.include_router(api_router(ctx))
+    return app
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread on a free localhost port; yield its URL; stop it on exit."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_bots, tiny_checkpoints) -> Iterator[AppContext]:
+    scheduler = BatchScheduler(tiny_bots)
+    yield AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints)
+    scheduler.close()
+
+
+@pytest.fixture(scope="module")
+def client(ctx) -> Iterator[httpx.Client]:
+    with serve(api_app(ctx, rate_limit=None)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        yield c
+
+
+def error_of(r: httpx.Response) -> dict[str, Any]:
+    """The error object of an error answer, after checking its shape."""
+    assert r.headers["content-type"].startswith("application/json"), r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) >= {"message", "type", "param"}, body
+    assert body["error"]["message"], body
+    return body["error"]
+
+
+# ----------------------------------------------------------------------------- /api/v1/bots
+
+
+def test_bots_lists_the_registry_with_defaults_and_setting_ranges(client, tiny_bots):
+    body = client.get("/api/v1/bots").json()
+    assert [b["name"] for b in body["bots"]] == list(tiny_bots)
+    antilm = next(b for b in body["bots"] if b["name"] == "antilm")
+    assert antilm["label"] == tiny_bots["antilm"].label and antilm["description"]
+    assert antilm["checkpoints"] == {"checkpoint": "mle", "lm": "lm", "backward": "backward"}
+    assert antilm["defaults"] == tiny_bots["antilm"].defaults.to_dict()
+    assert antilm["has_lm"] is True
+    settings = {s["name"]: s for s in body["settings"]}
+    assert set(settings) == set(DecodeConfig().to_dict())
+    assert settings["beam_size"]["lo"] == 1 and settings["beam_size"]["hi"] == 50 and settings["beam_size"]["help"]
+    assert settings["nbest"]["hi"] == "beam_size"
+    assert {"greedy", "beam", "sample"} <= set(settings["strategy"]["choices"])
+    assert body["missing"] == {}
+
+
+# ----------------------------------------------------------------------------- /api/v1/reply
+
+
+def test_reply_is_the_bots_reply_with_nbest_tokens_and_logprobs(client, tiny_bots):
+    r = client.post("/api/v1/reply", json={"bot": "antilm", "message": "hi there", "nbest": 3,
+                                           "settings": {"beam_size": 4, "max_len": 8}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = tiny_bots["antilm"].respond("hi there", beam_size=4, max_len=8, nbest=3)
+    assert body["text"] == expected.text and body["score"] == pytest.approx(expected.score)
+    assert [h["text"] for h in body["nbest"]] == [h.text for h in expected.nbest]
+    assert len(body["nbest"]) == 3
+    assert len(body["tokens"]) == len(body["token_ids"]) == len(body["logprobs"]) >= 1
+    assert all(lp <= 0 for lp in body["logprobs"])
+    assert body["settings"]["antilm"] == tiny_bots["antilm"].defaults.antilm  # the bot's default kept
+    assert body["settings"]["beam_size"] == 4 and body["settings"]["max_len"] == 8
+    assert body["latency_s"] > 0 and body["wall_s"] >= body["latency_s"]
+    for h in body["nbest"]:
+        assert len(h["tokens"]) == len(h["logprobs"]) == len(h["token_ids"])
+
+
+def test_whole_floats_count_as_integers(client):
+    r = client.post("/api/v1/reply", json={"bot": "beam", "message": "hi", "settings": {"beam_size": 2.0}})
+    assert r.status_code == 200 and r.json()["settings"]["beam_size"] == 2
+
+
+def test_reply_accepts_markup_and_emoji(client):
+    for message in ("<script>alert(1)</script>", "hi 🙂 there", "ünïcödé ...", "a" * 4000):
+        r = client.post("/api/v1/reply", json={"bot": "greedy", "message": message, "settings": {"max_len": 5}})
+        assert r.status_code == 200, (message[:20], r.text)
+        assert isinstance(r.json()["text"], str)
+
+
+JSON = {"content-type": "application/json"}
+HI = {"bot": "beam", "message": "hi"}
+
+# A fixed list of nasty inputs: (name, request kwargs, status, param, words the message must contain)
+NASTY: list[tuple[str, dict[str, Any], int, str | None, tuple[str, ...]]] = [
+    ("unknown bot", dict(json={"bot": "nope", "message": "hi"}), 404, "bot", ("nope", "greedy")),
+    ("unknown setting", dict(json={**HI, "settings": {"beam_sizee": 3}}), 422, "settings.beam_sizee", ("unknown",)),
+    ("unknown top-level field", dict(json={**HI, "temperature": 1}), 422, "temperature", ("unknown",)),
+    ("out of range", dict(json={**HI, "settings": {"beam_size": 99}}), 422, "settings.beam_size", ("50", "99")),
+    ("below range", dict(json={**HI, "settings": {"temperature": 0}}), 422, "settings.temperature", ("0",)),
+    ("non-numeric", dict(json={**HI, "settings": {"antilm": "abc"}}), 422, "settings.antilm", ("number",)),
+    ("numeric string", dict(json={**HI, "settings": {"beam_size": "5"}}), 422, "settings.beam_size", ("integer",)),
+    ("float for int", dict(json={**HI, "settings": {"beam_size": 2.5}}), 422, "settings.beam_size", ("integer",)),
+    ("bool for int", dict(json={**HI, "settings": {"max_len": True}}), 422, "settings.max_len", ("integer",)),
+    ("NaN", dict(content=b'{"bot":"beam","message":"hi","settings":{"antilm":NaN}}', headers=JSON), 422,
+     "settings.antilm", ("finite",)),
+    ("Infinity", dict(content=b'{"bot":"beam","message":"hi","settings":{"n_bonus":Infinity}}', headers=JSON), 422,
+     "settings.n_bonus", ("finite",)),
+    ("unknown strategy", dict(json={**HI, "settings": {"strategy": "magic"}}), 422, "settings.strategy",
+     ("greedy",)),
+    ("nbest above beam_size", dict(json={**HI, "nbest": 20}), 422, "settings.nbest", ("beam_size",)),
+    ("nbest disagrees", dict(json={**HI, "nbest": 2, "settings": {"nbest": 3}}), 422, "nbest", ("disagree",)),
+    ("anti-LM without LM", dict(json={"bot": "greedy", "message": "hi", "settings": {"antilm": 0.5}}), 422,
+     "settings.antilm", ("language model",)),
+    ("empty message", dict(json={"bot": "beam", "message": ""}), 422, "message", ("empty",)),
+    ("control characters", dict(json={"bot": "beam", "message": "\x00\x01 \t"}), 422, "message", ("empty",)),
+    ("message not a string", dict(json={"bot": "beam", "message": ["hi"]}), 422, "message", ("string",)),
+    ("message too long", dict(json={"bot": "beam", "message": "a" * 5000}), 422, "message", ("4000",)),
+    ("settings a list", dict(json={**HI, "settings": [1, 2]}), 422, "settings", ("dictionary",)),
+    ("history instead of message", dict(json={"bot": "beam", "message": [["hi", "hello"], ["how", None]]}), 422,
+     "message", ("string",)),
+    ("body a list", dict(json=[]), 422, "body", ("dictionary",)),
+    ("missing fields", dict(json={}), 422, "bot", ("bot", "message", "missing")),
+    ("empty body", dict(content=b"", headers=JSON), 422, "body", ("missing",)),
+    ("broken JSON", dict(content=b'{"bot":', headers=JSON), 400, "body", ("invalid JSON",)),
+    ("invalid UTF-8", dict(content=b'{"bot":"beam","message":"\xff\xfe"}', headers=JSON), 400, "body", ("UTF-8",)),
+    ("deeply nested", dict(content=b"[" * 30_000 + b"]" * 30_000, headers=JSON), 400, "body", ("nested",)),
+    ("nested 40 deep", dict(content=b'{"bot":"beam","message":' + b"[" * 40 + b"]" * 40 + b"}", headers=JSON), 400,
+     "body", ("nested",)),
+    ("1 MB body", dict(content=b'{"bot":"beam","message":"' + b"a" * 1_000_000 + b'"}', headers=JSON), 413, "body",
+     ("larger",)),
+    ("text/plain", dict(content=b'{"bot":"beam","message":"hi"}', headers={"content-type": "text/plain"}), 415,
+     "content-type", ("application/json",)),
+    ("no content type", dict(content=b'{"bot":"beam","message":"hi"}'), 415, "content-type", ("application/json",)),
+    ("form data", dict(data={"bot": "beam", "message": "hi"}), 415, "content-type", ("urlencoded",)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,status,param,words", NASTY, ids=[n[0] for n in NASTY])
+def test_bad_input_gets_a_4xx_naming_the_field(client, name, kwargs, status, param, words):
+    r = client.post("/api/v1/reply", **kwargs)
+    assert r.status_code == status, r.text
+    err = error_of(r)
+    assert err["param"] == param
+    for word in words:
+        assert word in err["message"], err
+    assert "Traceback" not in err["message"]
+
+
+def test_wrong_method_and_unknown_route_answer_json(client):
+    r = client.get("/api/v1/reply")
+    assert r.status_code == 405 and "GET" in error_of(r)["message"]
+    r = client.get("/api/v1/nope")
+    assert r.status_code == 404 and "/api/v1/nope" in error_of(r)["message"]
+
+
+def test_server_still_answers_after_the_nasty_inputs(client):
+    for _, kwargs, *_ in NASTY:
+        client.post("/api/v1/reply", **kwargs)
+    r = client.post("/api/v1/reply", json={"bot": "greedy", "message": "still there?"})
+    assert r.status_code == 200 and r.json()["text"] is not None
+
+
+def test_openapi_documents_the_routes_and_their_errors(client):
+    schema = client.get("/openapi.json").json()
+    for path in ("/api/v1/bots", "/api/v1/reply", "/v1/chat/completions", "/v1/models"):
+        assert path in schema["paths"]
+    responses = schema["paths"]["/api/v1/reply"]["post"]["responses"]
+    assert {"200", "404", "413", "415", "422", "429", "503"} <= set(responses)
+    settings = schema["components"]["schemas"]["Settings"]
+    assert settings["additionalProperties"] is False
+    assert settings["properties"]["beam_size"]["maximum"] == 50
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def test_rate_limit_answers_429_with_retry_after(ctx):
+    with serve(api_app(ctx, rate_limit="3/minute")) as url, httpx.Client(base_url=url, timeout=60) as c:
+        body = {"bot": "greedy", "message": "hi", "settings": {"max_len": 3}}
+        codes = [c.post("/api/v1/reply", json=body).status_code for _ in range(3)]
+        assert codes == [200, 200, 200]
+        r = c.post("/api/v1/reply", json=body)
+        assert r.status_code == 429
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        err = error_of(r)
+        assert err["type"] == "rate_limit_exceeded" and "retry" in err["message"]
+        # the limit is per route: the registry and the other expensive route still answer
+        assert c.get("/api/v1/bots").status_code == 200
+        r = c.post("/v1/chat/completions", json={"model": "greedy", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+
+
+def test_client_key_is_a_salted_hash_not_the_address():
+    a, b = RateLimiter("1/minute"), RateLimiter("1/minute")
+    key = a.client_key("203.0.113.7")
+    assert "203.0.113.7" not in key and "203" not in key
+    assert key == a.client_key("203.0.113.7") != b.client_key("203.0.113.7")  # fresh salt per limiter
+    assert a.hit("POST /x", "203.0.113.7") is None
+    assert a.hit("POST /x", "203.0.113.7") >= 1
+    assert a.hit("POST /x", "198.51.100.1") is None  # another client has its own budget
+
+
+def test_json_depth_counts_brackets_outside_strings_only():
+    assert not json_depth_exceeds(b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}', 3)
+    assert not json_depth_exceeds(b'{"a": "\\"[[[["}', 1)
+    assert json_depth_exceeds(b'{"a": [[[1]]]}', 3)
+    assert not json_depth_exceeds(b'{"a": [[[1]]]}', 4)
+
+
+class FullScheduler(BatchScheduler):
+    """A scheduler whose queue is always full."""
+
+    def submit(self, bot, prompt, overrides=None):
+        raise Busy("256 requests waiting")
+
+
+def test_busy_scheduler_answers_503_with_retry_after(tiny_bots, tiny_checkpoints):
+    busy = AppContext(bots=tiny_bots, scheduler=FullScheduler(tiny_bots), checkpoint_dir=tiny_checkpoints)
+    with serve(api_app(busy, rate_limit=None)) as url:
+        r = httpx.post(f"{url}/api/v1/reply", json={"bot": "beam", "message": "hi"}, timeout=30)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    err = error_of(r)
+    assert err["type"] == "server_busy" and "busy" in err["message"]

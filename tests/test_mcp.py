@@ -1,0 +1,90 @@
+"""The MCP ``reply`` tool: a Blocks with ``add_mcp_tools`` launched with ``mcp_server=True``, listed and called
+over MCP's streamable HTTP endpoint with the ``mcp`` client.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_mcp.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import pytest
+from conftest import free_port
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from core.serving import BatchScheduler
+from demo_app.context import AppContext
+from demo_app.mcp import add_mcp_tools, make_reply_tool
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_bots, tiny_checkpoints) -> Iterator[AppContext]:
+    scheduler = BatchScheduler(tiny_bots)
+    yield AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints)
+    scheduler.close()
+
+
+@pytest.fixture(scope="module")
+def mcp_url(ctx) -> Iterator[str]:
+    with gr.Blocks() as demo:
+        gr.Markdown("Seq2Seq Chatbot Arena")
+        add_mcp_tools(ctx)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                mcp_server=True)
+    try:
+        yield f"{demo.local_url}gradio_api/mcp/"
+    finally:
+        demo.close()
+
+
+def over_mcp(url: str, *calls: tuple[str, dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """(the listed tools, the result of each (tool, arguments) call), in one MCP session."""
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        async with streamable_http_client(url) as (read, write, _), ClientSession(read, write) as session:
+            await session.initialize()
+            tools = (await session.list_tools()).tools
+            return tools, [await session.call_tool(name, args) for name, args in calls]
+
+    return asyncio.run(run())
+
+
+def test_reply_tool_is_listed_with_the_bots_in_its_description(mcp_url, tiny_bots):
+    tools, _ = over_mcp(mcp_url)
+    [tool] = [t for t in tools if t.name == "reply"]
+    for name, bot in tiny_bots.items():
+        assert f"{name} ({bot.label}): {bot.description}" in tool.description
+    props = tool.inputSchema["properties"]
+    assert set(props) == {"bot", "message", "settings"} and tool.inputSchema["required"] == ["bot", "message"]
+    assert ", ".join(tiny_bots) in props["bot"]["description"]
+    assert "beam_size" in props["settings"]["description"]
+
+
+def test_reply_tool_answers_and_refuses_bad_input_clearly(mcp_url, tiny_bots):
+    _, (ok, unknown, bad) = over_mcp(
+        mcp_url,
+        ("reply", {"bot": "beam", "message": "hi there", "settings": {"beam_size": 3}}),
+        ("reply", {"bot": "nope", "message": "hi"}),
+        ("reply", {"bot": "beam", "message": "hi", "settings": {"beam_size": 99}}),
+    )
+    assert not ok.isError
+    body = json.loads(ok.content[0].text)
+    expected = tiny_bots["beam"].respond("hi there", beam_size=3)
+    assert body["text"] == expected.text and body["settings"]["beam_size"] == 3
+    assert [h["text"] for h in body["nbest"]] == [h.text for h in expected.nbest]
+    assert unknown.isError and "unknown bot 'nope'" in unknown.content[0].text
+    assert bad.isError and "settings.beam_size=99" in bad.content[0].text and "[1, 50]" in bad.content[0].text
+
+
+def test_reply_function_is_plain(ctx, tiny_bots):
+    reply = make_reply_tool(ctx)
+    assert json.loads(reply("greedy", "hi there"))["text"] == tiny_bots["greedy"].respond("hi there").text
+    with pytest.raises(gr.Error, match="empty"):
+        reply("greedy", "   ")
+    with pytest.raises(gr.Error, match="unknown decoding setting"):
+        reply("greedy", "hi", {"beam_sizee": 2})
