@@ -32,6 +32,7 @@ import pandas as pd
 
 from core.bots import Bot
 from core.corpora import normalize_text, read_prompts
+from core.decoding import describe_settings, fields_for, ui_controls
 from core.metrics import METRICS, reply_metrics
 from core.serving import BatchScheduler, Busy
 from demo_app.context import AppContext
@@ -65,37 +66,41 @@ class Control:
     checkbox: bool = False
 
 
-CONTROLS: tuple[Control, ...] = (
-    Control("beam_size", "Beam size K", "partial replies kept per step", 1, 20, 1, integer=True),
-    Control("antilm", "Anti-LM weight", "subtract weight x log p_LM(token) from the first gamma tokens"),
-    Control("n_bonus", "Length bonus", "score added per generated token"),
-    Control("gamma", "Anti-LM span gamma", "how many first tokens the anti-LM penalises", 0, 20, 1,
-            integer=True, group="search"),
-    Control("max_len", "Max reply length", "tokens", 1, 100, 1, integer=True, group="search"),
-    Control("mmi_lambda", "MMI-bidi weight", "rerank the n-best by (1 - w) log p(T|S) + w log p(S|T)",
-            group="search"),
-    Control("no_repeat_ngram", "No-repeat n-gram", "never repeat an n-gram of this size (0: off)", 0, 4, 1,
-            integer=True, group="search"),
-    Control("sample", "Sample instead of beam search", "K samples, best score wins", group="sampling",
-            checkbox=True),
-    Control("temperature", "Temperature", "sampling only", 0.05, 2.0, 0.05, group="sampling"),
-    Control("top_k", "Top-k", "sampling only; 0: off", 0, 100, 1, integer=True, group="sampling"),
-    Control("top_p", "Top-p", "sampling only; 1: off", 0.05, 1.0, 0.05, group="sampling"),
-)
+CONTROLS: tuple[Control, ...] = tuple(  # generated from DecodeConfig: its defaults, ranges and help are the truth
+    Control(c.name, c.label, c.help, c.lo, c.hi, c.step, integer=c.kind == "int", group=c.group,
+            checkbox=c.kind == "bool") for c in ui_controls())
 CONTROL_NAMES = tuple(c.name for c in CONTROLS)
-_SAMPLING = ("temperature", "top_k", "top_p")
-_BEAM_ONLY = ("beam_size", "sample", *_SAMPLING)
+# A moved control that switches a bot's strategy: control -> (the bot's strategy, the strategy it switches to)
+SWITCHES = {"sample": ("beam", "sample"), "num_groups": ("beam", "diverse_beam"),
+            "diversity_penalty": ("beam", "diverse_beam"), "penalty_alpha": ("greedy", "contrastive")}
+CONTRASTIVE_TOP_K = 4  # candidates per step when the contrastive slider turns a greedy bot contrastive
 
 
 def applies_to(bot: Bot, name: str) -> bool:
-    """Whether control ``name`` changes ``bot``: greedy has no beam, anti-LM needs an LM, MMI a backward model."""
-    if name in _BEAM_ONLY:
-        return bot.defaults.strategy != "greedy"
-    if name in ("antilm", "gamma"):
-        return bot.lm is not None
-    if name == "mmi_lambda":
-        return bot.backward is not None
-    return True
+    """Whether control ``name`` changes ``bot``: a setting its strategy reads (or one that switches its strategy:
+    sampling for beam bots, diverse beam for beam bots, contrastive for greedy bots); anti-LM needs an LM, MMI a
+    backward model."""
+    if name in ("antilm", "gamma") and bot.lm is None:
+        return False
+    if name == "mmi_lambda" and bot.backward is None:
+        return False
+    strategy = bot.defaults.strategy
+    if name in SWITCHES:
+        return strategy in SWITCHES[name]
+    reachable = {strategy} | {to for frm, to in SWITCHES.values() if frm == strategy}
+    return any(name in fields_for(s) for s in reachable)
+
+
+def strategy_for(bot: Bot, settings: Mapping[str, Any]) -> str:
+    """The strategy ``bot`` decodes with under the moved controls ``settings``."""
+    strategy = bot.defaults.strategy
+    if "sample" in settings and strategy in ("beam", "sample"):
+        strategy = "sample" if settings["sample"] else "beam"
+    if strategy == "beam" and settings.get("num_groups", 1) > 1:
+        strategy = "diverse_beam"
+    if strategy == "greedy" and settings.get("penalty_alpha", 0) > 0:
+        strategy = "contrastive"
+    return strategy
 
 
 def default_settings(bots: Mapping[str, Bot]) -> dict[str, Any]:
@@ -144,18 +149,16 @@ def changed_settings(settings: Mapping[str, Any], initial: Mapping[str, Any]) ->
 
 
 def overrides_for(bot: Bot, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The DecodeConfig overrides the (changed) control values ``settings`` mean for ``bot``; controls that do
-    not apply to it are left out, and so are the sampling controls when the bot does not sample."""
-    out: dict[str, Any] = {}
-    sampling = bot.defaults.strategy == "sample"
-    if "sample" in settings and applies_to(bot, "sample"):
-        sampling = bool(settings["sample"])
-        if sampling != (bot.defaults.strategy == "sample"):
-            out["strategy"] = "sample" if sampling else "beam"
+    """The DecodeConfig overrides the (changed) control values ``settings`` mean for ``bot``: its strategy when a
+    control switches it, then every moved setting that strategy reads (controls that do not fit the bot are left
+    out, e.g. temperature while a bot does not sample)."""
+    strategy = strategy_for(bot, settings)
+    out: dict[str, Any] = {"strategy": strategy} if strategy != bot.defaults.strategy else {}
     for name, value in settings.items():
-        if name == "sample" or not applies_to(bot, name) or (name in _SAMPLING and not sampling):
-            continue
-        out[name] = value
+        if name != "sample" and applies_to(bot, name) and name in fields_for(strategy):
+            out[name] = value
+    if strategy == "contrastive" and out.get("top_k", bot.defaults.top_k) < 1:
+        out["top_k"] = CONTRASTIVE_TOP_K
     return out
 
 
@@ -183,7 +186,9 @@ def reply_record(bot: Bot, future: Future) -> dict[str, Any]:
         "score": _finite(reply.score),
         "latency_s": round(reply.latency_s, 4),
         "settings": reply.settings,
-        "nbest": [{"text": h.text, "score": _finite(h.score)} for h in reply.nbest],
+        "nbest": [{"text": h.text, "score": _finite(h.score),
+                   "parts": {k: _finite(v) for k, v in (getattr(h, "parts", None) or {}).items()}}
+                  for h in reply.nbest],
         "tokens": reply.tokens,
         "token_strs": reply.token_strs,
         "logprobs": [_finite(x) for x in reply.logprobs],
@@ -260,24 +265,9 @@ def user_message(prompt: str) -> dict[str, str]:
 
 
 def settings_tag(settings: Mapping[str, Any]) -> str:
-    """Short summary of the decoder settings a reply was made with, e.g. ``beam K=10 · anti-LM 0.5 (gamma 5)``."""
-    s = settings
-    if s["strategy"] == "greedy":
-        parts = ["greedy"]
-    elif s["strategy"] == "beam":
-        parts = [f"beam K={s['beam_size']}"]
-    else:
-        parts = [f"sample x{s['beam_size']} T={s['temperature']:g} top-k={s['top_k']} top-p={s['top_p']:g}"]
-    if s["antilm"] > 0 and s["gamma"] > 0:
-        parts.append(f"anti-LM {s['antilm']:g} (gamma {s['gamma']})")
-    if s["n_bonus"] > 0:
-        parts.append(f"bonus {s['n_bonus']:g}")
-    if s["mmi_lambda"] > 0:
-        parts.append(f"MMI {s['mmi_lambda']:g}")
-    if s["no_repeat_ngram"] > 0:
-        parts.append(f"no-repeat {s['no_repeat_ngram']}")
-    parts.append(f"max {s['max_len']}")
-    return " · ".join(parts)
+    """Short summary of the decoder settings a reply was made with, e.g. ``beam K=10 · anti-LM 0.4 (gamma 4)``
+    (each strategy describes itself: :func:`core.decoding.describe_settings`)."""
+    return describe_settings(dict(settings))
 
 
 def bot_message(record: Mapping[str, Any]) -> dict[str, str]:
@@ -290,11 +280,15 @@ def bot_message(record: Mapping[str, Any]) -> dict[str, str]:
     return {"role": "assistant", "content": f'{text}<br><small class="reply-meta">{html.escape(meta)}</small>'}
 
 
-NBEST_COLUMNS = ["rank", "reply", "score"]
+PART_COLUMNS = ["logp", "antilm", "bonus", "diversity", "repetition", "mmi"]  # core.decoding's score parts
+NBEST_COLUMNS = ["rank", "reply", "score", *PART_COLUMNS]
 
 
 def nbest_frame(record: Mapping[str, Any] | None) -> pd.DataFrame:
-    rows = [(i + 1, h["text"], h["score"]) for i, h in enumerate((record or {}).get("nbest", []))]
+    """The n-best list: each hypothesis, its score and the parts that add up to it (model log p, anti-LM
+    penalty, length bonus, diversity and repetition penalties, MMI term)."""
+    rows = [(i + 1, h["text"], h["score"], *((h.get("parts") or {}).get(p) for p in PART_COLUMNS))
+            for i, h in enumerate((record or {}).get("nbest", []))]
     return pd.DataFrame(rows, columns=NBEST_COLUMNS)
 
 

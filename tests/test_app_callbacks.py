@@ -368,3 +368,26 @@ def test_rl_logs_plot_their_own_columns(tmp_path):
     assert sorted(set(loss["series"])) == ["mle_loss", "pg_loss", "reward"]
     assert ppl["valid_ppl"].tolist() == [80.5]
     assert not loss["value"].isna().any()
+
+
+def test_nbest_table_splits_each_score_into_its_parts(tiny_bots):
+    last = run_chat(tiny_bots, "what is your favourite food?", n_bonus=0.2)[-1]
+    table = last.nbest[list(tiny_bots).index("antilm")]
+    assert list(table.columns) == cb.NBEST_COLUMNS and len(table) > 1
+    for row in table.itertuples(index=False):
+        parts = [getattr(row, p) or 0.0 for p in cb.PART_COLUMNS]
+        assert sum(parts) == pytest.approx(row.score, abs=1e-3)
+        assert row.antilm != 0 and row.bonus > 0  # the anti-LM bot's penalty and the moved length bonus
+
+
+def test_strategy_switching_controls(tiny_bots):
+    """Controls that turn a beam bot into diverse beam search, or the greedy bot into contrastive search."""
+    assert cb.overrides_for(tiny_bots["beam"], {"num_groups": 2, "diversity_penalty": 0.5}) == {
+        "strategy": "diverse_beam", "num_groups": 2, "diversity_penalty": 0.5}
+    assert cb.overrides_for(tiny_bots["greedy"], {"penalty_alpha": 0.6}) == {
+        "strategy": "contrastive", "penalty_alpha": 0.6, "top_k": cb.CONTRASTIVE_TOP_K}
+    assert cb.overrides_for(tiny_bots["greedy"], {"num_groups": 2}) == {}  # greedy has no beams to group
+    last = run_chat(tiny_bots, "hello", num_groups=2, diversity_penalty=1.0, penalty_alpha=0.5)[-1]
+    s = {n: r["settings"] for n, r in last.details["bots"].items()}
+    assert s["beam"]["strategy"] == "diverse_beam" and s["greedy"]["strategy"] == "contrastive"
+    assert "diverse" in last.histories[1][-1]["content"] and "contrastive" in last.histories[0][-1]["content"]
