@@ -265,3 +265,31 @@ def test_busy_scheduler_answers_503_with_retry_after(tiny_bots, tiny_checkpoints
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     err = error_of(r)
     assert err["type"] == "server_busy" and "busy" in err["message"]
+
+
+# ----------------------------------------------------------------------------- the full server
+
+
+def test_full_server_serves_the_api_beside_gradio_and_answers_bad_input_cleanly(ctx):
+    from gradio_client import Client
+
+    from demo_app.app import build_app
+    from demo_app.server import start_server
+
+    handle = start_server(ctx, build_app(ctx))
+    url = handle.url.rstrip("/")
+    try:
+        r = httpx.post(f"{url}/api/v1/reply", json={"bot": "beam", "message": "hi", "settings": {"beam_size": 99}})
+        assert r.status_code == 422 and error_of(r)["param"] == "settings.beam_size"
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                       json={"model": "greedy", "messages": [{"role": "user", "content": "hi there"}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
+        # the Gradio routes: the UI's message for a bad value, a 4xx (never a 5xx) for a broken payload
+        with pytest.raises(Exception, match="not in the list of choices"):
+            Client(handle.url, verbose=False).predict({"x": 1}, "nope", api_name="/attention")
+        for body in (b"\xff\xfe", b"[" * 30_000, b"{"):
+            r = httpx.post(f"{url}/gradio_api/call/attention", content=body,
+                           headers={"content-type": "application/json"})
+            assert 400 <= r.status_code < 500, (body[:10], r.status_code)
+    finally:
+        handle.close()

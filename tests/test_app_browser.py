@@ -164,3 +164,35 @@ def test_attention_models_and_batch_tabs(page, served):
     page.get_by_role("tab", name="Batch compare").click()
     page.locator("#batch-run").click()
     page.get_by_text(f"prompts x {len(served[1].bots)} bots").wait_for()
+
+
+def test_an_arena_battle_vote_reveal_and_leaderboard(page, served, tmp_path):
+    labels = [b.label for b in served[1].bots.values()]
+    page.get_by_role("tab", name="Arena").click()
+    vote_a = page.locator("#arena-vote-a")
+    assert vote_a.is_disabled()  # no vote before both replies are shown
+    page.locator("#arena-message textarea").fill("what do you do for fun?")
+    page.locator("#arena-send").click()
+    for side in ("a", "b"):
+        page.locator(f"#arena-chat-{side} [data-testid='bot']").last.wait_for()
+    page.wait_for_function("() => !document.querySelector('#arena-vote-a').disabled")
+    shown = page.locator("#arena-chat-a").inner_text() + page.locator("#arena-chat-b").inner_text()
+    assert not [label for label in labels if label in shown]  # names hidden until the vote
+    keep_screenshot(page, tmp_path, "arena.png")
+    vote_a.click()
+    page.locator("#arena-status").filter(has_text="Vote saved").wait_for()
+    revealed = page.locator("#arena-reveal").inner_text()
+    assert sum(n in revealed for n in served[1].bots) >= 2  # both bots named
+    page.get_by_role("tab", name="Leaderboard").click()  # refreshes on select: the vote just cast is counted
+    page.locator("#leaderboard-note").filter(has_text="1 votes, 2 bots").wait_for()  # this vote, counted
+    page.locator("#leaderboard-winrate .js-plotly-plot").first.wait_for()
+    keep_screenshot(page, tmp_path, "leaderboard.png")
+
+
+def test_the_search_tab_draws_the_tree(page, served, tmp_path):
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#search-run").click()
+    page.locator("#search-status").filter(has_text="Plain beam").wait_for()
+    page.locator("#search-tree .js-plotly-plot").first.wait_for()
+    page.locator("#search-status").filter(has_text="candidates in").wait_for()
+    keep_screenshot(page, tmp_path, "search.png")

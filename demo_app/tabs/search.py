@@ -201,7 +201,7 @@ def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
         bot = gr.Dropdown(names, value=names[0] if names else None, label="Bot (its checkpoint and models)")
         strategy = gr.Dropdown([BOT_SETTINGS, *STRATEGIES], value=BOT_SETTINGS, label="Decoder")
         message = gr.Textbox(label="Message", value="hi, how are you today?", scale=2)
-        run = gr.Button("Trace the search", variant="primary")
+        run = gr.Button("Trace the search", variant="primary", elem_id="search-run")
     inputs = []
     with gr.Accordion("Decoder settings (used when a decoder other than the bot's own is chosen)", open=False):
         with gr.Row():
@@ -211,11 +211,11 @@ def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
                 else:
                     inputs.append(gr.Slider(c.lo, c.hi, value=min(max(c.default, c.lo), c.hi), step=c.step,
                                             label=c.label, info=c.help))
-    status = gr.Markdown()
+    status = gr.Markdown(elem_id="search-status")
     with gr.Row():
-        tree = gr.Plot(label="Search tree")
+        tree = gr.Plot(label="Search tree", elem_id="search-tree")
         baseline = gr.Plot(label="Plain beam search, same message")
-    table = gr.Dataframe(label="Trace", headers=TABLE_COLUMNS, wrap=True)
+    table = gr.Dataframe(label="Trace", headers=TABLE_COLUMNS, wrap=True, elem_id="search-table")
     control_names = [c.name for c in controls()]
 
     def on_run(bot_name: str, msg: str, strat: str, *args: Any) -> tuple[Any, ...]:
