@@ -35,6 +35,7 @@ from core.corpora import normalize_text, read_prompts
 from core.decoding import describe_settings, fields_for, ui_controls
 from core.metrics import METRICS, reply_metrics
 from core.serving import BatchScheduler, Busy
+from core.strategies import STRATEGIES
 from demo_app.context import AppContext
 
 if TYPE_CHECKING:
@@ -76,13 +77,20 @@ SWITCHES = {"sample": ("beam", "sample"), "num_groups": ("beam", "diverse_beam")
 CONTRASTIVE_TOP_K = 4  # candidates per step when the contrastive slider turns a greedy bot contrastive
 
 
+def _models_allow(bot: Bot, name: str) -> bool:
+    """Anti-LM settings need the bot's language model, MMI its backward model."""
+    if name in ("antilm", "gamma"):
+        return bot.lm is not None
+    if name == "mmi_lambda":
+        return bot.backward is not None
+    return True
+
+
 def applies_to(bot: Bot, name: str) -> bool:
     """Whether control ``name`` changes ``bot``: a setting its strategy reads (or one that switches its strategy:
     sampling for beam bots, diverse beam for beam bots, contrastive for greedy bots); anti-LM needs an LM, MMI a
     backward model."""
-    if name in ("antilm", "gamma") and bot.lm is None:
-        return False
-    if name == "mmi_lambda" and bot.backward is None:
+    if not _models_allow(bot, name):
         return False
     strategy = bot.defaults.strategy
     if name in SWITCHES:
@@ -91,9 +99,10 @@ def applies_to(bot: Bot, name: str) -> bool:
     return any(name in fields_for(s) for s in reachable)
 
 
-def strategy_for(bot: Bot, settings: Mapping[str, Any]) -> str:
-    """The strategy ``bot`` decodes with under the moved controls ``settings``."""
-    strategy = bot.defaults.strategy
+def strategy_for(bot: Bot, settings: Mapping[str, Any], picked: str | None = None) -> str:
+    """The strategy ``bot`` decodes with: the one picked for its column (else its bots.json one), switched by
+    the moved controls ``settings`` (the sample checkbox, diverse-beam groups, contrastive alpha)."""
+    strategy = picked or bot.defaults.strategy
     if "sample" in settings and strategy in ("beam", "sample"):
         strategy = "sample" if settings["sample"] else "beam"
     if strategy == "beam" and settings.get("num_groups", 1) > 1:
@@ -101,6 +110,14 @@ def strategy_for(bot: Bot, settings: Mapping[str, Any]) -> str:
     if strategy == "greedy" and settings.get("penalty_alpha", 0) > 0:
         strategy = "contrastive"
     return strategy
+
+
+def picker_choices() -> list[tuple[str, str]]:
+    """The choices of each column's decoder picker: the bot's own decoder, or any registered strategy."""
+    return [("as in bots.json", BOT_DECODER), *[(name.replace("_", " "), name) for name in STRATEGIES]]
+
+
+BOT_DECODER = ""  # the picker value meaning "the bot's own bots.json decoder"
 
 
 def default_settings(bots: Mapping[str, Bot]) -> dict[str, Any]:
@@ -148,14 +165,16 @@ def changed_settings(settings: Mapping[str, Any], initial: Mapping[str, Any]) ->
     return {name: value for name, value in settings.items() if name not in initial or value != initial[name]}
 
 
-def overrides_for(bot: Bot, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The DecodeConfig overrides the (changed) control values ``settings`` mean for ``bot``: its strategy when a
-    control switches it, then every moved setting that strategy reads (controls that do not fit the bot are left
-    out, e.g. temperature while a bot does not sample)."""
-    strategy = strategy_for(bot, settings)
+def overrides_for(bot: Bot, settings: Mapping[str, Any], picked: str | None = None) -> dict[str, Any]:
+    """The DecodeConfig overrides the (changed) control values ``settings`` mean for ``bot``: its strategy (the
+    one ``picked`` for its column, or its own, switched by a control), then every moved setting that strategy reads
+    (controls that do not fit the bot are left out, e.g. temperature while a bot does not sample)."""
+    picked = picked if picked in STRATEGIES else None
+    strategy = strategy_for(bot, settings, picked)
     out: dict[str, Any] = {"strategy": strategy} if strategy != bot.defaults.strategy else {}
     for name, value in settings.items():
-        if name != "sample" and applies_to(bot, name) and name in fields_for(strategy):
+        fits = applies_to(bot, name) or (picked is not None and _models_allow(bot, name))
+        if name != "sample" and fits and name in fields_for(strategy):
             out[name] = value
     if strategy == "contrastive" and out.get("top_k", bot.defaults.top_k) < 1:
         out["top_k"] = CONTRASTIVE_TOP_K
@@ -209,26 +228,26 @@ def _failed(error: Exception) -> Future:
 
 
 def submit_all(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str,
-               settings: Mapping[str, Any]) -> dict[Future, str]:
+               settings: Mapping[str, Any], decoders: Mapping[str, str] | None = None) -> dict[Future, str]:
     """Queue ``prompt`` for every bot (each with the control values that fit it); future -> bot name. A request
     refused at once (bad settings, a full queue) is a future that already holds its error."""
     futures: dict[Future, str] = {}
     for name, bot in bots.items():
         try:
-            fut = scheduler.submit(name, prompt, overrides_for(bot, settings))
+            fut = scheduler.submit(name, prompt, overrides_for(bot, settings, (decoders or {}).get(name)))
         except (ValueError, Busy) as e:
             fut = _failed(e)
         futures[fut] = name
     return futures
 
 
-def answer_all(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str,
-               settings: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+def answer_all(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str, settings: Mapping[str, Any],
+               decoders: Mapping[str, str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """(bot name, record) for every bot, in the order they finish; every request goes through the batching
     scheduler. ``settings``: the control values to apply (see :func:`changed_settings`); a bot keeps the rest of
-    its own. Closing the iterator early (the visitor left, or a newer slider move replaced this run) cancels the
-    requests that have not been decoded yet."""
-    futures = submit_all(scheduler, bots, prompt, settings)
+    its own; ``decoders``: bot name -> the strategy picked for its column. Closing the iterator early (the
+    visitor left, or a newer slider move replaced this run) cancels the requests that have not been decoded yet."""
+    futures = submit_all(scheduler, bots, prompt, settings, decoders)
     try:
         for fut in as_completed(futures):
             name = futures[fut]
@@ -330,7 +349,7 @@ class _TurnBuilder:
     histories: list[list[dict[str, Any]]]
     notes: list[str] = field(default_factory=list)
 
-    def run(self, settings: Mapping[str, Any]) -> Iterator[Turn]:
+    def run(self, settings: Mapping[str, Any], decoders: Mapping[str, str] | None = None) -> Iterator[Turn]:
         names = list(self.ctx.bots)
         n = len(names)
         for h in self.histories:
@@ -339,7 +358,7 @@ class _TurnBuilder:
                    KEEP, self._status("Thinking…"))
         records: dict[str, dict[str, Any]] = {}
         t0 = time.perf_counter()
-        for name, record in answer_all(self.ctx.scheduler, self.ctx.bots, self.prompt, settings):
+        for name, record in answer_all(self.ctx.scheduler, self.ctx.bots, self.prompt, settings, decoders):
             records[name] = record
             i = names.index(name)
             self.histories[i][-1] = bot_message(record)
@@ -382,9 +401,10 @@ def _requested(bots: Mapping[str, Bot], values: Mapping[str, Any]) -> tuple[dict
     return changed_settings(settings, initial), notes
 
 
-def chat(ctx: AppContext, message: Any, histories: Sequence[Any] | None, values: Mapping[str, Any]
-         ) -> Iterator[Turn]:
-    """Send ``message`` to every bot; yields the tab after the user message is shown and after each reply."""
+def chat(ctx: AppContext, message: Any, histories: Sequence[Any] | None, values: Mapping[str, Any],
+         decoders: Mapping[str, str] | None = None) -> Iterator[Turn]:
+    """Send ``message`` to every bot; yields the tab after the user message is shown and after each reply.
+    ``decoders``: bot name -> strategy picked for its column (missing or "": the bot's own)."""
     bots = ctx.bots
     hist = _histories(bots, histories)
     message = message if isinstance(message, str) else ""
@@ -399,11 +419,11 @@ def chat(ctx: AppContext, message: Any, histories: Sequence[Any] | None, values:
         notes.append(f"Long message ({len(message):,} characters): the bots read only its last {reads} tokens.")
     for h in hist:
         h.append(user_message(message))
-    yield from _TurnBuilder(ctx, message, hist, notes).run(settings)
+    yield from _TurnBuilder(ctx, message, hist, notes).run(settings, decoders)
 
 
 def rerun(ctx: AppContext, last_prompt: str | None, histories: Sequence[Any] | None,
-          values: Mapping[str, Any]) -> Iterator[Turn]:
+          values: Mapping[str, Any], decoders: Mapping[str, str] | None = None) -> Iterator[Turn]:
     """Answer the last message again with the current settings, replacing each bot's last reply."""
     bots = ctx.bots
     hist = _histories(bots, histories)
@@ -416,7 +436,7 @@ def rerun(ctx: AppContext, last_prompt: str | None, histories: Sequence[Any] | N
             h.pop()
         if not h:  # cleared since: show the prompt again
             h.append(user_message(last_prompt))
-    yield from _TurnBuilder(ctx, last_prompt, hist, notes).run(settings)
+    yield from _TurnBuilder(ctx, last_prompt, hist, notes).run(settings, decoders)
 
 
 class LiveRuns:
@@ -446,7 +466,8 @@ LIVE_DEBOUNCE_S = 0.15  # a release waits this long for a newer one before it de
 
 
 def live_rerun(ctx: AppContext, live: LiveRuns, key: str, last_prompt: str | None, histories: Sequence[Any] | None,
-               values: Mapping[str, Any], *, debounce_s: float = LIVE_DEBOUNCE_S) -> Iterator[Turn]:
+               values: Mapping[str, Any], decoders: Mapping[str, str] | None = None, *,
+               debounce_s: float = LIVE_DEBOUNCE_S) -> Iterator[Turn]:
     """A slider was released: answer the last message again with the new values (as :func:`rerun`), unless a
     newer release of the same session (``key``) comes within ``debounce_s`` or while this one is streaming, in
     which case this run stops. Before the first message nothing happens."""
@@ -459,7 +480,7 @@ def live_rerun(ctx: AppContext, live: LiveRuns, key: str, last_prompt: str | Non
     if not live.is_latest(key, token):
         yield nothing
         return
-    for turn in rerun(ctx, last_prompt, histories, values):
+    for turn in rerun(ctx, last_prompt, histories, values, decoders):
         if not live.is_latest(key, token):
             return  # closing rerun() cancels its queued requests
         yield turn

@@ -391,3 +391,17 @@ def test_strategy_switching_controls(tiny_bots):
     s = {n: r["settings"] for n, r in last.details["bots"].items()}
     assert s["beam"]["strategy"] == "diverse_beam" and s["greedy"]["strategy"] == "contrastive"
     assert "diverse" in last.histories[1][-1]["content"] and "contrastive" in last.histories[0][-1]["content"]
+
+
+def test_a_column_can_pick_any_decoder_on_its_bot(tiny_bots):
+    """Each column's picker puts any strategy on that bot's model; the sliders set the picked strategy."""
+    with context(tiny_bots) as ctx:
+        turns = list(cb.chat(ctx, "hello there", [[] for _ in tiny_bots], {"num_groups": 2, "diversity_penalty": 1.0},
+                             {"greedy": "diverse_beam", "beam": "contrastive", "rl": ""}))
+    s = {n: r["settings"] for n, r in turns[-1].details["bots"].items()}
+    assert s["greedy"]["strategy"] == "diverse_beam" and s["greedy"]["num_groups"] == 2  # greedy has no beams itself
+    assert s["beam"]["strategy"] == "contrastive" and s["beam"]["top_k"] == cb.CONTRASTIVE_TOP_K
+    assert s["rl"]["strategy"] == "diverse_beam"  # "" = its own beam search, switched by the moved groups slider
+    assert s["antilm"]["antilm"] == tiny_bots["antilm"].defaults.antilm  # no picker value: untouched
+    assert cb.overrides_for(tiny_bots["greedy"], {"antilm": 0.3}, "beam") == {"strategy": "beam"}  # no LM: no anti-LM
+    assert cb.overrides_for(tiny_bots["beam"], {}, "not-a-strategy") == {}  # an unknown pick is ignored

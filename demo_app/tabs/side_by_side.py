@@ -28,33 +28,40 @@ def build(ctx: AppContext, shared: dict[str, Any], tab: gr.Tab) -> None:
     controls = ui["controls"]
     live = cb.LiveRuns()
 
+    c = len(cb.CONTROL_NAMES)
+
+    def unpack(rest: tuple) -> tuple[tuple, dict, dict]:
+        """(histories, control values, picked decoder per bot) from the inputs after the first one."""
+        return rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n : n + c])), dict(zip(bots, rest[n + c : n + c + n]))
+
     def on_chat(message, *rest):
-        histories, values = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:]))
-        for turn in cb.chat(ctx, message, histories, values):
+        histories, values, decoders = unpack(rest)
+        for turn in cb.chat(ctx, message, histories, values, decoders):
             yield _outputs(turn)
 
     def on_rerun(last_prompt, *rest):
-        histories, values = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:]))
-        for turn in cb.rerun(ctx, last_prompt, histories, values):
+        histories, values, decoders = unpack(rest)
+        for turn in cb.rerun(ctx, last_prompt, histories, values, decoders):
             yield _outputs(turn)
 
-    def on_release(last_prompt, *rest):  # rest: histories, controls, then the gr.Request Gradio passes in
-        histories, values, request = rest[:n], dict(zip(cb.CONTROL_NAMES, rest[n:-1])), rest[-1]
+    def on_release(last_prompt, *rest):  # rest: histories, controls, pickers, then the gr.Request Gradio passes in
+        (histories, values, decoders), request = unpack(rest[:-1]), rest[-1]
         key = getattr(request, "session_hash", None) or "anonymous"
-        for turn in cb.live_rerun(ctx, live, key, last_prompt, histories, values):
+        for turn in cb.live_rerun(ctx, live, key, last_prompt, histories, values, decoders):
             yield _outputs(turn)
 
     histories = [f"{_param(name)}_history" for name in bots]
-    _name_params(on_chat, ["message", *histories, *cb.CONTROL_NAMES])
-    _name_params(on_rerun, ["last_prompt", *histories, *cb.CONTROL_NAMES])
-    _name_params(on_release, ["last_prompt", *histories, *cb.CONTROL_NAMES], request=True)
+    pickers = [f"{_param(name)}_decoder" for name in bots]
+    _name_params(on_chat, ["message", *histories, *cb.CONTROL_NAMES, *pickers])
+    _name_params(on_rerun, ["last_prompt", *histories, *cb.CONTROL_NAMES, *pickers])
+    _name_params(on_release, ["last_prompt", *histories, *cb.CONTROL_NAMES, *pickers], request=True)
     events = dict(show_progress="hidden", concurrency_id=MODELS)
-    gr.on([ui["send"].click, ui["message"].submit], on_chat, [ui["message"], *ui["chatbots"], *controls], outputs,
+    state = [*ui["chatbots"], *controls, *ui["pickers"]]
+    gr.on([ui["send"].click, ui["message"].submit], on_chat, [ui["message"], *state], outputs,
           api_name="chat", **events)
-    ui["rerun"].click(on_rerun, [ui["last_prompt"], *ui["chatbots"], *controls], outputs, api_name="rerun",
-                      **events)
-    releases = [c.release if isinstance(c, gr.Slider) else c.input for c in controls]
-    gr.on(releases, on_release, [ui["last_prompt"], *ui["chatbots"], *controls], outputs, api_name="live_rerun",
+    ui["rerun"].click(on_rerun, [ui["last_prompt"], *state], outputs, api_name="rerun", **events)
+    releases = [w.release if isinstance(w, gr.Slider) else w.input for w in [*controls, *ui["pickers"]]]
+    gr.on(releases, on_release, [ui["last_prompt"], *state], outputs, api_name="live_rerun",
           api_visibility="undocumented", trigger_mode="multiple", **events)
     ui["clear"].click(lambda: _outputs(cb.clear(bots)), None, outputs, api_name="clear",
                       api_visibility="undocumented", queue=False)
@@ -82,7 +89,7 @@ def _name_params(fn, names: list[str], *, request: bool = False) -> None:
 
 def _layout(ctx: AppContext) -> dict:
     bots = ctx.bots
-    ui: dict = {"chatbots": [], "nbest": [], "controls": []}
+    ui: dict = {"chatbots": [], "nbest": [], "controls": [], "pickers": []}
     with gr.Row(equal_height=True):
         ui["message"] = gr.Textbox(placeholder=f"Say something to all {len(bots)} bots, then press Enter or Send",
                                    show_label=False, scale=6, max_lines=6, elem_id="message")
@@ -94,6 +101,9 @@ def _layout(ctx: AppContext) -> dict:
         for bot in bots.values():
             with gr.Column(min_width=230, elem_id=f"col-{_param(bot.name)}"):
                 gr.Markdown(f"### {bot.label}\n{bot.description}", elem_classes="bot-head")
+                ui["pickers"].append(gr.Dropdown(cb.picker_choices(), value=cb.BOT_DECODER, label="Decoder",
+                                                 elem_id=f"decoder-{_param(bot.name)}", container=False,
+                                                 info="any strategy on this bot's model; sliders below set it"))
                 ui["chatbots"].append(gr.Chatbot(
                     label=bot.label, show_label=False, elem_id=f"chat-{_param(bot.name)}", height=380,
                     render_markdown=False, sanitize_html=True, feedback_options=None, buttons=["copy"],
