@@ -224,6 +224,28 @@ def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
     return rows
 
 
+def in_process_p50(checkpoints: Path, device: str, rounds: int = 3) -> float:
+    """p50 of one turn of every bot in this process (no HTTP): the side-by-side callback over the batching
+    scheduler, the same prompts as the users send; the floor the one-user HTTP latency is compared with."""
+    sys.path.insert(0, str(REPO))
+    from demo_app import callbacks as cb
+    from demo_app.server import make_context
+
+    ctx = make_context(checkpoints, device=device, arena=False)
+    try:
+        for prompt in PROMPTS[:3]:  # warm-up, as for the server
+            list(cb.chat(ctx, prompt, [[] for _ in ctx.bots], {}))
+        times = []
+        for _ in range(rounds):
+            for prompt in PROMPTS:
+                t0 = time.perf_counter()
+                list(cb.chat(ctx, prompt, [[] for _ in ctx.bots], {}))
+                times.append(time.perf_counter() - t0)
+    finally:
+        ctx.scheduler.close()
+    return percentile(times, 50)
+
+
 def to_markdown(rows: list[Row]) -> str:
     head = ("| batching | users | think (s) | requests | errors | req/s | vs 1 user | p50 (s) | p95 (s) | max (s) "
             "| RSS before (MB) | RSS after (MB) | RSS growth |")
@@ -255,11 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for the server to come up")
     ap.add_argument("--seed", type=int, default=0, help="seed of the think times")
     ap.add_argument("--json", type=Path, default=REPO / "dist" / "load.json", help="where the rows go as JSON")
+    ap.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=True,
+                    help="first time the same turns in this process, without HTTP (the one-user floor)")
     args = ap.parse_args(argv)
     if any(u < 1 for u in args.users) or args.duration <= 0 or args.think < 0:
         ap.error("--users must be >= 1, --duration > 0 and --think >= 0")
     if not (args.checkpoints / "bots.json").exists():
         ap.error(f"{args.checkpoints}/bots.json not found: pass --checkpoints <folder with bots.json>")
+    floor = None
+    if args.in_process:
+        floor = in_process_p50(args.checkpoints, args.device)
+        print(f"in process (no HTTP): every bot's reply to one prompt, p50 {floor:.3f} s", flush=True)
     rows: list[Row] = []
     for mode in args.modes:
         print(f"batching {mode}: starting chatbot-arena serve ...", flush=True)
@@ -267,9 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n/chat calls (every bot replies), {args.duration:g} s per user count, device {args.device}, "
           f"{os.cpu_count()} CPUs\n")
     print(to_markdown(rows))
+    one = next((r for r in rows if r.mode == "on" and r.users == 1), None)
+    if floor and one:
+        print(f"\none user over HTTP (batching on) p50 {one.p50_s:.3f} s vs in process {floor:.3f} s: "
+              f"{one.p50_s / floor:.2f}x")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                                     "rows": [_json_row(r) for r in rows]}, indent=2), encoding="utf-8")
+                                     "in_process_p50_s": floor, "rows": [_json_row(r) for r in rows]}, indent=2),
+                         encoding="utf-8")
     print(f"\nwrote {args.json}")
     errors = sum(r.errors for r in rows)
     return 1 if errors else 0
