@@ -7,7 +7,8 @@ C candidates per prompt, S source length, T target length, H hidden, V vocab, L 
 
 One loop (:func:`generate`) owns the search. The prompts are encoded once; at step t (t tokens generated):
   1. the seq2seq model steps all rows at once (one row per prompt at t=0, where the K rows would all be <s>;
-     N rows after), and during the first ``gamma`` steps the anti-LM steps the same rows;
+     N rows after), and while the anti-LM applies (the first ``gamma`` tokens, or with ``gamma_words`` until
+     every live row has finished ``gamma`` words) the language model steps the same rows;
   2. score modifiers, small callables ``(scores (N, V), step) -> scores (N, V)``, edit the step log-probs;
   3. the strategy object (``STRATEGIES[cfg.strategy]``) proposes C candidates per prompt in rank order: beam
      search the top 2K of its K*V continuations, sampling one draw per row (K draws at t=0), greedy is beam
@@ -22,7 +23,8 @@ Hypothesis and Reply tokens end with </s> when the model produced it; per-token 
 
 Score parts: every hypothesis carries ``parts`` that add up to its ``score`` (to float rounding):
   logp        sum of log p(t_k | t_<k, S), the seq2seq model's own log-probs;
-  antilm      - antilm * sum_{k < gamma} log p_LM(t_k | t_<k): the anti-LM penalty as added (positive);
+  antilm      - antilm * sum_{k < gamma} log p_LM(t_k | t_<k): the anti-LM penalty as added (positive; with
+              gamma_words the sum runs over the pieces of the first gamma words);
   bonus       n_bonus * (tokens that are not </s>), plus what the length normalisation (length_norm or
               length_penalty) changed: finished score - search total;
   diversity   the Hamming penalties diverse beam search subtracted (<= 0);
@@ -48,6 +50,7 @@ import inspect
 import math
 import time
 import typing
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
@@ -77,6 +80,7 @@ __all__ = ["STRATEGIES", "Candidates", "DecodeConfig", "Hypothesis", "Reply", "S
 
 NEG_INF = float("-inf")
 NEVER_GENERATED = (PAD_ID, BOS_ID, UNK_ID)  # special ids a reply never contains
+SPACE_MARK = "\u0120"  # "Ġ": how byte-level BPE writes the space that begins a word
 UI_GROUPS = ("main", "search", "sampling")
 
 # ----------------------------------------------------------------------------- settings
@@ -110,8 +114,11 @@ class DecodeConfig:
                             step=1)
     antilm: float = _setting(0.0, "anti-LM weight: subtract antilm * log p_LM(token | prefix) during the search",
                              lo=0.0, hi=1.0, label="Anti-LM weight", step=0.05, group="main")
-    gamma: int = _setting(5, "the anti-LM penalty applies to the first gamma generated tokens", lo=0, hi=100,
-                          label="Anti-LM span gamma", step=1, group="search", ui_hi=20)
+    gamma: int = _setting(5, "the anti-LM penalty applies to the first gamma generated tokens (or words, with "
+                          "gamma_words)", lo=0, hi=100, label="Anti-LM span gamma", step=1, group="search", ui_hi=20)
+    gamma_words: bool = _setting(False, "count the anti-LM span gamma in words, not tokens: every piece of the "
+                                 "first gamma words is penalised, so a rare word fragment is not rewarded piece by "
+                                 "piece (needs the tokenizer)", label="Gamma counts words", group="search")
     n_bonus: float = _setting(0.0, "reward added per generated token (not </s>): favours longer replies",
                               lo=0.0, hi=1.0, label="Length bonus", step=0.05, group="main")
     length_norm: bool = _setting(False, "rank finished hypotheses by score / length", label="Length-normalised")
@@ -289,7 +296,7 @@ class Step(NamedTuple):
 
     t: int  # tokens generated so far (0 at the first step)
     prefix: Tensor | None  # (N, t) tokens generated so far, kept only when a modifier needs_prefix
-    lm_logp: Tensor | None  # (N, V) language-model log-probs, during the first lm_steps steps
+    lm_logp: Tensor | None  # (N, V) language-model log-probs, while the anti-LM may apply
 
 
 Modifier = Callable[[Tensor, Step], Tensor]
@@ -332,16 +339,73 @@ class LengthBonus:
 
 class AntiLM:
     """Li et al. (2016) MMI-antiLM: subtract ``weight * log p_LM(token | prefix)`` for the first ``gamma``
-    tokens (</s> included), so tokens any reply would use lose to tokens that fit this prompt."""
+    tokens (</s> included), so tokens any reply would use lose to tokens that fit this prompt.
 
-    def __init__(self, weight: float, gamma: int) -> None:
-        self.weight, self.gamma = weight, gamma
-        self.lm_steps = gamma  # the engine steps the language model only while t < lm_steps
+    With ``starts`` (V,) bool, the "starts a word" table of :func:`word_starts`, gamma counts words: a token is
+    penalised while it belongs to one of the first gamma words, continuation pieces included (a reply's first
+    token always begins a word; </s> counts as a word start, so it is penalised while fewer than gamma words
+    are complete). The word count of each row is read from the prefix, so the modifier then ``needs_prefix``."""
+
+    def __init__(self, weight: float, gamma: int, starts: Tensor | None = None) -> None:
+        self.weight, self.gamma, self.starts = weight, gamma, starts
+        self.needs_prefix = starts is not None
+        self.lm_steps = gamma  # the language model steps at least while t < lm_steps (see lm_needed)
+
+    def words_begun(self, prefix: Tensor) -> Tensor:
+        """prefix (N, t) -> (N,) words begun so far: the first token, then every token that starts a word."""
+        if prefix.size(1) == 0:
+            return prefix.new_zeros(prefix.size(0))
+        starts = self._starts(prefix.device)
+        return 1 + starts[prefix[:, 1:]].sum(1)  # (N,)
+
+    def mask(self, step: Step) -> Tensor | None:
+        """(N, V) True where the penalty applies to the next token of a row; None: everywhere (token gamma, or
+        before gamma steps where every token is in the first gamma words)."""
+        if self.starts is None or step.t < self.gamma:
+            return None
+        words = self.words_begun(step.prefix).unsqueeze(1)  # (N, 1)
+        return (words < self.gamma) | ((words == self.gamma) & ~self._starts(words.device).unsqueeze(0))  # (N, V)
+
+    def lm_needed(self, t: int, prefix: Tensor | None, live: Tensor) -> bool:
+        """Whether step ``t`` can still be penalised for a live row (``live`` (N,) bool): t < gamma in tokens;
+        in words, while some live row has begun at most gamma words (its next piece may continue word gamma)."""
+        if t < self.gamma:
+            return True
+        if self.starts is None or prefix is None:
+            return False
+        return bool(((self.words_begun(prefix) <= self.gamma) & live).any())
+
+    def _starts(self, device: torch.device) -> Tensor:
+        if self.starts.device != device:
+            self.starts = self.starts.to(device)
+        return self.starts
 
     def __call__(self, scores: Tensor, step: Step) -> Tensor:
-        if step.t >= self.gamma:
+        if step.lm_logp is None or (self.starts is None and step.t >= self.gamma):
             return scores
-        return scores - self.weight * step.lm_logp.clamp(min=-1e4)  # (N, V); clamp: -inf - -inf is NaN
+        penalty = self.weight * step.lm_logp.clamp(min=-1e4)  # (N, V); clamp: -inf - -inf is NaN
+        mask = self.mask(step)
+        return scores - (penalty if mask is None else penalty * mask)  # (N, V)
+
+
+_WORD_STARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def word_starts(tokenizer: Tokenizer) -> Tensor:
+    """(V,) bool "this token starts a word", built once per tokenizer: a byte-level BPE piece that begins with
+    the space marker (``Ġ``), and the special tokens (</s> ends the reply, so it counts as a new word); in a
+    word-level vocabulary every token is a word."""
+    table = _WORD_STARTS.get(tokenizer)
+    if table is None:
+        hf = tokenizer.hf
+        pieces = [hf.id_to_token(i) or "" for i in range(tokenizer.vocab_size)]
+        if type(hf.model).__name__ == "WordLevel":
+            table = torch.ones(len(pieces), dtype=torch.bool)
+        else:
+            table = torch.tensor([p.startswith(SPACE_MARK) for p in pieces], dtype=torch.bool)
+            table[[PAD_ID, BOS_ID, EOS_ID, UNK_ID]] = True
+        _WORD_STARTS[tokenizer] = table
+    return table
 
 
 class NoRepeatNGram:
@@ -386,9 +450,10 @@ def _repetition_delta(logp: float, theta: float) -> float:
     return logp * theta - logp if logp < 0 else logp / theta - logp
 
 
-def build_modifiers(cfg: DecodeConfig) -> list[Modifier]:
+def build_modifiers(cfg: DecodeConfig, starts: Tensor | None = None) -> list[Modifier]:
     """The modifiers ``cfg`` asks for; zero weights add none, so antilm=0 / n_bonus=0 is plain beam search.
-    The repetition penalty comes first, so it acts on the model's own log-probs."""
+    The repetition penalty comes first, so it acts on the model's own log-probs. ``starts``: the word-start
+    table (:func:`word_starts`) the anti-LM needs with ``gamma_words``."""
     mods: list[Modifier] = [BanTokens()]
     if cfg.min_len > 0:
         mods.append(MinLength(cfg.min_len))
@@ -397,7 +462,9 @@ def build_modifiers(cfg: DecodeConfig) -> list[Modifier]:
     if cfg.no_repeat_ngram > 0:
         mods.append(NoRepeatNGram(cfg.no_repeat_ngram))
     if cfg.antilm > 0 and cfg.gamma > 0:
-        mods.append(AntiLM(cfg.antilm, cfg.gamma))
+        if cfg.gamma_words and starts is None:
+            raise ValueError("gamma_words=True counts words: pass the tokenizer (generate(..., tokenizer=...))")
+        mods.append(AntiLM(cfg.antilm, cfg.gamma, starts if cfg.gamma_words else None))
     if cfg.n_bonus > 0:
         mods.append(LengthBonus(cfg.n_bonus))
     return mods
@@ -578,14 +645,16 @@ def _lookahead(model: Any, state: State, mem: Memory, tokens: Tensor) -> Tensor:
 
 
 def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strategy: Strategy,
-            tracer: _Tracer | None = None) -> list[list[tuple[_Final, _Path]]]:
+            tracer: _Tracer | None = None, starts: Tensor | None = None) -> list[list[tuple[_Final, _Path]]]:
     """The search loop. Returns, per prompt, the n-best (finished hypothesis, its path), best first."""
     device = _device(model)
     B = len(src)
     K, G = strategy.width(cfg), strategy.groups
     nbest = min(cfg.nbest, K)
-    modifiers = build_modifiers(cfg)
-    lm_steps = max([getattr(m, "lm_steps", 0) for m in modifiers])
+    modifiers = build_modifiers(cfg, starts)
+    anti = next((m for m in modifiers if isinstance(m, AntiLM)), None)
+    lm_steps = anti.lm_steps if anti else 0
+    lm_on = lm_steps > 0  # the anti-LM may still apply: the LM steps (its state follows the rows) while it does
     antilm_w = cfg.antilm if lm_steps else 0.0
     keep_prefix = any(getattr(m, "needs_prefix", False) for m in modifiers)
     rank = _ranker(cfg)
@@ -616,7 +685,7 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
             logp, state, attn = model.decode_step(tok, state, mem)  # (B*R, V), state, (B*R, S)
             ctx = StepContext(t)
         lm_logp = None
-        if t < lm_steps:
+        if lm_on:
             lm_logp, lm_state = lm.decode_step(tok, lm_state)  # (B*R, V)
         step = Step(t, prefix, lm_logp)
         step_scores = logp
@@ -633,6 +702,9 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
         cand_antilm = None  # (B, C) the anti-LM part of each candidate's step, while it applies
         if antilm_w and lm_logp is not None:
             cand_antilm = -antilm_w * lm_logp.flatten().take(flat).clamp(min=-1e4)
+            word_mask = anti.mask(step)  # (B*R, V) with gamma_words, else None
+            if word_mask is not None:
+                cand_antilm = cand_antilm * word_mask.flatten().take(flat)
         is_eos = cand.tokens == EOS_ID  # (B, C)
         any_eos = bool(is_eos.any())
         done_before = list(done) if tracer else []
@@ -678,14 +750,16 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
         state = select_rows(state, rows)
         if hidden is not None:
             hidden = hidden.index_select(0, rows)  # (N, t+1, H)
-        if t + 1 < lm_steps:
-            lm_state = select_rows(lm_state, rows)
         if prefix is not None:
             prefix = torch.cat([prefix.index_select(0, rows), tok.unsqueeze(1)], 1)  # (N, t+1)
+        if lm_on:
+            lm_on = anti.lm_needed(t + 1, prefix, scores.reshape(-1) > NEG_INF)
+        if lm_on:
+            lm_state = select_rows(lm_state, rows)
 
         # 7. which prompts are done; their rows stop competing
         newly = _update_done(done, finished, scores.max(1).values.tolist(), K, nbest,
-                             _gain_left(cfg, lm_steps, t, rank))
+                             _gain_left(cfg, lm_on, t, rank))
         if tracer:
             tracer.step(t, {"scores": cand.scores, "tokens": cand.tokens, "beams": cand.beams, "logp": cand_logp,
                             "antilm": cand_antilm, "extra": cand.extra}, keep, ends, K, done_before, done, last)
@@ -701,11 +775,11 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
     return out
 
 
-def _gain_left(cfg: DecodeConfig, lm_steps: int, t: int, rank: Ranker | None) -> float:
+def _gain_left(cfg: DecodeConfig, lm_on: bool, t: int, rank: Ranker | None) -> float:
     """Most a live row can still add to its score after step t: n_bonus per remaining token; unbounded while
-    the anti-LM still applies (it adds -antilm * log p_LM >= 0) or when scores are length-normalised. (The
-    repetition penalty and diverse beam's penalty only lower scores.)"""
-    if rank is not None or t + 1 < lm_steps:
+    the anti-LM still applies after step t (``lm_on``; it adds -antilm * log p_LM >= 0) or when scores are
+    length-normalised. (The repetition penalty and diverse beam's penalty only lower scores.)"""
+    if rank is not None or lm_on:
         return math.inf
     return cfg.n_bonus * (cfg.max_len - 1 - t)
 
@@ -842,7 +916,16 @@ def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = N
         return tokenizer.id_to_token(i) if tokenizer else str(i)
 
     tracer = _Tracer(len(src), cfg, piece) if trace else None
-    results = _search(model, src, cfg, lm, strategy, tracer)
+    starts = None
+    if cfg.gamma_words and cfg.antilm > 0 and cfg.gamma > 0:
+        if tokenizer is None:
+            raise ValueError("gamma_words=True counts words: pass the tokenizer (generate(..., tokenizer=...)) "
+                             "or set gamma_words=False")
+        starts = word_starts(tokenizer)
+        V = getattr(getattr(model, "cfg", None), "vocab_size", None)
+        if V is not None and len(starts) != V:
+            raise ValueError(f"the tokenizer has {len(starts)} tokens but the model's vocab_size is {V}")
+    results = _search(model, src, cfg, lm, strategy, tracer, starts)
     replies = []
     for b, (s, found) in enumerate(zip(src, results)):
         hyps, attention = [], {}
@@ -866,8 +949,8 @@ def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = N
 
 # ----------------------------------------------------------------------------- settings for people
 
-COMMON_FIELDS = ("nbest", "max_len", "min_len", "antilm", "gamma", "n_bonus", "length_norm", "mmi_lambda",
-                 "no_repeat_ngram", "repetition_penalty", "length_penalty")  # read whatever the strategy
+COMMON_FIELDS = ("nbest", "max_len", "min_len", "antilm", "gamma", "gamma_words", "n_bonus", "length_norm",
+                 "mmi_lambda", "no_repeat_ngram", "repetition_penalty", "length_penalty")  # read whatever the strategy
 
 
 def fields_for(strategy: str) -> tuple[str, ...]:
@@ -885,7 +968,7 @@ def describe_settings(settings: Mapping[str, Any] | DecodeConfig) -> str:
     cfg = settings if isinstance(settings, DecodeConfig) else DecodeConfig().with_overrides(**dict(settings))
     parts = [STRATEGIES[cfg.strategy].describe(cfg)]
     if cfg.antilm > 0 and cfg.gamma > 0:
-        parts.append(f"anti-LM {cfg.antilm:g} (gamma {cfg.gamma})")
+        parts.append(f"anti-LM {cfg.antilm:g} (gamma {cfg.gamma}{' words' if cfg.gamma_words else ''})")
     if cfg.n_bonus > 0:
         parts.append(f"bonus {cfg.n_bonus:g}")
     if cfg.mmi_lambda > 0:

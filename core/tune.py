@@ -1,4 +1,4 @@
-"""Tune the anti-LM bot's defaults (``antilm``, ``gamma``, ``n_bonus``) on the validation split.
+"""Tune the anti-LM bot's defaults (``antilm``, ``gamma``, ``gamma_words``, ``n_bonus``) on the validation split.
 
     chatbot-arena tune                                  # grid over the shipped anti-LM bot; prints the table
     chatbot-arena tune --write                          # ... and writes the winner into checkpoints/bots.json
@@ -10,7 +10,11 @@ is one rare word the LM finds surprising, e.g. "nursing potter", which a per-tok
 replies holding a token below ``RARE_TOKEN_LOGP`` nats grows by at most ``max_rare_increase`` (a mean over replies
 lets a few such replies through), and whose dull rate is no higher than plain beam's, pick the one with the
 highest distinct-2 (ties: the higher log-probability). Replies are decoded for a fixed, seeded sample of
-validation prompts.
+validation prompts. The grid may hold any DecodeConfig field; ``gamma_words`` chooses whether gamma counts
+tokens (False) or words (True).
+
+    >>> chosen, table = tune_antilm(bot, split, n_prompts=100, grid={"antilm": [0.3, 0.4], "gamma": [2, 4],
+    ...                                                              "gamma_words": [False, True]})
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import itertools
 import json
 import random
 import statistics
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +31,14 @@ import pandas as pd
 
 from core.bots import Bot
 from core.corpora import Split, make_pairs
+from core.decoding import DecodeConfig
 from core.metrics import DULL_REPLIES, reply_metrics
 
+_TYPES = typing.get_type_hints(DecodeConfig)
 RARE_TOKEN_LOGP = -8.0  # a token the model gives less than e^-8 ~ 3e-4: a word that does not belong
-GRID = {"antilm": [0.1, 0.2, 0.3, 0.4, 0.5], "gamma": [2, 4, 6], "n_bonus": [0.0, 0.25, 0.5]}
+GRID = {"antilm": [0.1, 0.2, 0.3, 0.4, 0.5], "gamma": [2, 4, 6], "gamma_words": [False, True],
+        "n_bonus": [0.0, 0.25, 0.5]}
+PLAIN_BEAM = {"antilm": 0.0, "gamma": 0, "gamma_words": False, "n_bonus": 0.0}  # the reference row
 
 
 def _score(bot: Bot, prompts: list[str], dull: list[str], batch_size: int, **settings: Any) -> dict[str, float]:
@@ -53,8 +62,11 @@ def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str,
     dull = dull or list(DULL_REPLIES)
     pairs = make_pairs(split.valid)
     prompts = [q for q, _ in random.Random(seed).sample(pairs, min(n_prompts, len(pairs)))]
-    rows = [{"antilm": 0.0, "gamma": 0, "n_bonus": 0.0,
-             **_score(bot, prompts, dull, batch_size, antilm=0.0, n_bonus=0.0)}]
+    unknown = sorted(set(grid) - set(_TYPES))
+    if unknown:
+        raise ValueError(f"tune grid names unknown decoding setting(s) {unknown}; known: {sorted(_TYPES)}")
+    reference = {k: PLAIN_BEAM.get(k, getattr(bot.defaults, k)) for k in grid}
+    rows = [{**reference, **_score(bot, prompts, dull, batch_size, **{**reference, "antilm": 0.0, "n_bonus": 0.0})}]
     base = rows[0]
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values))
@@ -71,7 +83,7 @@ def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str,
                          f"token within {max_worst_drop} nats, at most {max_rare_increase:.0%} more replies with a "
                          f"rare token) of plain beam with no more dull replies; widen the grid or the allowed drops")
     best = candidates.iloc[0]
-    chosen = {"antilm": float(best["antilm"]), "gamma": int(best["gamma"]), "n_bonus": float(best["n_bonus"])}
+    chosen = {k: _TYPES[k](best[k]) if _TYPES[k] in (bool, int, float) else best[k] for k in grid}
     return chosen, df
 
 

@@ -169,23 +169,30 @@ class ReplyRequest(BaseModel):
                                     description="size of the n-best list (the same as settings.nbest)")
 
 
+Score = float | None  # JSON has no -inf: a score no reply can reach (every continuation blocked) is null
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
 class HypothesisOut(BaseModel):
     text: str
-    score: float
+    score: Score
     tokens: list[str]
     token_ids: list[int]
-    logprobs: list[float]
-    parts: dict[str, float] | None = None  # the score's terms, when the decoder reports them
+    logprobs: list[Score]
+    parts: dict[str, Score] | None = None  # the score's terms, when the decoder reports them
 
 
 class ReplyResponse(BaseModel):
     bot: str
     text: str
-    score: float
-    parts: dict[str, float] | None = None
+    score: Score = Field(description="the search score; null when no reply was possible under these settings")
+    parts: dict[str, Score] | None = None
     tokens: list[str]
     token_ids: list[int]
-    logprobs: list[float] = Field(description="log p(token | prefix, message) from the seq2seq model")
+    logprobs: list[Score] = Field(description="log p(token | prefix, message) from the seq2seq model")
     nbest: list[HypothesisOut]
     source_tokens: list[str]
     latency_s: float = Field(description="wall time of the batched search that produced this reply")
@@ -292,9 +299,9 @@ def _pieces(bot: Bot, ids: list[int]) -> list[str]:
     return [bot.tokenizer.id_to_token(i) for i in ids]
 
 
-def _parts(h: Any) -> dict[str, float] | None:
+def _parts(h: Any) -> dict[str, float | None] | None:
     parts = getattr(h, "parts", None)
-    return {str(k): float(v) for k, v in dict(parts).items()} if parts else None
+    return {str(k): _num(float(v)) for k, v in dict(parts).items()} if parts else None
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -405,10 +412,11 @@ def api_router(ctx: AppContext) -> APIRouter:
             overrides["nbest"] = req.nbest
         start = time.perf_counter()
         r = await decode(ctx, req.bot, req.message, overrides)
-        nbest = [HypothesisOut(text=h.text, score=h.score, tokens=_pieces(bot, h.tokens), token_ids=h.tokens,
-                               logprobs=h.logprobs, parts=_parts(h)) for h in r.nbest]
-        return ReplyResponse(bot=req.bot, text=r.text, score=r.score, parts=_parts(r.nbest[0]) if r.nbest else None,
-                             tokens=r.token_strs, token_ids=r.tokens, logprobs=r.logprobs, nbest=nbest,
+        nbest = [HypothesisOut(text=h.text, score=_num(h.score), tokens=_pieces(bot, h.tokens), token_ids=h.tokens,
+                               logprobs=[_num(x) for x in h.logprobs], parts=_parts(h)) for h in r.nbest]
+        return ReplyResponse(bot=req.bot, text=r.text, score=_num(r.score),
+                             parts=_parts(r.nbest[0]) if r.nbest else None, tokens=r.token_strs, token_ids=r.tokens,
+                             logprobs=[_num(x) for x in r.logprobs], nbest=nbest,
                              source_tokens=r.source_tokens, latency_s=r.latency_s,
                              wall_s=time.perf_counter() - start, settings=r.settings)
 
@@ -416,7 +424,7 @@ def api_router(ctx: AppContext) -> APIRouter:
     def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [_model_card(name, created) for name in ctx.bots]}
 
-    @router.get("/v1/models/{model}", tags=["openai"], responses=ERROR_RESPONSES, summary="One bot, as a model")
+    @router.get("/v1/models/{model:path}", tags=["openai"], responses=ERROR_RESPONSES, summary="One bot, as a model")
     def get_model(model: str) -> dict[str, Any]:
         _find_bot(ctx, model, "model")
         return _model_card(model, created)
@@ -440,7 +448,7 @@ def api_router(ctx: AppContext) -> APIRouter:
             finish = "stop" if stopped or (ids and ids[-1] == EOS_ID) else "length"
             logprobs = None
             if req.logprobs:
-                logprobs = {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8")),
+                logprobs = {"content": [{"token": t, "logprob": _num(lp), "bytes": list(t.encode("utf-8")),
                                          "top_logprobs": []} for t, lp in zip(_pieces(bot, ids), lps)]}
             choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
                             "logprobs": logprobs, "finish_reason": finish, "n_tokens": len(ids)})
