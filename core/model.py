@@ -19,6 +19,7 @@ of its weight packed once for oneDNN's GEMM (rebuilt whenever the weight changes
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -280,6 +281,12 @@ class Seq2Seq(nn.Module):
         logits, _, _ = self.decoder(tgt_in, mem.state, mem)
         return logits
 
+    def output_states(self, src: Tensor, src_lens: Tensor, tgt_in: Tensor) -> Tensor:
+        """What forward() feeds the output projection (after dropout): (B, T, H). Sampled softmax reads these."""
+        mem = self.encode(src, src_lens)
+        hidden, _, _ = self.decoder.features(tgt_in, mem.state, mem)  # (B, T, H)
+        return self.decoder.drop(hidden)
+
     def decode_step(self, tok: Tensor, state: State, memory: Memory, *, return_hidden: bool = False
                     ) -> tuple[Tensor, State, Tensor] | tuple[Tensor, State, Tensor, Tensor]:
         """One step: tok (B,) -> log-probs (B, V), new state, attention (B, S); with ``return_hidden`` also the
@@ -310,6 +317,11 @@ class LanguageModel(nn.Module):
         logits, _, _ = self.decoder(tgt_in, self.init_state(tgt_in.size(0), tgt_in.device), None)
         return logits
 
+    def output_states(self, tgt_in: Tensor) -> Tensor:
+        """What forward() feeds the output projection (after dropout): (B, T, H)."""
+        hidden, _, _ = self.decoder.features(tgt_in, self.init_state(tgt_in.size(0), tgt_in.device), None)
+        return self.decoder.drop(hidden)  # (B, T, H)
+
     def decode_step(self, tok: Tensor, state: State) -> tuple[Tensor, State]:
         """One step: tok (B,) -> log-probs (B, V), new state."""
         if inference_path(self.decoder):
@@ -336,3 +348,68 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- sampled softmax (training only)
+
+
+@dataclass
+class SampledSoftmax:
+    """Sampled softmax (Jean et al. 2015) for training with a large vocabulary: the softmax of each target runs
+    over the batch's candidate set C = the batch's targets + ``n`` sampled negative classes (shared by the batch)
+    instead of all V classes, so the output layer costs (M, |C|) instead of (M, V). Evaluation and decoding keep
+    the exact softmax.
+
+    Negatives are drawn from the classes that are not targets of the batch: ``proposal=None`` draws n of them
+    uniformly without replacement (inclusion probability pi = n / #non-targets, the same for all); a proposal
+    (V,) (e.g. unigram frequencies) draws n times with replacement from it, renormalised over the non-targets
+    (pi_j = 1 - (1 - q_j)^n). A sampled logit is corrected by - log pi_j (the logQ correction), so
+    sum_{j in C} exp(s_j - log pi_j) estimates the full partition function without bias, and when the sample
+    covers every class (n >= #non-targets) the loss equals the full-softmax loss.
+
+        >>> loss = SampledSoftmax(2048).nll(states, model.decoder.out, targets)   # states (M, H), targets (M,)
+    """
+
+    n: int
+    proposal: Tensor | None = None  # (V,) nonnegative weights, or None for uniform
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"sampled softmax needs at least 1 negative class per batch, got {self.n}")
+
+    def candidates(self, targets: Tensor, V: int) -> tuple[Tensor, Tensor]:
+        """targets (M,) -> (candidate classes (C,), their log pi (C,)): the batch's distinct targets first
+        (pi = 1), then the sampled negatives."""
+        device = targets.device
+        is_target = torch.zeros(V, dtype=torch.bool, device=device)
+        is_target[targets] = True
+        others = (~is_target).nonzero().squeeze(1)  # (V - |T|,)
+        tgt = is_target.nonzero().squeeze(1)  # (|T|,) sorted
+        n_other = others.numel()
+        if n_other == 0:
+            return tgt, torch.zeros(tgt.numel(), device=device)
+        if self.n >= n_other:  # the sample covers the vocabulary: every class, pi = 1
+            neg, log_pi = others, torch.zeros(n_other, device=device)
+        elif self.proposal is None:
+            pick = torch.randperm(n_other, generator=self.generator, device="cpu")[: self.n].to(device)
+            neg = others[pick]
+            log_pi = torch.full((self.n,), math.log(self.n / n_other), device=device)
+        else:
+            q = self.proposal.to(device=device, dtype=torch.float32)[others].clamp(min=0)  # (V - |T|,)
+            q = q / q.sum()
+            draws = torch.multinomial(q.cpu(), self.n, replacement=True, generator=self.generator).to(device)
+            pick = draws.unique()
+            neg = others[pick]
+            log_pi = torch.log(-torch.expm1(self.n * torch.log1p(-q[pick].clamp(max=1 - 1e-7))))  # log(1-(1-q)^n)
+        return torch.cat([tgt, neg]), torch.cat([torch.zeros(tgt.numel(), device=device), log_pi])
+
+    def nll(self, states: Tensor, out: nn.Linear, targets: Tensor) -> Tensor:
+        """Summed NLL of ``targets`` (M,) given output states (M, H) over the candidate set (a scalar)."""
+        cand, log_pi = self.candidates(targets, out.weight.size(0))  # (C,), (C,) the |T| targets first
+        w = out.weight.index_select(0, cand)  # (C, H)
+        b = out.bias.index_select(0, cand) if out.bias is not None else None
+        logits = F.linear(states, w, b).float() - log_pi  # (M, C)
+        n_tgt = int(torch.unique(targets).numel())
+        pos = torch.searchsorted(cand[:n_tgt], targets)  # (M,) each target's column: the targets lead, sorted
+        return (torch.logsumexp(logits, -1) - logits.gather(1, pos.unsqueeze(1)).squeeze(1)).sum()

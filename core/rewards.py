@@ -7,6 +7,10 @@ Shape legend: N replies scored at once, D dull replies, S source length, T targe
     r3 semantic coherence   (1/N_a) log p_fwd(a | q) + (1/N_q) log p_bwd(q | a)   `a` answers `q`, `q` predicts `a`
     r = 0.25 r1 + 0.25 r2 + 0.5 r3
 
+Against collapse (the policy answering most messages with one reply), RL may subtract a batch-repetition
+penalty, ``weight * (count - 1)`` for a reply that ``count`` sampled replies of the step share
+(:func:`batch_repetition_penalty`), and watch :func:`top_share`, the share of the most frequent reply.
+
 All three are scored by frozen models (the MLE forward model and the backward model), never by the policy being
 trained. Token sequences are lists of ids without <s> / </s>.
 """
@@ -14,6 +18,7 @@ trained. Token sequences are lists of ids without <s> / </s>.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -77,3 +82,25 @@ def semantic_coherence(forward: Seq2Seq, backward: Seq2Seq, queries: list[list[i
 def combine(r1: Tensor, r2: Tensor, r3: Tensor, weights: tuple[float, float, float] = REWARD_WEIGHTS) -> Tensor:
     """The weighted reward of the paper: 0.25 r1 + 0.25 r2 + 0.5 r3."""
     return weights[0] * r1 + weights[1] * r2 + weights[2] * r3
+
+
+def reply_counts(replies: Sequence[str], pool: Sequence[str] | None = None) -> list[int]:
+    """How many replies of ``pool`` (default: ``replies`` itself) equal each reply, after normalisation."""
+    counts = Counter(normalize_reply(r) for r in (replies if pool is None else pool))
+    return [counts[normalize_reply(r)] for r in replies]
+
+
+def top_share(replies: Sequence[str]) -> float:
+    """Share of the most frequent reply (after normalisation) among ``replies``; 0.0 for none. 1/N when all
+    differ, 1.0 when the policy gave one reply to everything."""
+    return max(reply_counts(replies), default=0) / len(replies) if replies else 0.0
+
+
+def batch_repetition_penalty(replies: Sequence[str], weight: float, pool: Sequence[str] | None = None) -> Tensor:
+    """(N,) what each reply loses for being repeated within the step's batch: ``weight * (count - 1)``, count the
+    number of replies of ``pool`` (default: ``replies``, the step's sampled turns) equal to it after
+    normalisation; a reply said once (or not in the pool) loses nothing, one said c times loses (c - 1) x weight."""
+    if weight < 0:
+        raise ValueError(f"the batch-repetition weight must be >= 0, got {weight}")
+    counts = torch.tensor(reply_counts(replies, pool), dtype=torch.float32)
+    return weight * (counts - 1).clamp(min=0)

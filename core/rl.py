@@ -9,6 +9,12 @@ turn is the mean reward of the other G - 1 dialogues of its group at the same tu
 (r - baseline) * grad log p(turn | previous turn), plus
 ``mle_weight`` times the usual MLE loss on real pairs so that it stays fluent. Validation perplexity is
 watched: the run stops, keeping ``best/``, when it grows more than ``ppl_tolerance`` over the start.
+
+Collapse guard: every step logs ``top_share`` (share of the most frequent sampled reply) and
+``sample_distinct_2`` (distinct-2 of the sampled turns); a step with top_share above ``collapse_share`` prints
+an alarm, and ``collapse_steps`` such steps in a row stop the run without saving the collapsed policy as
+``best/``. Remedy: ``repeat_penalty`` subtracts ``repeat_penalty * (count - 1)`` from the (standardised) reward
+of a reply sampled ``count`` times in the step (core.rewards.batch_repetition_penalty).
 Running the same command again resumes from ``<out>/last``.
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,22 +34,25 @@ from core.bots import load_model
 from core.checkpoint import pack_train_state, resolve
 from core.corpora import opening_messages
 from core.decoding import DecodeConfig, generate
-from core.metrics import normalize_reply
+from core.metrics import distinct_n, normalize_reply
 from core.model import Seq2Seq, pick_device
 from core.rewards import (
+    batch_repetition_penalty,
     combine,
     dull_list,
     ease_of_answering,
     information_flow,
     semantic_coherence,
     sequence_logprobs,
+    top_share,
 )
 from core.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
 from core.tokenizer import EOS_ID
 from core.train import TrainConfig, perplexity, prepare_data, sequence_nll
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
-                 "kl", "unique_share", "dull_share", "greedy_dull_share", "elapsed_s"]
+                 "kl", "unique_share", "top_share", "sample_distinct_2", "repeat_penalty", "dull_share",
+                 "greedy_dull_share", "elapsed_s"]
 
 
 @dataclass
@@ -74,6 +84,15 @@ class RLConfig:
     kl_coef: float = field(default=1.0, metadata={
         "help": "subtract kl_coef x the per-token log-ratio of policy to MLE model from each turn's reward "
                 "(keeps the policy from collapsing onto a few high-reward replies; 0: off)"})
+    repeat_penalty: float = field(default=0.0, metadata={
+        "help": "batch-repetition penalty: a reply sampled c times in the step loses repeat_penalty x (c - 1) "
+                "reward (in units of the reward's spread when standardize is on), so a reply the policy gives to "
+                "many messages stops paying (0: off)"})
+    collapse_share: float = field(default=0.3, metadata={
+        "help": "collapse alarm: a step whose most frequent sampled reply is more than this share of the step's "
+                "sampled turns (top_share in the log) prints a warning"})
+    collapse_steps: int = field(default=5, metadata={
+        "help": "stop the run after this many alarmed steps in a row, keeping best/ from before (0: only warn)"})
     clip: float = field(default=1.0, metadata={"help": "gradient clipping by global norm"})
     steps: int = field(default=60, metadata={"help": "RL steps"})
     max_minutes: float = field(default=0.0, metadata={"help": "stop (and save) after this many minutes; 0: none"})
@@ -226,7 +245,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     dull_set = set(dull_texts)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     info: dict[str, Any] = {"step": 0, "baseline": None, "start_ppl": None, "best_step": 0, "train_seconds": 0.0,
-                            "early_stopped": False}
+                            "early_stopped": False, "collapse_run": 0}
     info.update(run.resume(policy, optimizer) or {})
     policy.eval()  # no dropout: the sampled turns and their log-probs come from the same distribution
     valid = lambda: perplexity(policy, data.valid, device=device, max_batches=cfg.valid_max_batches)  # noqa: E731
@@ -271,6 +290,13 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                               max_src_len=train_cfg.max_src_len)
             r_raw = rw["r"].to(device)
             r = standardized_reward(rw["r1"], rw["r2"], rw["r3"]).to(device) if cfg.standardize else r_raw
+            texts = [normalize_reply(tokenizer.decode(a)) for a in rw["replies"]]
+            n_sampled = len(texts) // 2 if greedy is not None else len(texts)
+            sampled = texts[:n_sampled]
+            repeat = None
+            if cfg.repeat_penalty:  # a reply the policy gives to many messages of the step loses reward
+                repeat = batch_repetition_penalty(texts, cfg.repeat_penalty, pool=sampled).to(device)
+                r = r - repeat
             logp = policy_logprobs(policy, rw["queries"], rw["replies"], temperature=cfg.temperature,
                                    max_len=cfg.max_len)  # (N,) with graph: the KL price and the policy gradient
             kl = None
@@ -295,9 +321,20 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             nn.utils.clip_grad_norm_(policy.parameters(), cfg.clip)
             optimizer.step()
             info["step"] = step = step + 1
-            # 5. stop conditions, then the fluency check (on schedule, and once more at the last step):
-            #    validation perplexity; best/ = the latest fluent policy
-            if step >= cfg.steps:
+            # 5. the collapse guard, stop conditions, then the fluency check (on schedule, and once more at the
+            #    last step): validation perplexity; best/ = the latest fluent policy that did not collapse
+            top = top_share(sampled)
+            info["collapse_run"] = info.get("collapse_run", 0) + 1 if top > cfg.collapse_share else 0
+            collapsed = cfg.collapse_steps > 0 and info["collapse_run"] >= cfg.collapse_steps
+            if info["collapse_run"]:
+                common = Counter(sampled).most_common(1)[0][0]
+                print(f"step {step}: collapse alarm: {top:.0%} of sampled turns are {common!r} "
+                      f"({info['collapse_run']} step(s) in a row above {cfg.collapse_share:.0%})", flush=True)
+            if collapsed:
+                stop = (f"collapse: top_share above {cfg.collapse_share} for {info['collapse_run']} steps; best/ "
+                        f"kept from step {info['best_step']}")
+                info["early_stopped"] = True
+            elif step >= cfg.steps:
                 stop = f"reached {cfg.steps} steps"
             elif clock.up():
                 stop = f"time limit of {cfg.max_minutes} min"
@@ -310,11 +347,9 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 if valid_ppl > cfg.ppl_tolerance * info["start_ppl"]:
                     stop = stop or f"valid ppl {valid_ppl:.2f} > {cfg.ppl_tolerance} x start {info['start_ppl']:.2f}"
                     info["early_stopped"] = True
-                else:
+                elif not collapsed:
                     info["best_step"] = step
                     save("best", valid_ppl=valid_ppl)
-            texts = [normalize_reply(tokenizer.decode(a)) for a in rw["replies"]]
-            n_sampled = len(texts) // 2 if greedy is not None else len(texts)
             greedy_texts = texts[n_sampled:]
             run.log({
                 "step": step, "reward": round(float(r_raw.mean()), 4), "r1": round(float(rw["r1"].mean()), 4),
@@ -324,7 +359,9 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
                 "reply_len": round(sum(len(x) for x in rw["replies"][:n_sampled]) / n_sampled, 2),
                 "kl": "" if kl is None else round(float(kl.mean()), 4),
-                "unique_share": round(len(set(texts[:n_sampled])) / n_sampled, 3),  # falls if the policy collapses
+                "unique_share": round(len(set(sampled)) / n_sampled, 3),  # falls if the policy collapses
+                "top_share": round(top, 4), "sample_distinct_2": round(distinct_n(sampled, 2), 4),
+                "repeat_penalty": "" if repeat is None else round(float(repeat[:n_sampled].mean()), 4),
                 "dull_share": round(sum(t in dull_set for t in texts[:n_sampled]) / n_sampled, 3),
                 "greedy_dull_share": round(sum(t in dull_set for t in greedy_texts) / len(greedy_texts), 3)
                 if greedy_texts else "",
@@ -337,4 +374,5 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
           f"{info['best_step']}", flush=True)
     return {"step": info["step"], "best_step": info["best_step"], "start_valid_ppl": info["start_ppl"],
             "train_seconds": info["train_seconds"], "stopped": stop, "interrupted": stop.startswith("interrupted"),
+            "collapsed": stop.startswith("collapse"),
             "done": bool(info["early_stopped"] or info["step"] >= cfg.steps)}

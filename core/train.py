@@ -30,10 +30,18 @@ from tqdm import tqdm
 from core.batching import Batch, Example, collate, encode_pairs, iterate_batches, make_batches
 from core.checkpoint import pack_train_state, read_config
 from core.corpora import CorpusError, Split, check_pairs, load_corpus, make_pairs, split_conversations
-from core.model import LanguageModel, ModelConfig, Seq2Seq, build_model, count_parameters, pick_device
+from core.model import (
+    LanguageModel,
+    ModelConfig,
+    SampledSoftmax,
+    Seq2Seq,
+    build_model,
+    count_parameters,
+    pick_device,
+)
 from core.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
 from core.synthetic import TASKS, task_splits
-from core.tokenizer import PAD_ID, Tokenizer, train_tokenizer
+from core.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
 LOG_FIELDS = ["step", "epoch", "loss", "valid_ppl", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
 
@@ -70,6 +78,13 @@ class TrainConfig:
     lr_decay: float = field(default=0.5, metadata={"help": "LR factor after a validation plateau"})
     clip: float = field(default=1.0, metadata={"help": "clip gradients to this global norm"})
     teacher_forcing: float = field(default=1.0, metadata={"help": "probability of feeding the gold token"})
+    sampled_softmax: int = field(default=0, metadata={
+        "help": "sampled softmax (Jean et al. 2015): negative classes sampled per batch; the training loss runs "
+                "over the batch's targets plus these (logQ-corrected); 0: full softmax. Evaluation and decoding "
+                "always use the exact softmax"})
+    sampled_proposal: str = field(default="unigram", metadata={
+        "help": "where sampled-softmax negatives come from: unigram (target-token frequencies of the training "
+                "split) or uniform"})
     epochs: float = field(default=20.0, metadata={"help": "stop after this many epochs"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0: no limit)"})
     max_minutes: float = field(default=0.0, metadata={"help": "stop (and save) after this many minutes; 0: none"})
@@ -161,10 +176,17 @@ def prepare_data(cfg: TrainConfig) -> Data:
 # ----------------------------------------------------------------------------- loss
 
 
-def sequence_nll(model: nn.Module, batch: Batch, teacher_forcing: float = 1.0) -> tuple[torch.Tensor, int]:
+def sequence_nll(model: nn.Module, batch: Batch, teacher_forcing: float = 1.0, *,
+                 sampled: SampledSoftmax | None = None) -> tuple[torch.Tensor, int]:
     """Summed token NLL of ``batch`` and its token count. With ``teacher_forcing < 1`` each step feeds the
-    model's own greedy token with probability ``1 - teacher_forcing`` (a per-step loop; 1.0 is one pass)."""
+    model's own greedy token with probability ``1 - teacher_forcing`` (a per-step loop; 1.0 is one pass).
+    ``sampled``: the sampled-softmax training loss instead of the full softmax (one process, teacher forcing)."""
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if sampled is not None:
+        states = core.output_states(batch.tgt_in) if isinstance(core, LanguageModel) else core.output_states(
+            batch.src, batch.src_lens, batch.tgt_in)  # (B, T, H)
+        real = batch.tgt_out != PAD_ID  # (B, T)
+        return sampled.nll(states[real], core.decoder.out, batch.tgt_out[real]), batch.n_tokens
     if teacher_forcing >= 1.0:
         logits = model(batch.tgt_in) if isinstance(core, LanguageModel) else model(
             batch.src, batch.src_lens, batch.tgt_in)  # (B, T, V)
@@ -173,6 +195,18 @@ def sequence_nll(model: nn.Module, batch: Batch, teacher_forcing: float = 1.0) -
     nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD_ID,
                           reduction="sum")
     return nll, batch.n_tokens
+
+
+def make_sampler(cfg: TrainConfig, data: Data, device: torch.device) -> SampledSoftmax:
+    """The sampled softmax of ``cfg``: ``sampled_softmax`` negatives per batch, unigram (target-token counts of
+    the training split, +1 so every class can be drawn) or uniform proposal; seeded by ``cfg.seed``."""
+    proposal = None
+    if cfg.sampled_proposal == "unigram":
+        V = data.tokenizer.vocab_size
+        tokens = torch.tensor([t for _, tgt in data.train for t in tgt] + [EOS_ID] * len(data.train))
+        counts = torch.bincount(tokens, minlength=V)[:V].float() + 1  # (V,)
+        proposal = counts / counts.sum()
+    return SampledSoftmax(cfg.sampled_softmax, proposal, torch.Generator().manual_seed(cfg.seed))
 
 
 def _scheduled_sampling_logits(model: Seq2Seq | LanguageModel, batch: Batch, ratio: float) -> torch.Tensor:
@@ -255,6 +289,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if world > 1 and cfg.teacher_forcing < 1.0:
         raise ValueError("teacher_forcing < 1 runs a per-step loop outside DistributedDataParallel; "
                          "use teacher_forcing 1.0 with several processes")
+    if cfg.sampled_softmax and (world > 1 or cfg.teacher_forcing < 1.0):
+        raise ValueError(f"sampled_softmax={cfg.sampled_softmax} needs one process and teacher_forcing 1.0; "
+                         "set sampled_softmax 0 for DistributedDataParallel or scheduled sampling")
+    if cfg.sampled_softmax < 0 or cfg.sampled_proposal not in ("unigram", "uniform"):
+        raise ValueError(f"sampled_softmax={cfg.sampled_softmax} must be >= 0 and sampled_proposal="
+                         f"{cfg.sampled_proposal!r} one of ('unigram', 'uniform')")
     run = RunFolder(cfg.out, LOG_FIELDS, main=_is_main())
     if run.has_last():  # before any work: a different run in the same folder is an error, not a resume
         _check_same_run(cfg, read_config(run.out / "last")["meta"].get("train", {}))
@@ -267,6 +307,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_config(data.tokenizer.vocab_size)).to(device)
     optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
+    sampler = make_sampler(cfg, data, device) if cfg.sampled_softmax else None
     info = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ppl": float("inf"), "bad_evals": 0, "lr_scale": 1.0,
             "train_seconds": 0.0, "early_stopped": False, "valid_step": 0}
     info.update(run.resume(model, optimizer) or {})
@@ -317,7 +358,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     g["lr"] = g["base_lr"] * warm * info["lr_scale"]
                 # 2. forward / backward on the mean token loss
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    nll, n_tok = sequence_nll(ddp, batch, cfg.teacher_forcing)
+                    nll, n_tok = sequence_nll(ddp, batch, cfg.teacher_forcing, sampled=sampler)
                 optimizer.zero_grad(set_to_none=True)
                 (nll / n_tok).backward()
                 grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))

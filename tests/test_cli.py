@@ -70,7 +70,7 @@ def test_evaluate_writes_the_report_table(tiny_checkpoints, tmp_path):
               "--n-dialogues", "4", "--out", str(tmp_path / "report.csv"))
     df = pd.read_csv(tmp_path / "report.csv")
     assert list(df["bot"]) == ["greedy", "antilm"]
-    for col in ["test_ppl", "distinct_1", "distinct_2", "mean_len", "dull_rate", "bleu", "sim_turns",
+    for col in ["test_ppl", "distinct_1", "distinct_2", "mean_words", "dull_rate", "bleu", "sim_turns",
                 "p50_latency_ms"]:
         assert df[col].notna().all(), col
     assert (df["sim_turns"] <= 8).all() and (df["test_ppl"] > 1).all()

@@ -6,12 +6,14 @@ import pytest
 
 from core.metrics import (
     DULL_REPLIES,
+    METRICS,
     bleu,
     distinct_n,
     dull_rate,
     mean_length,
     normalize_reply,
     reply_metrics,
+    top_reply_share,
     words,
 )
 
@@ -82,5 +84,17 @@ def test_reply_metrics_summary():
     assert m["dull_rate"] == 0.5
     assert m["mean_words"] == pytest.approx(4.0)
     assert m["mean_latency_s"] == pytest.approx(0.2)
-    assert set(m) == {"distinct_1", "distinct_2", "mean_words", "dull_rate", "mean_latency_s"}
+    assert set(m) == {*METRICS, "mean_latency_s"}  # every metric of the registry, one name each
+    assert set(METRICS) == {"distinct_1", "distinct_2", "mean_words", "dull_rate", "top_reply_share"}
     assert "mean_latency_s" not in reply_metrics(["hi"])
+
+
+def test_top_reply_share_counts_the_most_frequent_normalised_reply():
+    assert top_reply_share(["What about you?", "what about you", "i like cats", "ok"]) == 0.5
+    assert top_reply_share(["a", "b"]) == 0.5 and top_reply_share([]) == 0.0
+
+
+def test_every_registered_metric_has_a_definition_and_a_direction():
+    for name, m in METRICS.items():
+        assert m.name == name and m.label and m.definition and m.higher_is_better in (True, False, None)
+        assert isinstance(m.fn(["i am fine", "i don't know"], ["i don't know"]), float)

@@ -1,6 +1,7 @@
 """`chatbot-arena pipeline --preset tiny` end to end on a TSV made here, then replies from its four bots through
 `chatbot-arena respond`; resuming skips complete stages; bad corpora stop it before any training; `tune --write`."""
 
+import ast
 import json
 import os
 import re
@@ -135,7 +136,7 @@ def test_tune_write_cli_stores_the_winner_in_bots_json(tiny_checkpoints, tmp_pat
     before = json.loads((root / "bots.json").read_text())["bots"]
     res = cli("tune", "--checkpoints", str(root), "--n-prompts", "4", "--max-logp-drop", "100", "--max-worst-drop",
               "100", "--max-rare-increase", "1", "--write")
-    chosen = json.loads(res.stdout.split("chosen for antilm: ")[1].splitlines()[0].replace("'", '"'))
+    chosen = ast.literal_eval(res.stdout.split("chosen for antilm: ")[1].splitlines()[0])  # a printed dict
     after = json.loads((root / "bots.json").read_text())["bots"]
     assert after[2]["decoder"] == {**before[2]["decoder"], **chosen}
     assert [b for i, b in enumerate(after) if i != 2] == [b for i, b in enumerate(before) if i != 2]

@@ -25,7 +25,7 @@ def test_grid_table_and_a_winner_from_the_grid(tiny_bots, split):
     assert chosen["antilm"] in SMALL["antilm"] and chosen["gamma"] == 2 and chosen["n_bonus"] in SMALL["n_bonus"]
     feasible = df[df["feasible"]]
     assert chosen["antilm"] == feasible.sort_values(["distinct_2", "logp_per_token"]).iloc[-1]["antilm"]
-    assert {"distinct_1", "distinct_2", "dull_rate", "logp_per_token", "worst_token_logp", "mean_len"} <= set(
+    assert {"distinct_1", "distinct_2", "dull_rate", "logp_per_token", "worst_token_logp", "mean_words"} <= set(
         df.columns)
     assert (df["worst_token_logp"] <= df["logp_per_token"] + 1e-9).all()
     assert df["rare_share"].between(0, 1).all()
