@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,17 +241,20 @@ def submit_all(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str,
     return futures
 
 
-def answer_all(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str, settings: Mapping[str, Any],
-               decoders: Mapping[str, str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(bot name, record) for every bot, in the order they finish; every request goes through the batching
-    scheduler. ``settings``: the control values to apply (see :func:`changed_settings`); a bot keeps the rest of
-    its own; ``decoders``: bot name -> the strategy picked for its column. Closing the iterator early (the
-    visitor left, or a newer slider move replaced this run) cancels the requests that have not been decoded yet."""
+def answer_in_waves(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str, settings: Mapping[str, Any],
+                    decoders: Mapping[str, str] | None = None) -> Iterator[dict[str, dict[str, Any]]]:
+    """The records of every bot, in waves ({name: record}) as they finish: the replies that are ready together
+    come together, so under load, when batches finish several bots at once, the page gets one update instead of
+    one per bot. Every request goes through the batching scheduler. ``settings``: the control values to apply
+    (see :func:`changed_settings`), a bot keeps the rest of its own; ``decoders``: bot name -> the strategy picked
+    for its column. Closing the iterator early (the visitor left, or a newer slider move replaced this run)
+    cancels the requests that have not been decoded yet."""
     futures = submit_all(scheduler, bots, prompt, settings, decoders)
+    pending = set(futures)
     try:
-        for fut in as_completed(futures):
-            name = futures[fut]
-            yield name, reply_record(bots[name], fut)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield {futures[f]: reply_record(bots[futures[f]], f) for f in done}
     finally:
         for fut in futures:
             fut.cancel()
@@ -319,8 +322,9 @@ class Turn:
     """Everything the side-by-side tab shows after an event (one yield of :func:`chat` / :func:`rerun`).
 
     A streamed update carries only what changed (the rest is KEEP): the first one the user message with a
-    placeholder per bot, then each finished bot's history and n-best list, and the last one everything, with the
-    reply details. So the N + 2 updates of a turn send each reply about once, not N times."""
+    placeholder per bot, then the history and n-best list of each bot that finished (the bots a batch finished
+    together come in one update), and the last one everything, with the reply details. So the at most N + 1
+    updates of a turn send each reply about once, not N times."""
 
     message: str | Any  # the message box, or KEEP
     last_prompt: str | None | Any  # what re-run answers again, or KEEP
@@ -354,17 +358,18 @@ class _TurnBuilder:
         n = len(names)
         for h in self.histories:
             h.append({"role": "assistant", "content": PENDING})
-        yield Turn(KEEP, self.prompt, [list(h) for h in self.histories], [nbest_frame(None) for _ in names], KEEP,
-                   KEEP, self._status("Thinking…"))
+        yield Turn(KEEP, self.prompt, [list(h) for h in self.histories], [KEEP] * n, KEEP, KEEP,
+                   self._status("Thinking…"))
         records: dict[str, dict[str, Any]] = {}
         t0 = time.perf_counter()
-        for name, record in answer_all(self.ctx.scheduler, self.ctx.bots, self.prompt, settings, decoders):
-            records[name] = record
-            i = names.index(name)
-            self.histories[i][-1] = bot_message(record)
-            if len(records) < n:
-                histories, nbest = [KEEP] * n, [KEEP] * n
+        for wave in answer_in_waves(self.ctx.scheduler, self.ctx.bots, self.prompt, settings, decoders):
+            records.update(wave)
+            histories, nbest = [KEEP] * n, [KEEP] * n
+            for name, record in wave.items():
+                i = names.index(name)
+                self.histories[i][-1] = bot_message(record)
                 histories[i], nbest[i] = list(self.histories[i]), nbest_frame(record)
+            if len(records) < n:
                 yield Turn(KEEP, KEEP, histories, nbest, KEEP, KEEP, self._status(f"{len(records)} of {n} replies…"))
         ordered = {name: records[name] for name in names}
         details = {"prompt": self.prompt,
