@@ -321,10 +321,10 @@ def nbest_frame(record: Mapping[str, Any] | None) -> pd.DataFrame:
 class Turn:
     """Everything the side-by-side tab shows after an event (one yield of :func:`chat` / :func:`rerun`).
 
-    A streamed update carries only what changed (the rest is KEEP): the first one the user message with a
-    placeholder per bot, then the history and n-best list of each bot that finished (the bots a batch finished
-    together come in one update), and the last one everything, with the reply details. So the at most N + 1
-    updates of a turn send each reply about once, not N times."""
+    The first update shows the user message with a placeholder per bot, then one update per wave of finished bots
+    (the bots a batch finished together come in one update), the last one with the full records for the
+    attention tab. Gradio sends each streamed update as a diff of the previous one, so a reply crosses the wire
+    about once; the full records (attention weights) stay in session state and are never sent."""
 
     message: str | Any  # the message box, or KEEP
     last_prompt: str | None | Any  # what re-run answers again, or KEEP
@@ -358,25 +358,26 @@ class _TurnBuilder:
         n = len(names)
         for h in self.histories:
             h.append({"role": "assistant", "content": PENDING})
-        yield Turn(KEEP, self.prompt, [list(h) for h in self.histories], [KEEP] * n, KEEP, KEEP,
-                   self._status("Thinking…"))
         records: dict[str, dict[str, Any]] = {}
+        yield self._turn(records, "Thinking…")
         t0 = time.perf_counter()
         for wave in answer_in_waves(self.ctx.scheduler, self.ctx.bots, self.prompt, settings, decoders):
             records.update(wave)
-            histories, nbest = [KEEP] * n, [KEEP] * n
             for name, record in wave.items():
-                i = names.index(name)
-                self.histories[i][-1] = bot_message(record)
-                histories[i], nbest[i] = list(self.histories[i]), nbest_frame(record)
+                self.histories[names.index(name)][-1] = bot_message(record)
             if len(records) < n:
-                yield Turn(KEEP, KEEP, histories, nbest, KEEP, KEEP, self._status(f"{len(records)} of {n} replies…"))
-        ordered = {name: records[name] for name in names}
+                yield self._turn(records, f"{len(records)} of {n} replies…")
+        yield self._turn(records, f"All {n} replies in {time.perf_counter() - t0:.2f} s.", final=True)
+
+    def _turn(self, records: dict[str, dict[str, Any]], status: str, *, final: bool = False) -> Turn:
+        """The tab after the replies in ``records``: every output a value (a skipped output costs Gradio more
+        than a value it can diff), the heavy records (attention) only once, at the end, into session state."""
+        done = {name: records[name] for name in self.ctx.bots if name in records}
         details = {"prompt": self.prompt,
-                   "bots": {k: {f: v for f, v in r.items() if f not in HEAVY_FIELDS} for k, r in ordered.items()}}
-        yield Turn("", self.prompt, [list(h) for h in self.histories], [nbest_frame(r) for r in ordered.values()],
-                   details, {"prompt": self.prompt, "bots": ordered},
-                   self._status(f"All {n} replies in {time.perf_counter() - t0:.2f} s."))
+                   "bots": {k: {f: v for f, v in r.items() if f not in HEAVY_FIELDS} for k, r in done.items()}}
+        return Turn("", self.prompt, [list(h) for h in self.histories],
+                    [nbest_frame(records.get(name)) for name in self.ctx.bots], details,
+                    {"prompt": self.prompt, "bots": done} if final else KEEP, self._status(status))
 
     def _status(self, line: str) -> str:
         return "\n\n".join([line, *self.notes])

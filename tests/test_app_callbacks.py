@@ -149,16 +149,12 @@ def test_chat_streams_each_reply_as_it_arrives(tiny_bots):
     n = len(tiny_bots)
     first, middle, last = turns[0], turns[1:-1], turns[-1]
     assert 2 <= len(turns) <= 1 + n  # the user message, then one update per wave of finished bots
-    assert all(h[-1]["content"] == cb.PENDING for h in first.histories)
-    assert first.nbest == [cb.KEEP] * n and first.details is cb.KEEP
-    streamed = []
-    for turn in middle:  # a streamed update sends only the bots that just finished
-        sent = [i for i, h in enumerate(turn.histories) if h is not cb.KEEP]
-        assert sent and all(turn.histories[i][-1]["content"] != cb.PENDING for i in sent)
-        assert [i for i, t in enumerate(turn.nbest) if t is not cb.KEEP] == sent
-        assert turn.details is cb.KEEP and turn.records is cb.KEEP and f"of {n} replies" in turn.status
-        streamed += sent
-    assert len(streamed) == len(set(streamed)) < n  # each bot once, the last wave comes with everything
+    assert all(h[-1]["content"] == cb.PENDING for h in first.histories) and first.details["bots"] == {}
+    answered = [sum(h[-1]["content"] != cb.PENDING for h in t.histories) for t in turns]
+    assert answered == sorted(answered) and answered[0] == 0 and answered[-1] == n  # replies only ever arrive
+    for turn in middle:
+        assert len(turn.details["bots"]) == answered[turns.index(turn)] < n
+        assert turn.records is cb.KEEP and f"of {n} replies" in turn.status  # the heavy records: only at the end
     assert last.message == "" and last.last_prompt == "hello there, how are you?"
     assert f"All {n} replies" in last.status
     for name, h in zip(NAMES, last.histories):
