@@ -58,10 +58,8 @@ def serve(app: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def ctx(tiny_bots, tiny_checkpoints) -> Iterator[AppContext]:
-    scheduler = BatchScheduler(tiny_bots)
-    yield AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints)
-    scheduler.close()
+def ctx(tiny_ctx) -> AppContext:
+    return tiny_ctx  # tests/conftest.py: the tiny bots and their scheduler
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,6 @@ from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.failures import FailureGroup
 from test_api import api_app, serve
 
-from core.serving import BatchScheduler
-from demo_app.context import AppContext
-
 pytestmark = pytest.mark.slow
 
 # examples per (operation, mode); the GET operations without parameters have one request only
@@ -64,12 +61,9 @@ def rss_mb() -> float:
 
 
 @pytest.fixture(scope="module")
-def url(tiny_bots, tiny_checkpoints) -> Iterator[str]:
-    scheduler = BatchScheduler(tiny_bots)
-    ctx = AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints)
-    with serve(api_app(ctx, rate_limit=None)) as u:
+def url(tiny_ctx) -> Iterator[str]:
+    with serve(api_app(tiny_ctx, rate_limit=None)) as u:
         yield u
-    scheduler.close()
 
 
 @pytest.mark.parametrize("body", SEEDS, ids=range(len(SEEDS)))

@@ -17,16 +17,13 @@ from conftest import free_port
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from core.serving import BatchScheduler
 from demo_app.context import AppContext
 from demo_app.mcp import add_mcp_tools, make_reply_tool
 
 
 @pytest.fixture(scope="module")
-def ctx(tiny_bots, tiny_checkpoints) -> Iterator[AppContext]:
-    scheduler = BatchScheduler(tiny_bots)
-    yield AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints)
-    scheduler.close()
+def ctx(tiny_ctx) -> AppContext:
+    return tiny_ctx  # tests/conftest.py: the tiny bots and their scheduler
 
 
 @pytest.fixture(scope="module")

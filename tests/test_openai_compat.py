@@ -14,19 +14,13 @@ import pytest
 from openai import OpenAI
 from test_api import api_app, error_of, serve
 
-from core.serving import BatchScheduler
-from demo_app.context import AppContext
-
 HI = [{"role": "user", "content": "hi there"}]
 
 
 @pytest.fixture(scope="module")
-def url(tiny_bots, tiny_checkpoints) -> Iterator[str]:
-    scheduler = BatchScheduler(tiny_bots)
-    ctx = AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints)
-    with serve(api_app(ctx, rate_limit=None)) as u:
+def url(tiny_ctx) -> Iterator[str]:
+    with serve(api_app(tiny_ctx, rate_limit=None)) as u:
         yield u
-    scheduler.close()
 
 
 @pytest.fixture(scope="module")
