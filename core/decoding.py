@@ -119,6 +119,10 @@ class DecodeConfig:
     gamma_words: bool = _setting(False, "count the anti-LM span gamma in words, not tokens: every piece of the "
                                  "first gamma words is penalised, so a rare word fragment is not rewarded piece by "
                                  "piece (needs the tokenizer)", label="Gamma counts words", group="search")
+    antilm_min_p: float = _setting(0.0, "anti-LM plausibility floor: the penalty applies only to tokens the model "
+                                   "gives at least this share of its top token's probability, so an implausible "
+                                   "symbol or fragment is never promoted (0: everywhere)", lo=0.0, hi=1.0,
+                                   label="Anti-LM floor", step=0.01, group="search")
     n_bonus: float = _setting(0.0, "reward added per generated token (not </s>): favours longer replies",
                               lo=0.0, hi=1.0, label="Length bonus", step=0.05, group="main")
     length_norm: bool = _setting(False, "rank finished hypotheses by score / length", label="Length-normalised")
@@ -297,6 +301,7 @@ class Step(NamedTuple):
     t: int  # tokens generated so far (0 at the first step)
     prefix: Tensor | None  # (N, t) tokens generated so far, kept only when a modifier needs_prefix
     lm_logp: Tensor | None  # (N, V) language-model log-probs, while the anti-LM may apply
+    logp: Tensor | None = None  # (N, V) the seq2seq model's log-probs of this step, before any modifier
 
 
 Modifier = Callable[[Tensor, Step], Tensor]
@@ -341,13 +346,18 @@ class AntiLM:
     """Li et al. (2016) MMI-antiLM: subtract ``weight * log p_LM(token | prefix)`` for the first ``gamma``
     tokens (</s> included), so tokens any reply would use lose to tokens that fit this prompt.
 
+    With ``min_p`` > 0 the penalty applies only to plausible tokens: those the seq2seq model gives at least
+    ``min_p`` times the probability of its most likely token (a floor like min-p sampling's), so a token the model
+    itself finds implausible (a stray symbol, a rare fragment) is never promoted because the LM finds it rarer still.
+
     With ``starts`` (V,) bool, the "starts a word" table of :func:`word_starts`, gamma counts words: a token is
     penalised while it belongs to one of the first gamma words, continuation pieces included (a reply's first
     token always begins a word; </s> counts as a word start, so it is penalised while fewer than gamma words
     are complete). The word count of each row is read from the prefix, so the modifier then ``needs_prefix``."""
 
-    def __init__(self, weight: float, gamma: int, starts: Tensor | None = None) -> None:
+    def __init__(self, weight: float, gamma: int, starts: Tensor | None = None, min_p: float = 0.0) -> None:
         self.weight, self.gamma, self.starts = weight, gamma, starts
+        self.log_min_p = math.log(min_p) if min_p > 0 else None
         self.needs_prefix = starts is not None
         self.lm_steps = gamma  # the language model steps at least while t < lm_steps (see lm_needed)
 
@@ -360,11 +370,15 @@ class AntiLM:
 
     def mask(self, step: Step) -> Tensor | None:
         """(N, V) True where the penalty applies to the next token of a row; None: everywhere (token gamma, or
-        before gamma steps where every token is in the first gamma words)."""
+        before gamma steps where every token is in the first gamma words, and no plausibility floor)."""
+        plausible = None
+        if self.log_min_p is not None and step.logp is not None:
+            plausible = step.logp >= step.logp.amax(1, keepdim=True) + self.log_min_p  # (N, V)
         if self.starts is None or step.t < self.gamma:
-            return None
+            return plausible
         words = self.words_begun(step.prefix).unsqueeze(1)  # (N, 1)
-        return (words < self.gamma) | ((words == self.gamma) & ~self._starts(words.device).unsqueeze(0))  # (N, V)
+        in_span = (words < self.gamma) | ((words == self.gamma) & ~self._starts(words.device).unsqueeze(0))  # (N, V)
+        return in_span if plausible is None else in_span & plausible
 
     def lm_needed(self, t: int, prefix: Tensor | None, live: Tensor) -> bool:
         """Whether step ``t`` can still be penalised for a live row (``live`` (N,) bool): t < gamma in tokens;
@@ -464,7 +478,7 @@ def build_modifiers(cfg: DecodeConfig, starts: Tensor | None = None) -> list[Mod
     if cfg.antilm > 0 and cfg.gamma > 0:
         if cfg.gamma_words and starts is None:
             raise ValueError("gamma_words=True counts words: pass the tokenizer (generate(..., tokenizer=...))")
-        mods.append(AntiLM(cfg.antilm, cfg.gamma, starts if cfg.gamma_words else None))
+        mods.append(AntiLM(cfg.antilm, cfg.gamma, starts if cfg.gamma_words else None, cfg.antilm_min_p))
     if cfg.n_bonus > 0:
         mods.append(LengthBonus(cfg.n_bonus))
     return mods
@@ -687,7 +701,7 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
         lm_logp = None
         if lm_on:
             lm_logp, lm_state = lm.decode_step(tok, lm_state)  # (B*R, V)
-        step = Step(t, prefix, lm_logp)
+        step = Step(t, prefix, lm_logp, logp)
         step_scores = logp
         for mod in modifiers:
             step_scores = mod(step_scores, step)  # (B*R, V)
@@ -949,8 +963,9 @@ def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = N
 
 # ----------------------------------------------------------------------------- settings for people
 
-COMMON_FIELDS = ("nbest", "max_len", "min_len", "antilm", "gamma", "gamma_words", "n_bonus", "length_norm",
-                 "mmi_lambda", "no_repeat_ngram", "repetition_penalty", "length_penalty")  # read whatever the strategy
+# the settings every strategy reads
+COMMON_FIELDS = ("nbest", "max_len", "min_len", "antilm", "gamma", "gamma_words", "antilm_min_p", "n_bonus",
+                 "length_norm", "mmi_lambda", "no_repeat_ngram", "repetition_penalty", "length_penalty")
 
 
 def fields_for(strategy: str) -> tuple[str, ...]:
@@ -968,7 +983,8 @@ def describe_settings(settings: Mapping[str, Any] | DecodeConfig) -> str:
     cfg = settings if isinstance(settings, DecodeConfig) else DecodeConfig().with_overrides(**dict(settings))
     parts = [STRATEGIES[cfg.strategy].describe(cfg)]
     if cfg.antilm > 0 and cfg.gamma > 0:
-        parts.append(f"anti-LM {cfg.antilm:g} (gamma {cfg.gamma}{' words' if cfg.gamma_words else ''})")
+        floor = f", floor {cfg.antilm_min_p:g}" if cfg.antilm_min_p > 0 else ""
+        parts.append(f"anti-LM {cfg.antilm:g} (gamma {cfg.gamma}{' words' if cfg.gamma_words else ''}{floor})")
     if cfg.n_bonus > 0:
         parts.append(f"bonus {cfg.n_bonus:g}")
     if cfg.mmi_lambda > 0:

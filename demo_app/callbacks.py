@@ -79,7 +79,7 @@ CONTRASTIVE_TOP_K = 4  # candidates per step when the contrastive slider turns a
 
 def _models_allow(bot: Bot, name: str) -> bool:
     """Anti-LM settings need the bot's language model, MMI its backward model."""
-    if name in ("antilm", "gamma", "gamma_words"):
+    if name in ("antilm", "gamma", "gamma_words", "antilm_min_p"):
         return bot.lm is not None
     if name == "mmi_lambda":
         return bot.backward is not None

@@ -201,10 +201,21 @@ def test_coherence_reads_the_turn_before_the_query(models):
     assert torch.allclose(cut, without)  # p falls outside the last max_src_len tokens
 
 
-def test_one_reward_alone_gives_a_finite_update(models):
+def test_a_batch_of_one_reward_gives_a_finite_update_toward_the_rewarded_reply(models):
+    """One reply with one reward (no spread to standardise by): the update is finite and, with the reward above
+    the baseline, raises that reply's probability; standardising a single reward gives no signal, not NaN."""
     _, fwd, _, tok = models
-    loss = reinforce_loss(fwd, [tok.encode("hi")], [tok.encode("hello")], torch.tensor([0.7]), 0.2)
+    policy = copy.deepcopy(fwd).train()
+    query, reply = [tok.encode("hi")], [tok.encode("hello")]
+    before = float(sequence_logprobs(policy, query, reply)[0])
+    loss = reinforce_loss(policy, query, reply, torch.tensor([0.7]), 0.2)
     assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)
+    torch.optim.SGD(policy.parameters(), lr=0.05).step()
+    assert float(sequence_logprobs(policy, query, reply)[0]) > before
+    one = torch.tensor([0.7])
+    assert standardized_reward(one, one, one).tolist() == [0.0]
 
 
 def test_group_baseline_is_the_mean_of_the_other_members():

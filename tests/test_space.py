@@ -198,3 +198,12 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180)
         except OSError:
             time.sleep(0.5)
     pytest.fail(f"the Space did not answer on {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def test_python_m_build_space_writes_the_folder(tiny_checkpoints, tmp_path):
+    out = tmp_path / "space"
+    res = subprocess.run([sys.executable, "-m", "demo_app.build_space", "--checkpoints", str(tiny_checkpoints),
+                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (out / "app.py").is_file() and (out / "checkpoints" / "bots.json").is_file()
+    assert "*.safetensors filter=lfs" in (out / ".gitattributes").read_text()

@@ -146,11 +146,26 @@ def test_ddp_two_cpu_processes(tmp_path):
         assert [r["step"] for r in csv.DictReader(f) if r["valid_ppl"]] == ["10", "20"]
 
 
-def test_teacher_forcing_below_one_trains(tmp_path):
+def test_teacher_forcing_below_one_trains_through_the_free_running_loop(tmp_path, monkeypatch):
+    import core.train as train_module
+
+    calls = []
+    original = train_module._scheduled_sampling_logits
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_scheduled_sampling_logits", counted)
     cfg = TrainConfig(out=str(tmp_path / "tf"), task="reverse", model=tiny_model(), teacher_forcing=0.5,
                       max_steps=10, save_every=10, eval_every=10, threads=1, progress=False)
     summary = train(cfg)
     assert summary["step"] == 10 and summary["best_valid_ppl"] < float("inf")
+    assert len(calls) >= 10  # every training step ran the per-step loop that feeds the model's own tokens
+    calls.clear()
+    train(TrainConfig(out=str(tmp_path / "tf1"), task="reverse", model=tiny_model(), teacher_forcing=1.0,
+                      max_steps=5, save_every=5, eval_every=5, threads=1, progress=False))
+    assert calls == []  # teacher forcing 1.0: one teacher-forced pass, never the loop
 
 
 def test_a_fresh_run_starts_its_log_again(tmp_path):

@@ -228,3 +228,18 @@ def test_gamma_words_on_tiny_real_bots(tiny_bots):
         expected = sum(-0.5 * float(lm_logp[i, tokens[i]]) for i in penalised)
         assert r.nbest[0].parts["antilm"] == pytest.approx(expected, abs=1e-3)
         assert r.score == pytest.approx(sum(r.nbest[0].parts.values()), abs=1e-4)
+
+
+def test_the_anti_lm_floor_never_promotes_a_token_the_model_finds_implausible():
+    """antilm_min_p: the penalty (here a bonus for LM-rare tokens) applies only to tokens with p >= min_p * p_max."""
+    from core.decoding import AntiLM, Step
+
+    logp = torch.log_softmax(torch.tensor([[2.0, 1.0, -4.0]]), -1)  # token 2: the model finds it implausible
+    lm = torch.tensor([[-0.1, -2.0, -14.0]])  # ... and the LM finds it rarer still
+    step = Step(0, None, lm, logp)
+    free = AntiLM(0.5, 4)(logp.clone(), step)
+    floored = AntiLM(0.5, 4, min_p=0.05)(logp.clone(), step)
+    assert int(free.argmax()) == 2  # without the floor the rare token wins: logp + 7 nats of anti-LM bonus
+    assert torch.allclose(floored[0, :2], free[0, :2]) and floored[0, 2] == logp[0, 2]  # no bonus below the floor
+    assert int(floored.argmax()) == 0
+    assert torch.equal(AntiLM(0.5, 4, min_p=0.0)(logp.clone(), step), free)  # 0: the penalty applies everywhere
