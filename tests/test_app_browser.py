@@ -196,3 +196,32 @@ def test_the_search_tab_draws_the_tree(page, served, tmp_path):
     page.locator("#search-tree .js-plotly-plot").first.wait_for()
     page.locator("#search-status").filter(has_text="candidates in").wait_for()
     keep_screenshot(page, tmp_path, "search.png")
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_three_and_five_bot_registries_in_the_browser(browser, tiny_checkpoints, tmp_path, size):
+    """The page is built from bots.json: three or five bots give three or five columns, each with its reply."""
+    import torch
+    from test_registry_sizes import registry
+
+    from demo_app.app import build_app
+    from demo_app.server import make_context, start_server
+
+    torch.set_num_threads(1)
+    ctx = make_context(registry(tiny_checkpoints, tmp_path, size), device="cpu", arena=False, threads=1)
+    handle = start_server(ctx, build_app(ctx))
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(handle.url)
+        page.locator("#message textarea").fill("hello there")
+        page.locator("#send").click()
+        for name in ctx.bots:
+            page.locator(f"#chat-{name} .reply-meta").first.wait_for()
+        assert page.locator("[id^='chat-'] .reply-meta").count() == size
+        page.locator("#status").filter(has_text=f"All {size} replies").wait_for()
+    finally:
+        context.close()
+        handle.close()
+        ctx.scheduler.close()
