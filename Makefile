@@ -27,7 +27,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/chatbot-arena serve --host $(HOST) --port $(PORT)
 
-## make test: lint + the whole test suite (installs Chromium for the browser test when apt-get can)
+## make test: lint + the whole test suite (installs Chromium and PostgreSQL for their tests when apt-get can)
 test: setup browser postgres
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
