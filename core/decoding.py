@@ -358,6 +358,7 @@ class AntiLM:
     def __init__(self, weight: float, gamma: int, starts: Tensor | None = None, min_p: float = 0.0) -> None:
         self.weight, self.gamma, self.starts = weight, gamma, starts
         self.log_min_p = math.log(min_p) if min_p > 0 else None
+        self.applied: Tensor | None = None  # the mask of the last step it penalised (None: everywhere)
         self.needs_prefix = starts is not None
         self.lm_steps = gamma  # the language model steps at least while t < lm_steps (see lm_needed)
 
@@ -396,9 +397,10 @@ class AntiLM:
 
     def __call__(self, scores: Tensor, step: Step) -> Tensor:
         if step.lm_logp is None or (self.starts is None and step.t >= self.gamma):
+            self.applied = torch.zeros_like(scores, dtype=torch.bool)  # nothing penalised this step
             return scores
         penalty = self.weight * step.lm_logp.clamp(min=-1e4)  # (N, V); clamp: -inf - -inf is NaN
-        mask = self.mask(step)
+        mask = self.applied = self.mask(step)  # kept for the engine's score parts of this step
         return scores - (penalty if mask is None else penalty * mask)  # (N, V)
 
 
@@ -716,9 +718,8 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
         cand_antilm = None  # (B, C) the anti-LM part of each candidate's step, while it applies
         if antilm_w and lm_logp is not None:
             cand_antilm = -antilm_w * lm_logp.flatten().take(flat).clamp(min=-1e4)
-            word_mask = anti.mask(step)  # (B*R, V) with gamma_words, else None
-            if word_mask is not None:
-                cand_antilm = cand_antilm * word_mask.flatten().take(flat)
+            if anti.applied is not None:  # (B*R, V) the mask the modifier used this step (words, floor)
+                cand_antilm = cand_antilm * anti.applied.flatten().take(flat)
         is_eos = cand.tokens == EOS_ID  # (B, C)
         any_eos = bool(is_eos.any())
         done_before = list(done) if tracer else []

@@ -16,7 +16,6 @@ The JSON and OpenAI-compatible APIs live beside the app on the same server (:mod
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -27,29 +26,16 @@ import torch
 from core.bots import Bot, default_checkpoint_dir
 from core.serving import BatchScheduler
 from demo_app.context import AppContext
-from demo_app.server import CSS
+from demo_app.tabs import arena, attention, batch, leaderboard, models, search, side_by_side
 
-# The tabs, in page order: module names under demo_app.tabs. A tab whose module has ``available(ctx) -> bool``
-# returning False is left out (e.g. the arena needs two bots and a vote store).
-TABS = ("side_by_side", "arena", "leaderboard", "search", "attention", "batch", "models")
+# The tabs, in page order; adding a tab is one module in demo_app/tabs and one entry here.
+TABS: tuple[ModuleType, ...] = (side_by_side, arena, leaderboard, search, attention, batch, models)
 MAX_EVENTS = 128  # events running at once (most of them wait on the scheduler); more wait in Gradio's queue
 MAX_QUEUE = 512
 INTRO = """# Seq2Seq Chatbot Arena
 One message, {n} GRU seq2seq chatbots: the same kind of model decoded {n} ways. Each reply shows its search
 score (log-probability plus modifiers), latency and the decoder settings that produced it. Each bot answers the
 current message only (no dialogue memory); the columns keep the conversation for reading."""
-
-
-def tab_modules() -> list[ModuleType]:
-    """The tab modules of :data:`TABS` that are installed."""
-    mods = []
-    for name in TABS:
-        try:
-            mods.append(importlib.import_module(f"demo_app.tabs.{name}"))
-        except ModuleNotFoundError as e:
-            if e.name != f"demo_app.tabs.{name}":
-                raise
-    return mods
 
 
 def build_app(ctx: AppContext | Mapping[str, Bot], *, checkpoint_dir: str | Path | None = None,
@@ -68,9 +54,7 @@ def build_app(ctx: AppContext | Mapping[str, Bot], *, checkpoint_dir: str | Path
             gr.Markdown("**Not served:** " + "; ".join(ctx.missing.values())
                         + ". Train them with `make checkpoints`.")
         with gr.Tabs():
-            for mod in tab_modules():
-                if hasattr(mod, "available") and not mod.available(ctx):
-                    continue
+            for mod in TABS:
                 with gr.Tab(mod.TITLE, id=mod.ID) as tab:
                     mod.build(ctx, shared, tab)
         if mcp:
@@ -80,9 +64,3 @@ def build_app(ctx: AppContext | Mapping[str, Bot], *, checkpoint_dir: str | Path
     demo.queue(default_concurrency_limit=MAX_EVENTS, max_size=MAX_QUEUE)
     demo.max_threads = max(demo.max_threads, MAX_EVENTS + 8)  # each running event may hold a worker thread
     return demo
-
-
-def launch(demo: gr.Blocks, **kwargs):
-    """``demo.launch(**kwargs)`` with the app's theme and CSS: the Gradio app alone, without the JSON API (the
-    Hugging Face Space and quick checks); ``chatbot-arena serve`` runs :mod:`demo_app.server` instead."""
-    return demo.launch(theme=gr.themes.Soft(), css=CSS, **kwargs)

@@ -286,18 +286,12 @@ def user_message(prompt: str) -> dict[str, str]:
     return {"role": "user", "content": escape_text(shown)}
 
 
-def settings_tag(settings: Mapping[str, Any]) -> str:
-    """Short summary of the decoder settings a reply was made with, e.g. ``beam K=10 · anti-LM 0.4 (gamma 4)``
-    (each strategy describes itself: :func:`core.decoding.describe_settings`)."""
-    return describe_settings(dict(settings))
-
-
 def bot_message(record: Mapping[str, Any]) -> dict[str, str]:
     """The chat bubble of one reply: its text, then score, latency and settings in small print."""
     if "error" in record:
         return {"role": "assistant", "content": f'<span class="reply-error">⚠ {escape_text(record["error"])}</span>'}
     score = "-inf" if record["score"] is None else f"{record['score']:.2f}"
-    meta = f"score {score} · {record['latency_s'] * 1000:.0f} ms · {settings_tag(record['settings'])}"
+    meta = f"score {score} · {record['latency_s'] * 1000:.0f} ms · {describe_settings(record['settings'])}"
     text = escape_text(record["text"]) or "<em>(empty reply)</em>"
     return {"role": "assistant", "content": f'{text}<br><small class="reply-meta">{html.escape(meta)}</small>'}
 

@@ -26,7 +26,10 @@ import uvicorn
 
 from core.bots import default_checkpoint_dir, load_bots, missing_bots
 from core.serving import BatchScheduler
+from demo_app.api import api_router
 from demo_app.context import AppContext
+from demo_app.errors import install_error_handling
+from demo_app.messenger import messenger_router
 
 log = logging.getLogger(__name__)
 
@@ -86,34 +89,11 @@ def create_server(ctx: AppContext, demo: gr.Blocks, *, mcp: bool = False) -> fas
     Blocks mounted at ``/``."""
     app = fastapi.FastAPI(title="Seq2Seq Chatbot Arena", description="JSON, OpenAI-compatible and webhook APIs of "
                           "the arena's bots; the web app is at /.", version="1")
-    for install in _api_parts():
-        install(app, ctx)
+    install_error_handling(app)
+    app.include_router(api_router(ctx))
+    app.include_router(messenger_router(ctx))
     return gr.mount_gradio_app(app, demo, path="/", theme=gr.themes.Soft(), css=CSS, mcp_server=mcp,
                                footer_links=["api", "gradio"])
-
-
-def _api_parts() -> list:
-    """The API modules present (each: ``install(app, ctx)``)."""
-    parts = []
-    try:
-        from demo_app import errors
-
-        parts.append(lambda app, ctx: errors.install_error_handling(app))
-    except ImportError:
-        pass
-    try:
-        from demo_app import api
-
-        parts.append(lambda app, ctx: app.include_router(api.api_router(ctx)))
-    except ImportError:
-        pass
-    try:
-        from demo_app import messenger
-
-        parts.append(lambda app, ctx: app.include_router(messenger.messenger_router(ctx)))
-    except ImportError:
-        pass
-    return parts
 
 
 @dataclass

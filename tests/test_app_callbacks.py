@@ -258,15 +258,6 @@ def test_clear_empties_everything(tiny_bots):
     assert turn.histories == [[]] * len(NAMES) and turn.last_prompt is None and turn.details == {}
 
 
-def test_settings_tag():
-    base = dict(strategy="beam", beam_size=10, temperature=1.0, top_k=0, top_p=1.0, antilm=0.5, gamma=5,
-                n_bonus=0.0, mmi_lambda=0.0, no_repeat_ngram=0, max_len=30)
-    assert cb.settings_tag(base) == "beam K=10 · anti-LM 0.5 (gamma 5) · max 30"
-    assert cb.settings_tag({**base, "strategy": "greedy", "antilm": 0}) == "greedy · max 30"
-    tag = cb.settings_tag({**base, "strategy": "sample", "antilm": 0, "n_bonus": 0.2, "mmi_lambda": 0.3})
-    assert tag == "sample x10 T=1 top-k=0 top-p=1 · bonus 0.2 · MMI 0.3 · max 30"
-
-
 # ----------------------------------------------------------------------------- attention
 
 
