@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from core.batching import Batch, Example, collate, encode_pairs, iterate_batches, make_batches
-from core.checkpoint import pack_train_state, read_config
+from core.checkpoint import load_weights, pack_train_state, read_config, resolve
 from core.corpora import CorpusError, Split, check_pairs, load_corpus, make_pairs, split_conversations
 from core.model import (
     LanguageModel,
@@ -76,6 +76,15 @@ class TrainConfig:
     decoder_lr_ratio: float = field(default=1.0, metadata={"help": "decoder LR = lr * ratio"})
     warmup_steps: int = field(default=200, metadata={"help": "linear LR warm-up steps"})
     lr_decay: float = field(default=0.5, metadata={"help": "LR factor after a validation plateau"})
+    lr_schedule: str = field(default="plateau", metadata={
+        "help": "plateau (multiply by lr_decay after a validation without improvement), cosine or linear (decay "
+                "from lr after the warm-up to lr * lr_min at the last step, whatever validation says)"})
+    lr_min: float = field(default=0.0, metadata={"help": "cosine/linear: the final LR as a fraction of lr"})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "label smoothing of the training loss (validation perplexity is always the plain NLL)"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from this checkpoint folder's weights and tokenizer (same architecture) instead of a random "
+                "init: a fine-tune or annealing phase; a resume from last/ takes precedence"})
     clip: float = field(default=1.0, metadata={"help": "clip gradients to this global norm"})
     teacher_forcing: float = field(default=1.0, metadata={"help": "probability of feeding the gold token"})
     sampled_softmax: int = field(default=0, metadata={
@@ -177,10 +186,11 @@ def prepare_data(cfg: TrainConfig) -> Data:
 
 
 def sequence_nll(model: nn.Module, batch: Batch, teacher_forcing: float = 1.0, *,
-                 sampled: SampledSoftmax | None = None) -> tuple[torch.Tensor, int]:
+                 sampled: SampledSoftmax | None = None, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
     """Summed token NLL of ``batch`` and its token count. With ``teacher_forcing < 1`` each step feeds the
     model's own greedy token with probability ``1 - teacher_forcing`` (a per-step loop; 1.0 is one pass).
-    ``sampled``: the sampled-softmax training loss instead of the full softmax (one process, teacher forcing)."""
+    ``sampled``: the sampled-softmax training loss instead of the full softmax (one process, teacher forcing).
+    ``label_smoothing``: the smoothed cross-entropy (a training loss; perplexity uses 0)."""
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if sampled is not None:
         states = core.output_states(batch.tgt_in) if isinstance(core, LanguageModel) else core.output_states(
@@ -193,7 +203,7 @@ def sequence_nll(model: nn.Module, batch: Batch, teacher_forcing: float = 1.0, *
     else:
         logits = _scheduled_sampling_logits(core, batch, teacher_forcing)
     nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD_ID,
-                          reduction="sum")
+                          reduction="sum", label_smoothing=label_smoothing)
     return nll, batch.n_tokens
 
 
@@ -295,6 +305,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.sampled_softmax < 0 or cfg.sampled_proposal not in ("unigram", "uniform"):
         raise ValueError(f"sampled_softmax={cfg.sampled_softmax} must be >= 0 and sampled_proposal="
                          f"{cfg.sampled_proposal!r} one of ('unigram', 'uniform')")
+    _check_schedule(cfg)
+    if cfg.init_from and not cfg.tokenizer:  # the start checkpoint's tokenizer, so the weights fit
+        cfg = replace(cfg, tokenizer=str(Path(cfg.init_from) / "tokenizer.json"))
     run = RunFolder(cfg.out, LOG_FIELDS, main=_is_main())
     if run.has_last():  # before any work: a different run in the same folder is an error, not a resume
         _check_same_run(cfg, read_config(run.out / "last")["meta"].get("train", {}))
@@ -310,7 +323,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     sampler = make_sampler(cfg, data, device) if cfg.sampled_softmax else None
     info = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ppl": float("inf"), "bad_evals": 0, "lr_scale": 1.0,
             "train_seconds": 0.0, "early_stopped": False, "valid_step": 0}
-    info.update(run.resume(model, optimizer) or {})
+    resumed = run.resume(model, optimizer)
+    info.update(resumed or {})
+    if resumed is None and cfg.init_from:
+        load_weights(model, resolve(Path(cfg.init_from)) / "model.safetensors")
+        if _is_main():
+            print(f"initialised from {cfg.init_from}", flush=True)
     info["has_best"] = run.has_best()
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     meta_base = {"train": asdict(cfg), "corpus": cfg.corpus if cfg.task == "chat" else f"synthetic:{cfg.task}",
@@ -340,7 +358,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             run.save("best", model, data.tokenizer, meta=dict(meta_base, step=info["step"], valid_ppl=ppl))
         else:
             info["bad_evals"] += 1
-            info["lr_scale"] *= cfg.lr_decay
+            if cfg.lr_schedule == "plateau":
+                info["lr_scale"] *= cfg.lr_decay
             info["early_stopped"] = info["bad_evals"] >= cfg.patience
         return ppl
 
@@ -352,13 +371,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                          rank=rank, world=world, skip=info["batch_in_epoch"])
             for batch in epoch_iter:
                 batch = batch.to(device)
-                # 1. learning rate: warm-up, then the plateau scale
-                warm = min(1.0, (info["step"] + 1) / max(1, cfg.warmup_steps))
+                # 1. learning rate: warm-up, then the plateau scale or the schedule
+                scale = lr_factor(cfg, info["step"], max_steps) * info["lr_scale"]
                 for g in optimizer.param_groups:
-                    g["lr"] = g["base_lr"] * warm * info["lr_scale"]
+                    g["lr"] = g["base_lr"] * scale
                 # 2. forward / backward on the mean token loss
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    nll, n_tok = sequence_nll(ddp, batch, cfg.teacher_forcing, sampled=sampler)
+                    nll, n_tok = sequence_nll(ddp, batch, cfg.teacher_forcing, sampled=sampler,
+                                              label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 (nll / n_tok).backward()
                 grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
@@ -407,6 +427,36 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         print(f"stopped at step {info['step']}: {stop_reason}; validated at step {info['valid_step']}; "
               f"best/ has valid ppl {info['best_ppl']:.2f}", flush=True)
     return _summary(info, model, max_steps, stop_reason)
+
+
+LR_SCHEDULES = ("plateau", "cosine", "linear")
+
+
+def _check_schedule(cfg: TrainConfig) -> None:
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule={cfg.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if not 0.0 <= cfg.lr_min <= 1.0:
+        raise ValueError(f"lr_min={cfg.lr_min} must be a fraction of lr in [0, 1]")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={cfg.label_smoothing} must be in [0, 1)")
+    if cfg.init_from and not (Path(cfg.init_from) / "model.safetensors").exists() and not (
+            resolve(Path(cfg.init_from)) / "model.safetensors").exists():
+        raise ValueError(f"init_from={cfg.init_from!r} is not a checkpoint folder (no model.safetensors)")
+
+
+def lr_factor(cfg: TrainConfig, step: int, max_steps: int) -> float:
+    """The LR multiplier of optimizer step ``step`` (0-based): a linear warm-up over ``warmup_steps``, then 1
+    (plateau: validations scale it apart from this) or a cosine/linear decay to ``lr_min`` at ``max_steps``.
+
+    >>> cfg = TrainConfig(lr_schedule="cosine", warmup_steps=10, lr_min=0.1)
+    >>> [round(lr_factor(cfg, s, 111), 3) for s in (0, 9, 60, 110)]
+    [0.1, 1.0, 0.55, 0.1]"""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.lr_schedule == "plateau" or step + 1 <= cfg.warmup_steps:
+        return warm
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - 1 - cfg.warmup_steps))  # 1 at the last step
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
+    return cfg.lr_min + (1 - cfg.lr_min) * shape
 
 
 def _summary(info: dict[str, Any], model: nn.Module, max_steps: int, stopped: str) -> dict[str, Any]:
