@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,9 @@ def percentile(values: list[float], q: float) -> float:
 class Server:
     """``chatbot-arena serve`` in a subprocess of its own session, on 127.0.0.1:port."""
 
-    def __init__(self, *, batching: bool, checkpoints: Path, device: str, port: int, log: Path) -> None:
+    def __init__(self, *, batching: bool, checkpoints: Path, device: str, port: int, log: Path,
+                 extra: list[str] | None = None) -> None:
+        extra = extra or []
         exe = REPO / ".venv" / "bin" / "chatbot-arena"
         if not exe.exists():
             raise SystemExit(f"{exe} not found: run `make setup` first")
@@ -104,6 +107,7 @@ class Server:
                "--device", device, "--data-dir", self.data.name]
         if not batching:
             cmd.append("--no-batching")
+        cmd += extra
         self.url, self.log = f"http://127.0.0.1:{port}/", log
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
         with open(log, "w") as out:
@@ -143,7 +147,7 @@ def make_client(url: str) -> Any:
 
 
 def chat(client: Any, message: str, timeout: float) -> None:
-    """One /chat call, waiting for its final update."""
+    """One /chat call through ``gradio_client``, waiting for its final update."""
     job = client.submit(message=message, api_name="/chat")
     try:
         job.result(timeout=timeout)
@@ -152,10 +156,73 @@ def chat(client: Any, message: str, timeout: float) -> None:
         raise
 
 
-def run_users(url: str, users: int, *, think: float, duration: float, timeout: float, seed: int
-              ) -> tuple[list[float], list[str], float]:
-    """Closed loop of ``users`` users for ``duration`` s: (latencies of completed calls, errors, window in s)."""
-    clients = [make_client(url) for _ in range(users)]  # connected before the clock starts
+class BrowserUser:
+    """A visitor as a browser is one: ``POST queue/join`` with the inputs, then read the event stream of its session
+    (``GET queue/data``, server-sent events with the streamed updates as diffs) until ``process_completed``. The
+    updates are read, not applied: the page's work happens on the visitor's machine, not on the server's CPUs,
+    which ``gradio_client`` (one heartbeat and one stream thread per client, diffs applied in Python) would share
+    with the server here. The inputs are the /chat endpoint's defaults with ``message`` set."""
+
+    def __init__(self, url: str, template: dict[str, Any]) -> None:
+        import httpx
+
+        self.url, self.template = url.rstrip("/") + "/gradio_api/", template
+        self.http = httpx.Client(timeout=httpx.Timeout(120.0))
+        self.session = uuid.uuid4().hex  # one page, one session: its state lives on the server until it leaves
+
+    @staticmethod
+    def template(url: str) -> dict[str, Any]:
+        """fn_index and default inputs of /chat, read once through gradio_client's view of the API."""
+        client = make_client(url)
+        try:
+            info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/chat"]
+            data = [p.get("parameter_default") for p in info["parameters"]]
+            names = [p["parameter_name"] for p in info["parameters"]]
+            return {"fn_index": client._infer_fn_index("/chat", None), "data": data,
+                    "message_at": names.index("message")}
+        finally:
+            client.close()
+
+    def chat(self, message: str, timeout: float) -> None:
+        data = list(self.template["data"])
+        data[self.template["message_at"]] = message
+        session = self.session
+        r = self.http.post(self.url + "queue/join", json={"data": data, "event_data": None, "trigger_id": None,
+                                                          "fn_index": self.template["fn_index"],
+                                                          "session_hash": session})
+        r.raise_for_status()
+        event_id = r.json()["event_id"]
+        deadline = time.perf_counter() + timeout
+        with self.http.stream("GET", self.url + "queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"no final update within {timeout:.0f} s")
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:])
+                if msg.get("event_id") not in (None, event_id):
+                    continue
+                if msg.get("msg") == "process_completed":
+                    if not msg.get("success", False):
+                        raise RuntimeError(f"the server answered with an error: {str(msg.get('output'))[:200]}")
+                    return
+                if msg.get("msg") == "close_stream":
+                    break
+        raise RuntimeError("the event stream closed before the final update")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def run_users(url: str, users: int, *, think: float, duration: float, timeout: float, seed: int,
+              client: str = "browser") -> tuple[list[float], list[str], float]:
+    """Closed loop of ``users`` users for ``duration`` s: (latencies of completed calls, errors, window in s).
+    ``client``: ``browser`` (:class:`BrowserUser`) or ``gradio`` (``gradio_client``)."""
+    if client == "browser":
+        template = BrowserUser.template(url)
+        clients = [BrowserUser(url, template) for _ in range(users)]
+    else:
+        clients = [make_client(url) for _ in range(users)]  # connected before the clock starts
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -169,7 +236,10 @@ def run_users(url: str, users: int, *, think: float, duration: float, timeout: f
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             try:
-                chat(clients[i], PROMPTS[n % len(PROMPTS)], timeout)
+                if client == "browser":
+                    clients[i].chat(PROMPTS[n % len(PROMPTS)], timeout)
+                else:
+                    chat(clients[i], PROMPTS[n % len(PROMPTS)], timeout)
                 ok, err = True, ""
             except Exception as e:  # noqa: BLE001 - every failure is counted and reported
                 ok, err = False, f"{type(e).__name__}: {e}"[:300]
@@ -195,7 +265,9 @@ def run_users(url: str, users: int, *, think: float, duration: float, timeout: f
 
 def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
     log = Path(tempfile.gettempdir()) / f"load-server-{mode}-{port}.log"
-    server = Server(batching=mode == "on", checkpoints=args.checkpoints, device=args.device, port=port, log=log)
+    extra = ([f"--threads={args.threads}"] if args.threads else []) + [f"--workers={args.workers}"]
+    server = Server(batching=mode == "on", checkpoints=args.checkpoints, device=args.device, port=port, log=log,
+                    extra=extra)
     rows: list[Row] = []
     try:
         server.wait_until_up(args.startup_timeout)
@@ -206,7 +278,7 @@ def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
         for users in args.users:
             before = rss_mb(server.proc.pid)
             lat, errs, window = run_users(server.url, users, think=args.think, duration=args.duration,
-                                          timeout=args.request_timeout, seed=args.seed)
+                                          timeout=args.request_timeout, seed=args.seed, client=args.client)
             after = rss_mb(server.proc.pid)
             rps = len(lat) / window if window > 0 else 0.0
             if users == 1:
@@ -224,14 +296,14 @@ def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
     return rows
 
 
-def in_process_p50(checkpoints: Path, device: str, rounds: int = 3) -> float:
+def in_process_p50(checkpoints: Path, device: str, rounds: int = 3, threads: int | None = None) -> float:
     """p50 of one turn of every bot in this process (no HTTP): the side-by-side callback over the batching
     scheduler, the same prompts as the users send; the floor the one-user HTTP latency is compared with."""
     sys.path.insert(0, str(REPO))
     from demo_app import callbacks as cb
     from demo_app.server import make_context
 
-    ctx = make_context(checkpoints, device=device, arena=False)
+    ctx = make_context(checkpoints, device=device, arena=False, threads=threads)  # the server's torch threads
     try:
         for prompt in PROMPTS[:3]:  # warm-up, as for the server
             list(cb.chat(ctx, prompt, [[] for _ in ctx.bots], {}))
@@ -272,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="batching on, off, or both (default: both, on first)")
     ap.add_argument("--checkpoints", type=Path, default=REPO / "checkpoints", help="folder with bots.json")
     ap.add_argument("--device", default="cpu", help="the server's --device (cpu, cuda, auto)")
+    ap.add_argument("--client", choices=("browser", "gradio"), default="browser",
+                    help="browser: queue/join + the event stream, as a page does (default); gradio: gradio_client")
+    ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0: its default)")
+    ap.add_argument("--workers", type=int, default=1, help="the server's --workers (1)")
     ap.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     ap.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a call counts as an error")
     ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for the server to come up")
@@ -286,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.checkpoints}/bots.json not found: pass --checkpoints <folder with bots.json>")
     floor = None
     if args.in_process:
-        floor = in_process_p50(args.checkpoints, args.device)
+        floor = in_process_p50(args.checkpoints, args.device, threads=args.threads or None)
         print(f"in process (no HTTP): every bot's reply to one prompt, p50 {floor:.3f} s", flush=True)
     rows: list[Row] = []
     for mode in args.modes:

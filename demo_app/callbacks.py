@@ -300,12 +300,13 @@ PART_COLUMNS = ["logp", "antilm", "bonus", "diversity", "repetition", "mmi"]  # 
 NBEST_COLUMNS = ["rank", "reply", "score", *PART_COLUMNS]
 
 
-def nbest_frame(record: Mapping[str, Any] | None) -> pd.DataFrame:
-    """The n-best list: each hypothesis, its score and the parts that add up to it (model log p, anti-LM
-    penalty, length bonus, diversity and repetition penalties, MMI term)."""
-    rows = [(i + 1, h["text"], h["score"], *((h.get("parts") or {}).get(p) for p in PART_COLUMNS))
+def nbest_table(record: Mapping[str, Any] | None) -> dict[str, list]:
+    """The n-best list as a table value (``{"headers", "data"}``, what ``gr.Dataframe`` takes and sends): each
+    hypothesis, its score and the parts that add up to it (model log p, anti-LM penalty, length bonus, diversity
+    and repetition penalties, MMI term). A plain table costs Gradio a quarter of a pandas DataFrame to send."""
+    rows = [[i + 1, h["text"], h["score"], *((h.get("parts") or {}).get(p) for p in PART_COLUMNS)]
             for i, h in enumerate((record or {}).get("nbest", []))]
-    return pd.DataFrame(rows, columns=NBEST_COLUMNS)
+    return {"headers": list(NBEST_COLUMNS), "data": rows}
 
 
 # ----------------------------------------------------------------------------- side-by-side events
@@ -323,7 +324,7 @@ class Turn:
     message: str | Any  # the message box, or KEEP
     last_prompt: str | None | Any  # what re-run answers again, or KEEP
     histories: list[Any]  # one chat history per bot, or KEEP each
-    nbest: list[pd.DataFrame] | list[Any]  # or KEEP each
+    nbest: list[dict[str, list]] | list[Any]  # n-best tables (nbest_table), or KEEP each
     details: dict[str, Any] | Any  # {"prompt": ..., "bots": {name: record without attention}}, or KEEP
     records: dict[str, Any] | Any  # the full records (attention included) for the attention tab, or KEEP
     status: str = ""
@@ -346,6 +347,7 @@ class _TurnBuilder:
     prompt: str
     histories: list[list[dict[str, Any]]]
     notes: list[str] = field(default_factory=list)
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # n-best table per bot, built once a turn
 
     def run(self, settings: Mapping[str, Any], decoders: Mapping[str, str] | None = None) -> Iterator[Turn]:
         names = list(self.ctx.bots)
@@ -359,6 +361,7 @@ class _TurnBuilder:
             records.update(wave)
             for name, record in wave.items():
                 self.histories[names.index(name)][-1] = bot_message(record)
+                self.tables[name] = nbest_table(record)
             if len(records) < n:
                 yield self._turn(records, f"{len(records)} of {n} replies…")
         yield self._turn(records, f"All {n} replies in {time.perf_counter() - t0:.2f} s.", final=True)
@@ -370,7 +373,7 @@ class _TurnBuilder:
         details = {"prompt": self.prompt,
                    "bots": {k: {f: v for f, v in r.items() if f not in HEAVY_FIELDS} for k, r in done.items()}}
         return Turn("", self.prompt, [list(h) for h in self.histories],
-                    [nbest_frame(records.get(name)) for name in self.ctx.bots], details,
+                    [self.tables.get(name) or nbest_table(None) for name in self.ctx.bots], details,
                     {"prompt": self.prompt, "bots": done} if final else KEEP, self._status(status))
 
     def _status(self, line: str) -> str:
@@ -487,7 +490,7 @@ def live_rerun(ctx: AppContext, live: LiveRuns, key: str, last_prompt: str | Non
 
 
 def clear(bots: Mapping[str, Bot]) -> Turn:
-    return Turn("", None, [[] for _ in bots], [nbest_frame(None) for _ in bots], {}, {}, "")
+    return Turn("", None, [[] for _ in bots], [nbest_table(None) for _ in bots], {}, {}, "")
 
 
 # ----------------------------------------------------------------------------- attention view

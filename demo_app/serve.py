@@ -42,13 +42,17 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "$ARENA_DB_URL, else SQLite in the data folder)")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
                    help="decode concurrent requests for the same bot together (default: on)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of the decode workers (default: the usable CPUs less one for the web "
+                        "server, at least 1)")
+    p.add_argument("--workers", type=int, default=1, help="decode threads (default 1: one batch at a time)")
     p.add_argument("--mcp", action="store_true", help="also serve an MCP server (Gradio's mcp_server) with a "
                                                       "`reply` tool")
 
 
 def serve(checkpoints: str | Path | list[str | Path] | None = None, *, host: str | None = None,
           port: int | None = None, device: str = "auto", batching: bool = True, data_dir: str | Path | None = None,
-          db: str | None = None, mcp: bool = False) -> None:
+          db: str | None = None, mcp: bool = False, threads: int | None = None, workers: int = 1) -> None:
     """Load the bots once and serve the app and its APIs until interrupted (host/port: Gradio's environment
     variables, then 127.0.0.1:7860)."""
     from demo_app.app import build_app
@@ -56,7 +60,8 @@ def serve(checkpoints: str | Path | list[str | Path] | None = None, *, host: str
 
     host = host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = port or int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
-    ctx = make_context(checkpoints, device=device, batching=batching, data_dir=data_dir, db=db)
+    ctx = make_context(checkpoints, device=device, batching=batching, data_dir=data_dir, db=db, threads=threads,
+                       workers=workers)
     for reason in ctx.missing.values():
         print(f"not serving {reason}", file=sys.stderr)
     run_server(ctx, build_app(ctx, mcp=mcp), host=host, port=port, mcp=mcp)
@@ -64,7 +69,7 @@ def serve(checkpoints: str | Path | list[str | Path] | None = None, *, host: str
 
 def cmd_serve(args: argparse.Namespace) -> int:
     serve(args.checkpoints, host=args.host, port=args.port, device=args.device, batching=args.batching,
-          data_dir=args.data_dir, db=args.db, mcp=args.mcp)
+          data_dir=args.data_dir, db=args.db, mcp=args.mcp, threads=args.threads, workers=args.workers)
     return 0
 
 

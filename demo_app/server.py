@@ -25,7 +25,7 @@ import gradio as gr
 import uvicorn
 
 from core.bots import default_checkpoint_dir, load_bots, missing_bots
-from core.serving import BatchScheduler
+from core.serving import BatchScheduler, usable_cpus
 from demo_app.api import api_router
 from demo_app.context import AppContext
 from demo_app.errors import install_error_handling
@@ -43,8 +43,10 @@ CSS = """
 
 def make_context(checkpoints: str | Path | list[str | Path] | None = None, *, device: str = "auto",
                  batching: bool = True, data_dir: str | Path | None = None, db: str | None = None,
-                 arena: bool = True, threads: int | None = None) -> AppContext:
+                 arena: bool = True, threads: int | None = None, workers: int = 1) -> AppContext:
     """Load the bots of one or more checkpoint folders, start the batching scheduler and open the vote store.
+    ``threads``: torch threads of the decode workers (None: the usable CPUs less one, at least one, split over
+    ``workers``).
 
     Several folders (``--checkpoints`` given twice) serve all their bots side by side; every folder after the first
     prefixes its bot names with the folder's name (``mine/beam``), so "my corpus vs chitchat" is one page."""
@@ -61,7 +63,9 @@ def make_context(checkpoints: str | Path | list[str | Path] | None = None, *, de
                 raise ValueError(f"two checkpoint folders give a bot named {bot.name!r}; rename one folder")
             bots[bot.name] = bot
         missing.update({prefix + k: v for k, v in missing_bots(root).items()})
-    scheduler = BatchScheduler(bots, batching=batching, threads=threads)  # threads: None = the usable CPUs
+    if threads is None:  # the event loop and HTTP need a CPU of their own (bench/load.py: see README, Benchmarks)
+        threads = max(1, (usable_cpus() - 1) // workers)
+    scheduler = BatchScheduler(bots, batching=batching, threads=threads, workers=workers)
     ctx = AppContext(bots=bots, scheduler=scheduler, checkpoint_dir=Path(folders[0] or default_checkpoint_dir()),
                      missing=missing)
     if arena:

@@ -166,7 +166,7 @@ def test_chat_streams_each_reply_as_it_arrives(tiny_bots):
         assert len(record["attention"]) == len(record["tokens"]) == len(record["logprobs"])
         assert "attention" not in last.details["bots"][name]  # the heavy parts stay on the server
     assert last.details["bots"]["greedy"]["settings"]["strategy"] == "greedy"
-    assert len(last.nbest[1]) == 5 and list(last.nbest[1].columns) == cb.NBEST_COLUMNS
+    assert len(last.nbest[1]["data"]) == 5 and last.nbest[1]["headers"] == cb.NBEST_COLUMNS
     assert len(last.outputs()) == 2 + 2 * len(NAMES) + 3
 
 
@@ -363,7 +363,8 @@ def test_rl_logs_plot_their_own_columns(tmp_path):
 
 def test_nbest_table_splits_each_score_into_its_parts(tiny_bots):
     last = run_chat(tiny_bots, "what is your favourite food?", n_bonus=0.2)[-1]
-    table = last.nbest[list(tiny_bots).index("antilm")]
+    value = last.nbest[list(tiny_bots).index("antilm")]
+    table = pd.DataFrame(value["data"], columns=value["headers"])
     assert list(table.columns) == cb.NBEST_COLUMNS and len(table) > 1
     for row in table.itertuples(index=False):
         parts = [getattr(row, p) or 0.0 for p in cb.PART_COLUMNS]
