@@ -10,6 +10,8 @@ Stages, in order; run the same command again and a complete stage is skipped, an
 
     check      the corpus is read and checked before anything trains (a CorpusError names file, line, format)
     mle        DIR/runs/mle/       tokenizer.json, last/ (resume), best/, log.csv
+    anneal     DIR/runs/anneal/    (presets with one) mle/best trained on with a decaying LR; the greedy, beam
+                                   and anti-LM bots use its best/
     lm         DIR/runs/lm/        the language model for anti-LM (same tokenizer)
     backward   DIR/runs/backward/  p(message | reply), for MMI and the RL coherence reward
     rl         DIR/runs/rl/        self-play RL from mle/best (left out with --skip-rl)
@@ -33,10 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("check", "mle", "lm", "backward", "rl", "export", "bots", "tune", "evaluate")
-TRAINED = ("mle", "lm", "backward", "rl")
-# share of --max-minutes for each training stage; the rest (about 15%) is left for export, tune and evaluate
+STAGES = ("check", "mle", "anneal", "lm", "backward", "rl", "export", "bots", "tune", "evaluate")
+TRAINED = ("mle", "lm", "backward", "rl")  # the exported checkpoints (mle from the anneal run when there is one)
+# share of --max-minutes for each training stage; the rest (about 15%) is left for export, tune and evaluate;
+# a preset with an anneal stage gives it ANNEAL_SHARE of the MLE's share
 TIME_SHARES = {"mle": 0.45, "lm": 0.15, "backward": 0.15, "rl": 0.10}
+ANNEAL_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Preset:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields shared by mle, lm and backward
     mle: dict[str, Any] = field(default_factory=dict)
+    anneal: dict[str, Any] = field(default_factory=dict)  # empty: no anneal stage; else TrainConfig fields of it
     lm: dict[str, Any] = field(default_factory=dict)
     backward: dict[str, Any] = field(default_factory=dict)
     rl: dict[str, Any] = field(default_factory=dict)  # RLConfig fields
@@ -61,6 +66,8 @@ PRESETS: dict[str, Preset] = {
         train={"vocab_size": 400, "batch_size": 16, "lr": 3e-3, "warmup_steps": 20, "epochs": 1000.0,
                "eval_every": 100, "save_every": 100, "valid_max_batches": 10},
         mle={"max_steps": 400}, lm={"max_steps": 150}, backward={"max_steps": 150},
+        anneal={"max_steps": 40, "lr": 1.5e-3, "lr_schedule": "cosine", "warmup_steps": 5, "eval_every": 20,
+                "seed": 1},
         rl={"steps": 6, "batch_size": 4, "group_size": 2, "turns": 2, "max_len": 8, "mle_batch_size": 8,
             "eval_every": 3, "save_every": 3, "valid_max_batches": 5, "dull_sample": 4},
         tune={"n_prompts": 8, "grid": {"antilm": [0.2, 0.4], "gamma": [2, 4], "n_bonus": [0.0]}},
@@ -108,19 +115,24 @@ class PipelineInterrupted(RuntimeError):
     """A stage was stopped by Ctrl-C (its checkpoints are saved; the same command resumes it)."""
 
 
-def stage_minutes(max_minutes: float, skip_rl: bool = False) -> dict[str, float]:
+def stage_minutes(max_minutes: float, skip_rl: bool = False, anneal: bool = False) -> dict[str, float]:
     """Minutes of ``max_minutes`` for each training stage (0 everywhere when there is no budget)."""
     shares = {k: v for k, v in TIME_SHARES.items() if not (skip_rl and k == "rl")}
+    if anneal:
+        shares["anneal"] = shares["mle"] * ANNEAL_SHARE
+        shares["mle"] -= shares["anneal"]
     return {k: round(max_minutes * v, 2) for k, v in shares.items()}
 
 
 def plan(preset_name: str, max_minutes: float, skip_rl: bool) -> str:
     """The lines printed before starting: each stage with its step and time budget."""
     p = PRESETS[preset_name]
-    minutes = stage_minutes(max_minutes, skip_rl)
+    minutes = stage_minutes(max_minutes, skip_rl, anneal=bool(p.anneal))
     lines = [f"pipeline preset {preset_name!r}: "
              + (f"time budget {max_minutes:g} min" if max_minutes else "no time budget (step budgets only)")]
-    for stage in TRAINED:
+    for stage in ("mle", "anneal", "lm", "backward", "rl"):
+        if stage == "anneal" and not p.anneal:
+            continue
         if stage == "rl" and skip_rl:
             lines.append("  rl        skipped (--skip-rl)")
             continue
@@ -191,7 +203,7 @@ def run_pipeline(out: str | Path, *, corpus: str | None = None, corpus_format: s
     settings = {"corpus": corpus, "corpus_format": corpus_format, "preset": preset, "skip_rl": skip_rl}
     state = _State(runs / "pipeline.json", settings)
     print(plan(preset, max_minutes, skip_rl), flush=True)
-    minutes = stage_minutes(max_minutes, skip_rl)
+    minutes = stage_minutes(max_minutes, skip_rl, anneal=bool(p.anneal))
     report: dict[str, str] = {}
 
     def skip(stage: str) -> bool:
@@ -211,8 +223,14 @@ def run_pipeline(out: str | Path, *, corpus: str | None = None, corpus_format: s
         state.mark("check")
         report["check"] = f"{n} pairs"
 
-    # 2. MLE, language model, backward model (same tokenizer)
-    for stage in ("mle", "lm", "backward"):
+    # 2. MLE (and its anneal), language model, backward model (same tokenizer)
+    for stage in ("mle", "anneal", "lm", "backward"):
+        if stage == "anneal" and not p.anneal:
+            continue
+        if stage == "anneal" and not state.done("mle"):  # anneals only a finished MLE run
+            print("== anneal: waits for a complete mle stage", flush=True)
+            report[stage] = "waiting for mle"
+            continue
         if skip(stage):
             continue
         summary = _train_stage(stage, p, runs, corpus=corpus, corpus_format=corpus_format,
@@ -231,14 +249,17 @@ def run_pipeline(out: str | Path, *, corpus: str | None = None, corpus_format: s
         state.mark("rl", summary["done"] and upstream_done)
         report["rl"] = summary["stopped"]
     trained = [s for s in TRAINED if not (skip_rl and s == "rl")]
-    all_trained = all(state.done(s) for s in trained)
+    all_trained = all(state.done(s) for s in trained) and (not p.anneal or state.done("anneal"))
+    source = {s: runs / s for s in trained}
+    if p.anneal and state.done("anneal"):
+        source["mle"] = runs / "anneal"
 
     # 4. exports, bots.json, tuning, evaluation: redone until every training stage is complete
     from core.export import export_run
 
     if not skip("export"):
         for stage in trained:
-            print(f"wrote {export_run(runs / stage, ckpts / stage)}", flush=True)
+            print(f"wrote {export_run(source[stage], ckpts / stage)}", flush=True)
         state.mark("export", all_trained)
         report["export"] = ", ".join(str(ckpts / s) for s in trained)
     if not skip("bots"):
@@ -250,7 +271,8 @@ def run_pipeline(out: str | Path, *, corpus: str | None = None, corpus_format: s
     if not skip("evaluate"):
         report["evaluate"] = _evaluate_stage(p, ckpts, threads=threads, device=device)
         state.mark("evaluate", all_trained)
-    complete = all(state.done(s) for s in STAGES if not (skip_rl and s == "rl"))
+    complete = all(state.done(s) for s in STAGES if not (skip_rl and s == "rl") and not (
+        s == "anneal" and not p.anneal))
     print(f"\n{ckpts}: {'complete' if complete else 'usable; run the same command again to continue training'}"
           f"\n  chatbot-arena serve --checkpoints {ckpts}", flush=True)
     return {"checkpoints": str(ckpts), "complete": complete, "stages": report}
@@ -261,8 +283,10 @@ def _train_stage(stage: str, p: Preset, runs: Path, *, corpus: str, corpus_forma
     from core.model import ModelConfig
     from core.train import TrainConfig, train
 
-    kind = {"mle": "seq2seq", "lm": "lm", "backward": "backward"}[stage]
+    kind = {"mle": "seq2seq", "anneal": "seq2seq", "lm": "lm", "backward": "backward"}[stage]
     settings: dict[str, Any] = {**p.train, **getattr(p, stage)}
+    if stage == "anneal":
+        settings["init_from"] = str(runs / "mle" / "best")
     cfg = TrainConfig(out=str(runs / stage), kind=kind, corpus=corpus, corpus_format=corpus_format,
                       tokenizer=None if stage == "mle" else str(runs / "mle" / "tokenizer.json"),
                       model=ModelConfig(**p.model), max_minutes=max_minutes, threads=threads, device=device,

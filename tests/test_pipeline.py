@@ -50,7 +50,8 @@ def test_tiny_pipeline_writes_a_servable_checkpoints_folder(pipeline_run):
     out, stdout = pipeline_run
     ckpts = out / "checkpoints"
     assert stdout.startswith("pipeline preset 'tiny': time budget 30 min")
-    assert "  mle       400 steps, at most 13.5 min" in stdout  # the budget split, printed before starting
+    # the budget split, printed before starting: the anneal stage takes a quarter of the MLE's share
+    assert "  mle       400 steps, at most 10.12 min" in stdout and "  anneal    40 steps, at most 3.38 min" in stdout
     for stage in ("mle", "lm", "backward", "rl"):
         files = {p.name for p in (ckpts / stage).iterdir()}
         assert {"model.safetensors", "config.json", "tokenizer.json", "MODEL_CARD.md", "train_log.csv"} <= files
@@ -67,6 +68,10 @@ def test_tiny_pipeline_writes_a_servable_checkpoints_folder(pipeline_run):
     assert (ckpts / "report.md").read_text().startswith("| bot |")
     config = json.loads((ckpts / "mle" / "config.json").read_text())
     assert config["meta"]["train"]["corpus_format"] == "tsv" and config["model"]["hidden"] == 32
+    # the exported MLE model is the anneal run's best, which started from mle/best with a cosine schedule
+    assert config["meta"]["train"]["init_from"] == str(out / "runs" / "mle" / "best")
+    assert config["meta"]["train"]["lr_schedule"] == "cosine"
+    assert (out / "runs" / "anneal" / "best" / "config.json").exists()
 
 
 @pytest.mark.slow
@@ -86,7 +91,7 @@ def test_running_again_skips_every_complete_stage(pipeline_run, pairs_tsv):
     before = (out / "checkpoints" / "report.csv").stat().st_mtime_ns
     res = cli("pipeline", "--corpus", str(pairs_tsv), "--corpus-format", "tsv", "--out", str(out),
               "--preset", "tiny", "--threads", "1", "--max-minutes", "30")
-    for stage in ("check", "mle", "lm", "backward", "rl", "export", "bots", "tune", "evaluate"):
+    for stage in ("check", "mle", "anneal", "lm", "backward", "rl", "export", "bots", "tune", "evaluate"):
         assert f"== {stage}: already complete (skipped)" in res.stdout
     assert (out / "checkpoints" / "report.csv").stat().st_mtime_ns == before
     other = cli("pipeline", "--corpus", str(pairs_tsv), "--corpus-format", "tsv", "--out", str(out),
@@ -114,6 +119,8 @@ def test_bad_corpus_stops_before_any_training(tmp_path, content, message):
 
 def test_the_time_budget_is_split_and_printed():
     assert stage_minutes(100) == {"mle": 45.0, "lm": 15.0, "backward": 15.0, "rl": 10.0}
+    assert stage_minutes(100, anneal=True) == {"mle": 33.75, "anneal": 11.25, "lm": 15.0, "backward": 15.0,
+                                               "rl": 10.0}
     assert "rl" not in stage_minutes(100, skip_rl=True)
     text = plan("shipped", 0, False)
     assert "mle       8800 steps" in text and "lm        6400 steps" in text and "backward  4800 steps" in text
