@@ -5,20 +5,24 @@
     python bench/load.py --users 2 --duration 10             # a quick check that everything works
     python bench/load.py --device cuda --users 1 32 64       # on a GPU machine
     python bench/load.py --modes on --json dist/load-on.json # batching on only
+    python bench/load.py --client gradio --threads 2         # gradio_client users; the server with 2 torch threads
 
 For each mode (``on``: the default server; ``off``: ``chatbot-arena serve --no-batching``, every request decoded
 alone) it starts ``chatbot-arena serve`` from this checkout's .venv on a free loopback port with the given
-``--checkpoints`` (and a throw-away vote folder), waits until the page answers and warms the bots up. Then, for each
-``--users`` count, that many closed-loop users run for ``--duration`` seconds: each user has its own
-``gradio_client.Client``, sends a prompt to the ``/chat`` endpoint (parameter ``message``: every bot replies),
-waits for the final update, thinks for ``--think`` seconds (uniformly 0.5x to 1.5x, seeded), and sends the next.
-No request starts after the deadline; those under way are waited for (at most ``--request-timeout`` s each).
+``--checkpoints`` (and a throw-away vote folder), waits until the page answers and warms the bots up. Then, for
+each ``--users`` count, that many closed-loop users run for ``--duration`` seconds: each user is one page (one
+session; ``--client browser``, the default: ``queue/join`` and the event stream, as the browser does, see
+:class:`BrowserUser`) or one ``gradio_client.Client`` (``--client gradio``), sends a prompt to the ``/chat``
+endpoint (parameter ``message``: every bot replies), waits for the final update, thinks for ``--think`` seconds
+(uniformly 0.5x to 1.5x, seeded), and sends the next. No request starts after the deadline; those under way are
+waited for (at most ``--request-timeout`` s each).
 
 Reported per mode and user count: completed requests, errors (an exception or a timeout), throughput (requests/s
 over the window from the first send to the last answer), latency p50 / p95 / max of one ``/chat`` call (all the
-bots' replies), the throughput relative to 1 user of the same mode when it was measured, and the server's RSS
-(VmRSS of /proc/<pid>/status) before and after the user count ran. A markdown table is printed and every row is
-written as JSON (``--json``, default dist/load.json). Loopback only; every run is bounded by ``--duration``.
+bots' replies), the throughput relative to 1 user of the same mode when it was measured, the server's RSS
+(VmRSS of /proc/<pid>/status) before and after the user count ran, and the CPU cores the server and the simulated
+users (this process) kept busy: on a small machine they share the cores. A markdown table is printed and every
+row is written as JSON (``--json``, default dist/load.json). Loopback only; every run is bounded by ``--duration``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Row:
     rss_before_mb: float
     rss_after_mb: float
     rss_growth: float  # after / before - 1
+    server_cores: float  # the server's CPU time over the window / the window: cores it kept busy
+    bench_cores: float  # the same for this process (the simulated users): what the load generator takes
     first_error: str
 
 
@@ -72,6 +78,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far, from /proc/<pid>/stat; nan where /proc is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def rss_mb(pid: int) -> float:
@@ -277,9 +292,13 @@ def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
         one_user = None
         for users in args.users:
             before = rss_mb(server.proc.pid)
+            cpu0, own0, t0 = cpu_s(server.proc.pid), sum(os.times()[:2]), time.perf_counter()
             lat, errs, window = run_users(server.url, users, think=args.think, duration=args.duration,
                                           timeout=args.request_timeout, seed=args.seed, client=args.client)
             after = rss_mb(server.proc.pid)
+            wall = time.perf_counter() - t0
+            server_cores = (cpu_s(server.proc.pid) - cpu0) / wall
+            bench_cores = (sum(os.times()[:2]) - own0) / wall
             rps = len(lat) / window if window > 0 else 0.0
             if users == 1:
                 one_user = rps
@@ -288,6 +307,7 @@ def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
                             p95_s=percentile(lat, 95), max_s=max(lat, default=float("nan")),
                             vs_one_user=rps / one_user if one_user else None, rss_before_mb=before,
                             rss_after_mb=after, rss_growth=after / before - 1 if before else float("nan"),
+                            server_cores=server_cores, bench_cores=bench_cores,
                             first_error=errs[0] if errs else ""))
             print(f"  {mode:>3} {users:>3} users: {len(lat)} ok, {len(errs)} errors, {rps:.2f} req/s, "
                   f"p50 {rows[-1].p50_s:.2f} s, p95 {rows[-1].p95_s:.2f} s", flush=True)
@@ -320,13 +340,13 @@ def in_process_p50(checkpoints: Path, device: str, rounds: int = 3, threads: int
 
 def to_markdown(rows: list[Row]) -> str:
     head = ("| batching | users | think (s) | requests | errors | req/s | vs 1 user | p50 (s) | p95 (s) | max (s) "
-            "| RSS before (MB) | RSS after (MB) | RSS growth |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| RSS before (MB) | RSS after (MB) | RSS growth | server cores | bench cores |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         vs = f"{r.vs_one_user:.2f}x" if r.vs_one_user is not None else "-"
         lines.append(f"| {r.mode} | {r.users} | {r.think_s:g} | {r.requests} | {r.errors} | {r.throughput_rps:.2f} "
                      f"| {vs} | {r.p50_s:.2f} | {r.p95_s:.2f} | {r.max_s:.2f} | {r.rss_before_mb:.0f} "
-                     f"| {r.rss_after_mb:.0f} | {r.rss_growth:+.1%} |")
+                     f"| {r.rss_after_mb:.0f} | {r.rss_growth:+.1%} | {r.server_cores:.2f} | {r.bench_cores:.2f} |")
     return "\n".join(lines)
 
 
