@@ -275,3 +275,31 @@ def test_close_fails_queued_requests_with_busy_and_refuses_new_ones(tiny_bots, s
     assert held.result(60).tokens  # the decode under way finishes
     with pytest.raises(Busy, match="shutting down"):
         scheduler.submit("greedy", "hello", {})
+
+
+def test_the_server_leaves_a_cpu_to_the_web_server(tiny_checkpoints, monkeypatch):
+    """`serve`'s default: torch threads = the usable CPUs less one (the event loop and HTTP need a core), at least
+    one; --threads and --workers override it."""
+    from demo_app.serve import add_serve_args
+    from demo_app.server import make_context
+
+    saved = torch.get_num_threads()
+    try:
+        for cpus, workers, expected in (("4", 1, 3), ("4", 2, 1), ("1", 1, 1), ("2", 1, 1)):
+            monkeypatch.setenv("OMP_NUM_THREADS", cpus)
+            ctx = make_context(tiny_checkpoints, device="cpu", arena=False, workers=workers)
+            try:
+                assert (ctx.scheduler.threads, ctx.scheduler.workers) == (expected, workers)
+            finally:
+                ctx.scheduler.close()
+        ctx = make_context(tiny_checkpoints, device="cpu", arena=False, threads=2)
+        assert ctx.scheduler.threads == 2 == torch.get_num_threads()
+        ctx.scheduler.close()
+    finally:
+        torch.set_num_threads(saved)
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_serve_args(p)
+    args = p.parse_args(["--threads", "3", "--workers", "2"])
+    assert (args.threads, args.workers) == (3, 2)
