@@ -69,7 +69,7 @@ class Row:
     rss_before_mb: float
     rss_after_mb: float
     rss_growth: float  # after / before - 1
-    server_cores: float  # the server's CPU time over the window / the window: cores it kept busy
+    server_cores: float  # CPU time of the server and its decode processes over the window / the window
     bench_cores: float  # the same for this process (the simulated users): what the load generator takes
     first_error: str
 
@@ -80,24 +80,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the server and its decode processes), from /proc/<pid>/task/*/children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in children.read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far, from /proc/<pid>/stat; nan where /proc is not there."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+    """User + system CPU seconds so far of a process and its descendants, from /proc/<pid>/stat; nan where /proc
+    is not there."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+    return total
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process, from /proc/<pid>/status (MB); nan where /proc is not there."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    """Resident memory of a process and its descendants (the decode processes), from /proc/<pid>/status (MB);
+    nan where /proc is not there."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += next(int(line.split()[1]) / 1024 for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            return float("nan")
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -280,7 +300,9 @@ def run_users(url: str, users: int, *, think: float, duration: float, timeout: f
 
 def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
     log = Path(tempfile.gettempdir()) / f"load-server-{mode}-{port}.log"
-    extra = ([f"--threads={args.threads}"] if args.threads else []) + [f"--workers={args.workers}"]
+    extra = [f"--threads={args.threads}"] if args.threads else []
+    extra += [f"--workers={args.workers}"] if args.workers else []
+    extra += [] if args.decode_process else ["--no-decode-process"]
     server = Server(batching=mode == "on", checkpoints=args.checkpoints, device=args.device, port=port, log=log,
                     extra=extra)
     rows: list[Row] = []
@@ -316,14 +338,18 @@ def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
     return rows
 
 
-def in_process_p50(checkpoints: Path, device: str, rounds: int = 3, threads: int | None = None) -> float:
-    """p50 of one turn of every bot in this process (no HTTP): the side-by-side callback over the batching
-    scheduler, the same prompts as the users send; the floor the one-user HTTP latency is compared with."""
+def in_process_p50(checkpoints: Path, device: str, rounds: int = 3, threads: int | None = None,
+                   workers: int | None = None, decode_process: bool = True) -> float:
+    """p50 of one turn of every bot without HTTP: the side-by-side callback over the batching scheduler set up as
+    the server's (torch threads, workers, decode processes), the same prompts as the users send; the floor the
+    one-user HTTP latency is compared with."""
     sys.path.insert(0, str(REPO))
     from demo_app import callbacks as cb
+    from demo_app.serve import default_workers
     from demo_app.server import make_context
 
-    ctx = make_context(checkpoints, device=device, arena=False, threads=threads)  # the server's torch threads
+    ctx = make_context(checkpoints, device=device, arena=False, threads=threads, workers=workers or default_workers(),
+                       decode_process=decode_process)
     try:
         for prompt in PROMPTS[:3]:  # warm-up, as for the server
             list(cb.chat(ctx, prompt, [[] for _ in ctx.bots], {}))
@@ -367,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client", choices=("browser", "gradio"), default="browser",
                     help="browser: queue/join + the event stream, as a page does (default); gradio: gradio_client")
     ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0: its default)")
-    ap.add_argument("--workers", type=int, default=1, help="the server's --workers (1)")
+    ap.add_argument("--workers", type=int, default=0, help="the server's --workers (0: its default)")
+    ap.add_argument("--decode-process", action=argparse.BooleanOptionalAction, default=True,
+                    help="the server's --decode-process (default: on, as serve's)")
     ap.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     ap.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a call counts as an error")
     ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for the server to come up")
@@ -382,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.checkpoints}/bots.json not found: pass --checkpoints <folder with bots.json>")
     floor = None
     if args.in_process:
-        floor = in_process_p50(args.checkpoints, args.device, threads=args.threads or None)
+        floor = in_process_p50(args.checkpoints, args.device, threads=args.threads or None,
+                               workers=args.workers or None, decode_process=args.decode_process)
         print(f"in process (no HTTP): every bot's reply to one prompt, p50 {floor:.3f} s", flush=True)
     rows: list[Row] = []
     for mode in args.modes:

@@ -235,6 +235,30 @@ def load_bots(checkpoint_dir: str | Path | None = None, device: str = "auto", *,
     return bots
 
 
+def load_bot_folders(folders: list[str | Path | None], device: str = "auto") -> tuple[dict[str, Bot], dict[str, str]]:
+    """The bots of several checkpoint folders on one page, and the bots left out (name -> why). Every folder after
+    the first prefixes its bot names with the folder's name (``mine/beam``), so "my corpus vs chitchat" is one
+    page; None is the shipped folder. Bots whose checkpoints are missing are left out, not an error."""
+    bots: dict[str, Bot] = {}
+    missing: dict[str, str] = {}
+    for i, folder in enumerate(folders):
+        root = Path(folder) if folder is not None else default_checkpoint_dir()
+        prefix = f"{root.name}/" if i else ""
+        for name, bot in load_bots(root, device=device, skip_missing=True).items():
+            if prefix:
+                bot.name, bot.label = prefix + name, f"{bot.label} ({root.name})"
+            if bot.name in bots:
+                raise ValueError(f"two checkpoint folders give a bot named {bot.name!r}; rename one folder")
+            bots[bot.name] = bot
+        missing.update({prefix + k: v for k, v in missing_bots(root).items()})
+    return bots, missing
+
+
+def bots_of_folders(folders: list[str | Path | None], device: str = "auto") -> dict[str, Bot]:
+    """Only the bots of :func:`load_bot_folders` (a picklable loader for a decode process)."""
+    return load_bot_folders(folders, device)[0]
+
+
 def bot_from_checkpoint(path: str | Path, *, device: str = "auto", lm: str | Path | None = None,
                         backward: str | Path | None = None, **decoder: Any) -> Bot:
     """One bot straight from a checkpoint folder (a training run's ``best/`` say), without a bots.json.

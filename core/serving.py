@@ -19,7 +19,8 @@ How a request travels:
      ``bot.respond_batch`` call. Requests cancelled meanwhile (the client went away) are dropped first. If the
      call raises, its requests are decoded one by one, so only the failing one fails.
 With ``batching=False`` every request is decoded alone, in arrival order, by the same workers (the baseline of
-``bench/load.py``).
+``bench/load.py``). With ``process_loader`` each worker hands its batches to a :class:`DecodeProcess`: the search
+runs in a child process, so its Python and the web server's never wait for each other on one GIL.
 
 Batched greedy and beam replies hold the same tokens as the same requests decoded alone (tests/test_serving.py),
 but their scores and log-probs may differ in the last float32 bits (about 1e-7 relative): the CPU GEMM (MKL) sums
@@ -31,11 +32,12 @@ alone. Only an exact near-tie between two hypotheses could therefore resolve dif
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -85,6 +87,110 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+class DecodeProcess:
+    """A child process that decodes batches for the parent: ``respond_batch(bot, prompts, overrides)`` there.
+
+    Why: on a CPU server the beam search is mostly Python between small tensor ops, and so is the web server; in
+    one process they take turns on the GIL and a second core idles (``bench/load.py`` shows the server at about one
+    core). In a child process (started with ``spawn``: no fork of a process with threads) the search has a GIL of
+    its own. ``loader`` is a picklable callable that returns the same bots in the child (e.g.
+    ``functools.partial(core.bots.bots_of_folders, folders, device)``); the child sets ``threads`` torch threads.
+    One request at a time per process; a child that dies fails the batch it held and is started again for the next.
+    """
+
+    def __init__(self, loader: Callable[[], Mapping[str, Bot]], threads: int, *, start_timeout: float = 300.0
+                 ) -> None:
+        self.loader, self.threads, self.start_timeout = loader, threads, start_timeout
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Any = None
+        self.restarts = -1
+        self._start()
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_decode_child, args=(child, self.loader, self.threads), daemon=True,
+                           name="chatbot-arena-decode")
+        proc.start()
+        child.close()
+        if not parent.poll(self.start_timeout):
+            proc.kill()
+            raise RuntimeError(f"the decode process did not start within {self.start_timeout:.0f} s")
+        try:
+            ok, value = parent.recv()
+        except EOFError:
+            proc.join(5)
+            ok, value = False, f"it exited while starting (exit code {proc.exitcode})"
+        if not ok:
+            proc.join(5)
+            raise RuntimeError(f"the decode process could not load the bots: {value}")
+        self._proc, self._conn = proc, parent
+        self.restarts += 1
+
+    def respond_batch(self, bot: str, prompts: list[str], overrides: Mapping[str, Any]) -> list[Reply]:
+        """The replies of ``bot`` to ``prompts`` decoded in the child; its exception is raised here."""
+        with self._lock:
+            if self._proc is None or not self._proc.is_alive():
+                self._start()
+            try:
+                self._conn.send((bot, list(prompts), dict(overrides)))
+                ok, value = self._conn.recv()
+            except (EOFError, OSError) as e:  # the child died during this batch
+                self._proc = None
+                raise RuntimeError(f"the decode process exited ({type(e).__name__}); it restarts for the next "
+                                   "request") from e
+        if not ok:
+            raise value
+        return value
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self) -> None:
+        """Ask the child to exit; kill it if it does not within a few seconds."""
+        with self._lock:
+            if self._proc is None:
+                return
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            self._conn.close()
+            self._proc = None
+
+
+def _decode_child(conn: Any, loader: Callable[[], Mapping[str, Bot]], threads: int) -> None:
+    """The child's loop: load the bots, say so, then answer (bot, prompts, overrides) with (ok, replies | error)."""
+    try:
+        torch.set_num_threads(threads)
+        bots = dict(loader())
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send((False, f"{type(e).__name__}: {e}"))
+        return
+    conn.send((True, list(bots)))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent went away
+            return
+        if msg is None:
+            return
+        bot, prompts, overrides = msg
+        try:
+            conn.send((True, bots[bot].respond_batch(prompts, **overrides)))
+        except Exception as e:  # noqa: BLE001 - handed to the parent's caller
+            try:
+                conn.send((False, e))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle
+                conn.send((False, RuntimeError(f"{type(e).__name__}: {e}")))
+
+
 class BatchScheduler:
     """Gathers concurrent requests per (bot, settings) and decodes each group in one batched call.
 
@@ -93,7 +199,8 @@ class BatchScheduler:
     """
 
     def __init__(self, bots: Mapping[str, Bot], *, max_batch: int = 32, max_wait_s: float = 0.005,
-                 max_queue: int = 256, batching: bool = True, workers: int = 1, threads: int | None = None) -> None:
+                 max_queue: int = 256, batching: bool = True, workers: int = 1, threads: int | None = None,
+                 process_loader: Callable[[], Mapping[str, Bot]] | None = None) -> None:
         for name, value, lo in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1), ("workers", workers, 1)):
             if not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
@@ -104,6 +211,9 @@ class BatchScheduler:
         self.workers = workers
         self.threads = threads if threads is not None else max(1, usable_cpus() // workers)
         torch.set_num_threads(self.threads)  # the one place the serving process sets its torch threads
+        # one decode process per worker (the children set the same threads), or decoding in this process
+        self._procs = [DecodeProcess(process_loader, self.threads) for _ in range(workers)] if process_loader else []
+        self._worker_of = threading.local()
         self._cond = threading.Condition()
         self._groups: dict[GroupKey, deque[_Request]] = {}  # waiting requests, per group, oldest first
         self._waiting = 0
@@ -111,7 +221,8 @@ class BatchScheduler:
         self._alone = itertools.count()  # makes a group key unique (seeded sampling, batching=False)
         self._stats = dict(requests=0, batches=0, largest_batch=0, decoded=0, failed=0, cancelled=0, busy=0,
                            decoding_now=0, max_decodes_at_once=0, queue_s_total=0.0, queue_s_max=0.0)
-        self._threads = [threading.Thread(target=self._work, name=f"decode-{i}", daemon=True) for i in range(workers)]
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"decode-{i}", daemon=True)
+                         for i in range(workers)]
         for t in self._threads:
             t.start()
 
@@ -152,7 +263,8 @@ class BatchScheduler:
         the start of the decode), plus the settings workers, threads, max_batch, max_wait_s, batching."""
         with self._cond:
             return {**self._stats, "waiting": self._waiting, "workers": self.workers, "threads": self.threads,
-                    "max_batch": self.max_batch, "max_wait_s": self.max_wait_s, "batching": self.batching}
+                    "max_batch": self.max_batch, "max_wait_s": self.max_wait_s, "batching": self.batching,
+                    "decode_processes": len(self._procs)}
 
     def close(self) -> None:
         """Stop the workers after their current decode; requests still queued fail with Busy."""
@@ -168,6 +280,8 @@ class BatchScheduler:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join()
+        for proc in self._procs:
+            proc.close()
 
     def __enter__(self) -> BatchScheduler:
         return self
@@ -205,7 +319,8 @@ class BatchScheduler:
 
     # ------------------------------------------------------------------------- the workers' side
 
-    def _work(self) -> None:
+    def _work(self, index: int = 0) -> None:
+        self._worker_of.index = index
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -257,7 +372,7 @@ class BatchScheduler:
         size = len(batch)  # requests that shared the call that produced each outcome
         try:
             try:
-                outcomes = list(bot.respond_batch([r.prompt for r in batch], **overrides))
+                outcomes = list(self._respond_batch(bot, [r.prompt for r in batch], overrides))
                 if len(outcomes) != len(batch):
                     raise RuntimeError(f"respond_batch returned {len(outcomes)} replies for {len(batch)} prompts")
             except Exception as e:  # noqa: BLE001 - handed to the callers through their futures
@@ -275,8 +390,14 @@ class BatchScheduler:
             else:
                 req.ticket.set_result(out)
 
+    def _respond_batch(self, bot: Bot, prompts: list[str], overrides: Mapping[str, Any]) -> list[Reply]:
+        """This worker's decode: in its decode process when there is one, else here."""
+        if self._procs:
+            return self._procs[self._worker_of.index].respond_batch(bot.name, prompts, overrides)
+        return bot.respond_batch(prompts, **overrides)
+
     def _alone_outcome(self, bot: Bot, req: _Request) -> Reply | BaseException:
         try:
-            return bot.respond_batch([req.prompt], **req.overrides)[0]
+            return self._respond_batch(bot, [req.prompt], req.overrides)[0]
         except Exception as e:  # noqa: BLE001 - handed to the caller through its future
             return e

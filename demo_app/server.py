@@ -11,6 +11,7 @@ beside it, on one FastAPI app run by uvicorn.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ import fastapi
 import gradio as gr
 import uvicorn
 
-from core.bots import default_checkpoint_dir, load_bots, missing_bots
+from core.bots import bots_of_folders, default_checkpoint_dir, load_bot_folders
 from core.serving import BatchScheduler, usable_cpus
 from demo_app.api import api_router
 from demo_app.context import AppContext
@@ -43,29 +44,21 @@ CSS = """
 
 def make_context(checkpoints: str | Path | list[str | Path] | None = None, *, device: str = "auto",
                  batching: bool = True, data_dir: str | Path | None = None, db: str | None = None,
-                 arena: bool = True, threads: int | None = None, workers: int = 1) -> AppContext:
+                 arena: bool = True, threads: int | None = None, workers: int = 1,
+                 decode_process: bool = False) -> AppContext:
     """Load the bots of one or more checkpoint folders, start the batching scheduler and open the vote store.
     ``threads``: torch threads of the decode workers (None: the usable CPUs less one, at least one, split over
-    ``workers``).
+    ``workers``). ``decode_process``: each decode worker searches in a child process of its own, which loads the
+    same bots (see :class:`core.serving.DecodeProcess`).
 
     Several folders (``--checkpoints`` given twice) serve all their bots side by side; every folder after the first
     prefixes its bot names with the folder's name (``mine/beam``), so "my corpus vs chitchat" is one page."""
     folders = [checkpoints] if checkpoints is None or isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    bots: dict[str, Any] = {}
-    missing: dict[str, str] = {}
-    for i, folder in enumerate(folders):
-        root = Path(folder) if folder is not None else default_checkpoint_dir()
-        prefix = f"{root.name}/" if i else ""
-        for name, bot in load_bots(root, device=device, skip_missing=True).items():
-            if prefix:
-                bot.name, bot.label = prefix + name, f"{bot.label} ({root.name})"
-            if bot.name in bots:
-                raise ValueError(f"two checkpoint folders give a bot named {bot.name!r}; rename one folder")
-            bots[bot.name] = bot
-        missing.update({prefix + k: v for k, v in missing_bots(root).items()})
+    bots, missing = load_bot_folders(folders, device=device)
     if threads is None:  # the event loop and HTTP need a CPU of their own (bench/load.py: see README, Benchmarks)
         threads = max(1, (usable_cpus() - 1) // workers)
-    scheduler = BatchScheduler(bots, batching=batching, threads=threads, workers=workers)
+    loader = functools.partial(bots_of_folders, folders, device) if decode_process else None
+    scheduler = BatchScheduler(bots, batching=batching, threads=threads, workers=workers, process_loader=loader)
     ctx = AppContext(bots=bots, scheduler=scheduler, checkpoint_dir=Path(folders[0] or default_checkpoint_dir()),
                      missing=missing)
     if arena:

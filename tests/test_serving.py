@@ -303,3 +303,114 @@ def test_the_server_leaves_a_cpu_to_the_web_server(tiny_checkpoints, monkeypatch
     add_serve_args(p)
     args = p.parse_args(["--threads", "3", "--workers", "2"])
     assert (args.threads, args.workers) == (3, 2)
+
+
+@pytest.fixture(scope="module")
+def process_scheduler(tiny_checkpoints):
+    """A scheduler whose one worker decodes in a child process that loads the tiny checkpoints itself."""
+    import functools
+
+    from core.bots import bots_of_folders
+
+    bots = bots_of_folders([tiny_checkpoints], "cpu")
+    saved = torch.get_num_threads()
+    scheduler = BatchScheduler(bots, threads=1, max_wait_s=0.05,
+                               process_loader=functools.partial(bots_of_folders, [tiny_checkpoints], "cpu"))
+    yield scheduler
+    scheduler.close()
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("bot", ["greedy", "beam", "antilm", "rl"])
+def test_a_decode_process_replies_as_this_process_does(tiny_bots, process_scheduler, bot):
+    prompts = ["hello there", "how are you", "what do you do for fun?"]
+    with ThreadPoolExecutor(3) as pool:  # sent together: one batch in the child
+        replies = list(pool.map(lambda p: process_scheduler.respond(bot, p, {"max_len": 8}), prompts))
+    for prompt, reply in zip(prompts, replies):
+        alone = tiny_bots[bot].respond(prompt, max_len=8)
+        assert (reply.tokens, reply.text) == (alone.tokens, alone.text)
+        assert reply.score == pytest.approx(alone.score, abs=1e-5)
+    assert process_scheduler.stats()["decode_processes"] == 1
+
+
+def test_a_decode_process_that_dies_fails_its_batch_and_starts_again(process_scheduler):
+    import os
+    import signal
+
+    proc = process_scheduler._procs[0]
+    old = proc.pid
+    os.kill(old, signal.SIGKILL)
+    proc._proc.join(10)
+    # the next request finds the child gone and starts a new one before decoding (nothing is lost)
+    assert process_scheduler.respond("beam", "hello there", {"max_len": 6}).tokens
+    assert proc.pid != old and proc.restarts >= 1
+    # a child that dies during a decode fails that batch with a message; the one after is answered again
+    real = proc._conn.send
+
+    def die_then_send(msg):
+        os.kill(proc.pid, signal.SIGKILL)
+        proc._proc.join(10)
+        real(msg)
+
+    proc._conn.send = die_then_send
+    with pytest.raises(RuntimeError, match="the decode process exited"):
+        process_scheduler.respond("greedy", "hi", {"max_len": 6})
+    assert process_scheduler.respond("greedy", "hi", {"max_len": 6}).tokens
+    # bad requests still fail in this process, before any decode
+    with pytest.raises(ValueError, match="beam_size"):
+        process_scheduler.submit("beam", "hi", {"beam_size": 0})
+
+
+def test_serve_decodes_in_child_processes_that_end_with_it(tiny_checkpoints, tiny_bots, tmp_path):
+    """`chatbot-arena serve` (its defaults: decode processes, 2 workers with 2+ CPUs) answers the JSON API with
+    the bots' own replies, and its decode processes exit when the server is killed (no orphans)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from demo_app.server import free_port
+
+    script = Path(sys.executable).with_name("chatbot-arena")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "core.cli"]
+    port = free_port("127.0.0.1")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*cmd, "serve", "--checkpoints", str(tiny_checkpoints), "--port", str(port),
+                                 "--data-dir", str(tmp_path / "votes")], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url + "/api/v1/bots", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"the server did not come up:\n{log.read_text(errors='replace')[-3000:]}")
+        children = [int(c) for t in Path(f"/proc/{proc.pid}/task").glob("*/children") for c in t.read_text().split()]
+        names = [Path(f"/proc/{c}/cmdline").read_bytes() for c in children]
+        assert sum(b"spawn_main" in n for n in names) == 2, names  # (beside multiprocessing's resource tracker)
+        decoders = children
+        for bot in ("greedy", "beam", "antilm", "rl"):
+            r = httpx.post(url + "/api/v1/reply", json={"bot": bot, "message": "hello there",
+                                                        "settings": {"max_len": 8}}, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()["text"] == tiny_bots[bot].respond("hello there", max_len=8).text
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() and b"Z" not in Path(
+            f"/proc/{c}/stat").read_bytes().split(b")")[-1][:3] for c in decoders):
+        time.sleep(0.2)
+    alive = [c for c in decoders if Path(f"/proc/{c}").exists()
+             and Path(f"/proc/{c}/stat").read_bytes().split(b")")[-1].split()[0] != b"Z"]
+    assert not alive, f"child processes left running after the server died: {alive}"
