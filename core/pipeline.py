@@ -92,22 +92,29 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-# the four standard bots (the shipped bots.json); the anti-LM settings are replaced by the tune stage
+# the four standard bots with the shipped bots.json's decoders (chosen on chitchat's validation split); the anti-LM
+# settings are replaced by the tune stage
 STANDARD_BOTS: list[dict[str, Any]] = [
     {"name": "greedy", "label": "Greedy", "description": "Takes the single most likely token at every step.",
      "checkpoint": "mle", "lm": None, "backward": None, "decoder": {"strategy": "greedy"}},
     {"name": "beam", "label": "Beam search (K=10)",
-     "description": "Keeps the 10 most likely partial replies at every step and returns the most likely whole reply.",
-     "checkpoint": "mle", "lm": None, "backward": "backward", "decoder": {"strategy": "beam", "beam_size": 10}},
+     "description": "Keeps the 10 most likely partial replies at every step and returns the best whole reply, with a "
+                    "length bonus of 0.5 per token (without it, beam search prefers two-word replies).",
+     "checkpoint": "mle", "lm": None, "backward": "backward",
+     "decoder": {"strategy": "beam", "beam_size": 10, "n_bonus": 0.5}},
     {"name": "antilm", "label": "Beam + anti-LM",
      "description": "Beam search (K=10) that subtracts a language model's log-probability from the first gamma "
-                    "tokens, so replies that any prompt would get lose (Li et al. 2016, MMI-antiLM).",
+                    "tokens, so replies that any prompt would get lose (Li et al. 2016, MMI-antiLM); the penalty "
+                    "only acts on tokens the model finds plausible, plus a length bonus of 0.25 per token.",
      "checkpoint": "mle", "lm": "lm", "backward": "backward",
-     "decoder": {"strategy": "beam", "beam_size": 10, "antilm": 0.4, "gamma": 4, "n_bonus": 0.0}},
+     "decoder": {"strategy": "beam", "beam_size": 10, "antilm": 0.4, "gamma": 4, "n_bonus": 0.25,
+                 "antilm_min_p": 0.05}},
     {"name": "rl", "label": "RL policy",
      "description": "The MLE model fine-tuned by policy gradient on simulated dialogues (ease of answering, "
-                    "information flow, coherence; Li et al. 2016), decoded by beam search (K=10).",
-     "checkpoint": "rl", "lm": None, "backward": "backward", "decoder": {"strategy": "beam", "beam_size": 10}},
+                    "information flow, coherence; Li et al. 2016), decoded by beam search (K=10) with a length "
+                    "bonus of 0.5 per token.",
+     "checkpoint": "rl", "lm": None, "backward": "backward",
+     "decoder": {"strategy": "beam", "beam_size": 10, "n_bonus": 0.5}},
 ]
 
 

@@ -148,3 +148,10 @@ def test_tune_write_cli_stores_the_winner_in_bots_json(tiny_checkpoints, tmp_pat
     assert after[2]["decoder"] == {**before[2]["decoder"], **chosen}
     assert [b for i, b in enumerate(after) if i != 2] == [b for i, b in enumerate(before) if i != 2]
     assert f"wrote {root / 'bots.json'}" in res.stdout
+
+
+def test_a_new_pipeline_writes_the_shipped_bots_json():
+    """A pipeline run on another corpus gets the shipped bots.json (decoders chosen on chitchat's validation
+    split), so the two never drift apart."""
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "checkpoints" / "bots.json").read_text())["bots"]
+    assert STANDARD_BOTS == shipped
