@@ -191,6 +191,21 @@ def chat(client: Any, message: str, timeout: float) -> None:
         raise
 
 
+class GradioUser:
+    """A visitor through ``gradio_client`` (``--client gradio``)."""
+
+    def __init__(self, url: str) -> None:
+        self.client = make_client(url)
+
+    def chat(self, message: str, timeout: float) -> None:
+        chat(self.client, message, timeout)
+
+    def close(self) -> None:
+        close = getattr(self.client, "close", None)  # older gradio_client versions have none
+        if close:
+            close()
+
+
 class BrowserUser:
     """A visitor as a browser is one: ``POST queue/join`` with the inputs, then read the event stream of its session
     (``GET queue/data``, server-sent events with the streamed updates as diffs) until ``process_completed``. The
@@ -221,14 +236,13 @@ class BrowserUser:
     def chat(self, message: str, timeout: float) -> None:
         data = list(self.template["data"])
         data[self.template["message_at"]] = message
-        session = self.session
         r = self.http.post(self.url + "queue/join", json={"data": data, "event_data": None, "trigger_id": None,
                                                           "fn_index": self.template["fn_index"],
-                                                          "session_hash": session})
+                                                          "session_hash": self.session})
         r.raise_for_status()
         event_id = r.json()["event_id"]
         deadline = time.perf_counter() + timeout
-        with self.http.stream("GET", self.url + "queue/data", params={"session_hash": session}) as stream:
+        with self.http.stream("GET", self.url + "queue/data", params={"session_hash": self.session}) as stream:
             for line in stream.iter_lines():
                 if time.perf_counter() > deadline:
                     raise TimeoutError(f"no final update within {timeout:.0f} s")
@@ -255,9 +269,9 @@ def run_users(url: str, users: int, *, think: float, duration: float, timeout: f
     ``client``: ``browser`` (:class:`BrowserUser`) or ``gradio`` (``gradio_client``)."""
     if client == "browser":
         template = BrowserUser.template(url)
-        clients = [BrowserUser(url, template) for _ in range(users)]
+        clients: list[Any] = [BrowserUser(url, template) for _ in range(users)]
     else:
-        clients = [make_client(url) for _ in range(users)]  # connected before the clock starts
+        clients = [GradioUser(url) for _ in range(users)]  # connected before the clock starts
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -271,10 +285,7 @@ def run_users(url: str, users: int, *, think: float, duration: float, timeout: f
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             try:
-                if client == "browser":
-                    clients[i].chat(PROMPTS[n % len(PROMPTS)], timeout)
-                else:
-                    chat(clients[i], PROMPTS[n % len(PROMPTS)], timeout)
+                clients[i].chat(PROMPTS[n % len(PROMPTS)], timeout)
                 ok, err = True, ""
             except Exception as e:  # noqa: BLE001 - every failure is counted and reported
                 ok, err = False, f"{type(e).__name__}: {e}"[:300]
@@ -292,9 +303,7 @@ def run_users(url: str, users: int, *, think: float, duration: float, timeout: f
     for t in threads:
         t.join(duration + timeout + 30)
     for c in clients:
-        close = getattr(c, "close", None)
-        if close:
-            close()
+        c.close()
     return latencies, errors, last_end[0] - start
 
 

@@ -131,6 +131,12 @@ def stage_minutes(max_minutes: float, skip_rl: bool = False, anneal: bool = Fals
     return {k: round(max_minutes * v, 2) for k, v in shares.items()}
 
 
+def runs_stage(p: Preset, stage: str, skip_rl: bool) -> bool:
+    """Whether a run of preset ``p`` has ``stage`` (the anneal stage only with a preset that sets one; rl unless
+    --skip-rl)."""
+    return not (stage == "anneal" and not p.anneal) and not (stage == "rl" and skip_rl)
+
+
 def plan(preset_name: str, max_minutes: float, skip_rl: bool) -> str:
     """The lines printed before starting: each stage with its step and time budget."""
     p = PRESETS[preset_name]
@@ -138,7 +144,7 @@ def plan(preset_name: str, max_minutes: float, skip_rl: bool) -> str:
     lines = [f"pipeline preset {preset_name!r}: "
              + (f"time budget {max_minutes:g} min" if max_minutes else "no time budget (step budgets only)")]
     for stage in ("mle", "anneal", "lm", "backward", "rl"):
-        if stage == "anneal" and not p.anneal:
+        if stage == "anneal" and not runs_stage(p, stage, skip_rl):
             continue
         if stage == "rl" and skip_rl:
             lines.append("  rl        skipped (--skip-rl)")
@@ -232,7 +238,7 @@ def run_pipeline(out: str | Path, *, corpus: str | None = None, corpus_format: s
 
     # 2. MLE (and its anneal), language model, backward model (same tokenizer)
     for stage in ("mle", "anneal", "lm", "backward"):
-        if stage == "anneal" and not p.anneal:
+        if not runs_stage(p, stage, skip_rl):
             continue
         if stage == "anneal" and not state.done("mle"):  # anneals only a finished MLE run
             print("== anneal: waits for a complete mle stage", flush=True)
@@ -255,10 +261,10 @@ def run_pipeline(out: str | Path, *, corpus: str | None = None, corpus_format: s
         state.data["provisional_rl"] = not upstream_done
         state.mark("rl", summary["done"] and upstream_done)
         report["rl"] = summary["stopped"]
-    trained = [s for s in TRAINED if not (skip_rl and s == "rl")]
-    all_trained = all(state.done(s) for s in trained) and (not p.anneal or state.done("anneal"))
+    trained = [s for s in TRAINED if runs_stage(p, s, skip_rl)]
+    all_trained = all(state.done(s) for s in (*trained, "anneal") if runs_stage(p, s, skip_rl))
     source = {s: runs / s for s in trained}
-    if p.anneal and state.done("anneal"):
+    if runs_stage(p, "anneal", skip_rl) and state.done("anneal"):
         source["mle"] = runs / "anneal"
 
     # 4. exports, bots.json, tuning, evaluation: redone until every training stage is complete
@@ -278,8 +284,7 @@ def run_pipeline(out: str | Path, *, corpus: str | None = None, corpus_format: s
     if not skip("evaluate"):
         report["evaluate"] = _evaluate_stage(p, ckpts, threads=threads, device=device)
         state.mark("evaluate", all_trained)
-    complete = all(state.done(s) for s in STAGES if not (skip_rl and s == "rl") and not (
-        s == "anneal" and not p.anneal))
+    complete = all(state.done(s) for s in STAGES if runs_stage(p, s, skip_rl))
     print(f"\n{ckpts}: {'complete' if complete else 'usable; run the same command again to continue training'}"
           f"\n  chatbot-arena serve --checkpoints {ckpts}", flush=True)
     return {"checkpoints": str(ckpts), "complete": complete, "stages": report}

@@ -195,12 +195,13 @@ class BatchScheduler:
     """Gathers concurrent requests per (bot, settings) and decodes each group in one batched call.
 
     ``workers`` decode threads (default 1) share the CPUs: torch gets ``threads`` intra-op threads, by default
-    :func:`usable_cpus` // ``workers``, set once here for the whole process. ``stats()`` counts what happened.
+    (:func:`usable_cpus` - ``reserve_cpus``) // ``workers``, at least 1, set once here for the whole process (a web
+    server reserves one CPU for its event loop). ``stats()`` counts what happened.
     """
 
     def __init__(self, bots: Mapping[str, Bot], *, max_batch: int = 32, max_wait_s: float = 0.005,
                  max_queue: int = 256, batching: bool = True, workers: int = 1, threads: int | None = None,
-                 process_loader: Callable[[], Mapping[str, Bot]] | None = None) -> None:
+                 process_loader: Callable[[], Mapping[str, Bot]] | None = None, reserve_cpus: int = 0) -> None:
         for name, value, lo in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1), ("workers", workers, 1)):
             if not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
@@ -209,7 +210,7 @@ class BatchScheduler:
         self.bots = dict(bots)
         self.max_batch, self.max_wait_s, self.max_queue, self.batching = max_batch, max_wait_s, max_queue, batching
         self.workers = workers
-        self.threads = threads if threads is not None else max(1, usable_cpus() // workers)
+        self.threads = threads if threads is not None else max(1, (usable_cpus() - reserve_cpus) // workers)
         torch.set_num_threads(self.threads)  # the one place the serving process sets its torch threads
         # one decode process per worker (the children set the same threads), or decoding in this process
         self._procs = [DecodeProcess(process_loader, self.threads) for _ in range(workers)] if process_loader else []

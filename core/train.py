@@ -307,7 +307,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          f"{cfg.sampled_proposal!r} one of ('unigram', 'uniform')")
     _check_schedule(cfg)
     if cfg.init_from and not cfg.tokenizer:  # the start checkpoint's tokenizer, so the weights fit
-        cfg = replace(cfg, tokenizer=str(Path(cfg.init_from) / "tokenizer.json"))
+        cfg = replace(cfg, tokenizer=str(resolve(cfg.init_from) / "tokenizer.json"))
     run = RunFolder(cfg.out, LOG_FIELDS, main=_is_main())
     if run.has_last():  # before any work: a different run in the same folder is an error, not a resume
         _check_same_run(cfg, read_config(run.out / "last")["meta"].get("train", {}))
@@ -326,7 +326,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     resumed = run.resume(model, optimizer)
     info.update(resumed or {})
     if resumed is None and cfg.init_from:
-        load_weights(model, resolve(Path(cfg.init_from)) / "model.safetensors")
+        load_weights(model, resolve(cfg.init_from) / "model.safetensors")
         if _is_main():
             print(f"initialised from {cfg.init_from}", flush=True)
     info["has_best"] = run.has_best()
@@ -439,8 +439,7 @@ def _check_schedule(cfg: TrainConfig) -> None:
         raise ValueError(f"lr_min={cfg.lr_min} must be a fraction of lr in [0, 1]")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise ValueError(f"label_smoothing={cfg.label_smoothing} must be in [0, 1)")
-    if cfg.init_from and not (Path(cfg.init_from) / "model.safetensors").exists() and not (
-            resolve(Path(cfg.init_from)) / "model.safetensors").exists():
+    if cfg.init_from and not (resolve(cfg.init_from) / "model.safetensors").exists():
         raise ValueError(f"init_from={cfg.init_from!r} is not a checkpoint folder (no model.safetensors)")
 
 

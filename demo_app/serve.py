@@ -75,7 +75,7 @@ def serve(checkpoints: str | Path | list[str | Path] | None = None, *, host: str
     host = host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = port or int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
     ctx = make_context(checkpoints, device=device, batching=batching, data_dir=data_dir, db=db, threads=threads,
-                       workers=workers or default_workers(), decode_process=decode_process)
+                       workers=default_workers() if workers is None else workers, decode_process=decode_process)
     for reason in ctx.missing.values():
         print(f"not serving {reason}", file=sys.stderr)
     run_server(ctx, build_app(ctx, mcp=mcp), host=host, port=port, mcp=mcp)

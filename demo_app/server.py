@@ -26,7 +26,7 @@ import gradio as gr
 import uvicorn
 
 from core.bots import bots_of_folders, default_checkpoint_dir, load_bot_folders
-from core.serving import BatchScheduler, usable_cpus
+from core.serving import BatchScheduler
 from demo_app.api import api_router
 from demo_app.context import AppContext
 from demo_app.errors import install_error_handling
@@ -55,10 +55,10 @@ def make_context(checkpoints: str | Path | list[str | Path] | None = None, *, de
     prefixes its bot names with the folder's name (``mine/beam``), so "my corpus vs chitchat" is one page."""
     folders = [checkpoints] if checkpoints is None or isinstance(checkpoints, (str, Path)) else list(checkpoints)
     bots, missing = load_bot_folders(folders, device=device)
-    if threads is None:  # the event loop and HTTP need a CPU of their own (bench/load.py: see README, Benchmarks)
-        threads = max(1, (usable_cpus() - 1) // workers)
     loader = functools.partial(bots_of_folders, folders, device) if decode_process else None
-    scheduler = BatchScheduler(bots, batching=batching, threads=threads, workers=workers, process_loader=loader)
+    # reserve_cpus: the event loop and HTTP need a CPU of their own (bench/load.py: see README, Benchmarks)
+    scheduler = BatchScheduler(bots, batching=batching, threads=threads, workers=workers, process_loader=loader,
+                               reserve_cpus=1)
     ctx = AppContext(bots=bots, scheduler=scheduler, checkpoint_dir=Path(folders[0] or default_checkpoint_dir()),
                      missing=missing)
     if arena:
