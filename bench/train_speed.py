@@ -5,6 +5,11 @@ H=E=256, BPE 8000) on the same chitchat batches, in one process, alternating so 
 
     python bench/train_speed.py                 # default: 30 timed steps each, 1 thread
     python bench/train_speed.py --steps 50 --threads 2 --batch-size 64
+    python bench/train_speed.py --encoder-merge concat   # both on the H/2-per-direction encoder
+
+It also splits the project step into its parts (encoder forward+backward, decoder RNN + attention, output
+projection + softmax, optimizer), timed on the same batches: what the per-timestep loop shares with the project
+step (the encoder, the output layer) bounds the ratio between them.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vocab-size", type=int, default=8000)
     ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--encoder-merge", default="sum", choices=["sum", "concat"],
+                    help="the model's encoder: H per direction summed (the shipped models) or H/2 concatenated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -54,7 +61,8 @@ def main() -> None:
     batches = [collate(b) for b in make_batches(data, batch_size=args.batch_size, seed=0, epoch=0)]
     batches = batches[: args.steps + args.warmup]
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, emb_dim=args.hidden, hidden=args.hidden)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, emb_dim=args.hidden, hidden=args.hidden,
+                      encoder_merge=args.encoder_merge)
     models = {"project step": Seq2Seq(cfg), "per-timestep loop": Seq2Seq(cfg)}
     models["per-timestep loop"].load_state_dict(models["project step"].state_dict())
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
@@ -74,12 +82,50 @@ def main() -> None:
             if i >= args.warmup:
                 tok_s[name].append(n / (time.perf_counter() - t0))
 
-    print(f"model H={args.hidden}, V={tok.vocab_size}, batch {args.batch_size}, {args.threads} thread(s), "
-          f"{args.steps} timed steps each")
+    print(f"model H={args.hidden}, encoder {args.encoder_merge}, V={tok.vocab_size}, batch {args.batch_size}, "
+          f"{args.threads} thread(s), {args.steps} timed steps each")
     ref = statistics.median(tok_s["per-timestep loop"])
     for name, values in tok_s.items():
         med = statistics.median(values)
         print(f"{name:>18}: {med:8.0f} target tokens/s (median)   x{med / ref:.2f} vs per-timestep loop")
+    parts = step_parts(models["project step"], opts["project step"], batches[args.warmup:])
+    total = sum(parts.values())
+    print("project step by part (median ms): " + ", ".join(
+        f"{k} {v * 1000:.0f} ({v / total:.0%})" for k, v in parts.items()))
+
+
+def step_parts(model: Seq2Seq, opt: torch.optim.Optimizer, batches: list[Batch]) -> dict[str, float]:
+    """Median seconds of each part of a teacher-forced training step. Each part's backward is timed with it:
+    the gradient flowing into a part is stood in for by a detached leaf, so parts do not overlap."""
+    times: dict[str, list[float]] = {"encoder": [], "decoder rnn+attention": [], "output+softmax": [],
+                                     "optimizer": []}
+    for batch in batches:
+        t0 = time.perf_counter()
+        mem = model.encode(batch.src, batch.src_lens)
+        enc_out = [mem.outputs, mem.state]
+        leaves = [t.detach().requires_grad_() for t in enc_out]
+        t1 = time.perf_counter()
+        hidden, _, _ = model.decoder.features(batch.tgt_in, leaves[1], mem._replace(outputs=leaves[0]))
+        hidden = model.decoder.drop(hidden)
+        h_leaf = hidden.detach().requires_grad_()
+        t2 = time.perf_counter()
+        logits = model.decoder.out(h_leaf)  # (B, T, V)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+                              reduction="sum") / batch.n_tokens
+        opt.zero_grad()
+        nll.backward()
+        t3 = time.perf_counter()
+        hidden.backward(h_leaf.grad)
+        t4 = time.perf_counter()
+        torch.autograd.backward(enc_out, [leaf.grad for leaf in leaves])
+        t5 = time.perf_counter()
+        opt.step()
+        t6 = time.perf_counter()
+        times["encoder"].append((t1 - t0) + (t5 - t4))
+        times["decoder rnn+attention"].append((t2 - t1) + (t4 - t3))
+        times["output+softmax"].append(t3 - t2)
+        times["optimizer"].append(t6 - t5)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 if __name__ == "__main__":

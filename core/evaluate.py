@@ -7,6 +7,8 @@ Columns, one row per bot:
     test_ppl          perplexity of the bot's model on the test split (the same for bots sharing a model)
     <reply metrics>   every metric of core.metrics.METRICS on the bot's replies to the test prompts: distinct_1,
                       distinct_2, mean_words, dull_rate, top_reply_share (see :data:`core.metrics.METRICS`)
+    unknown_word_rate share of replies holding a word that never occurs in the training split (junk fragments
+                      such as "waterji", glued from sub-word pieces)
     bleu              corpus BLEU-4 of replies against the reference replies
     sim_turns         mean length of simulated dialogues (two copies of the bot, up to 8 turns; a dialogue ends
                       at a dull turn or when a turn shares more than 80% of its words with the same agent's
@@ -29,7 +31,15 @@ from core.batching import Example, encode_pairs
 from core.bots import Bot
 from core.checkpoint import read_config
 from core.corpora import Split, load_corpus, make_pairs, opening_messages, split_conversations
-from core.metrics import DULL_REPLIES, bleu, distinct_n, normalize_reply, reply_metrics
+from core.metrics import (
+    DULL_REPLIES,
+    bleu,
+    distinct_n,
+    known_words,
+    normalize_reply,
+    reply_metrics,
+    unknown_word_rate,
+)
 from core.train import perplexity
 
 MAX_TURNS = 8
@@ -98,6 +108,7 @@ def evaluate_bots(bots: dict[str, Bot], split: Split, *, n_prompts: int = 300, n
     openings = [o for o in opening_messages(split.test) if _answerable(some_bot, o)]
     openings = rng.sample(openings, min(n_dialogues, len(openings)))
     dull_set = {normalize_reply(d) for d in (dull or DULL_REPLIES)}
+    known = known_words(u for conv in split.train for u in conv)
     ppl_cache: dict[int, float] = {}
     rows = []
     for name, bot in bots.items():
@@ -119,6 +130,7 @@ def evaluate_bots(bots: dict[str, Bot], split: Split, *, n_prompts: int = 300, n
             "bot": name, "checkpoint": bot.checkpoint.name if bot.checkpoint else "",
             "test_ppl": round(ppl_cache[id(bot.model)], 2),
             **{k: round(v, 4) for k, v in reply_metrics(replies, dull_list=dull_set).items()},
+            "unknown_word_rate": round(unknown_word_rate(replies, known), 4),
             "bleu": round(bleu(replies, [r for _, r in sample]), 4),
             "sim_turns": round(statistics.mean(len(d) - 1 for d in dialogues), 3),
             "sim_ended_early": round(ended_dull / len(dialogues), 3),

@@ -10,6 +10,8 @@ Every metric works on reply strings. Words are the whitespace-split tokens of :f
     0.5
     >>> reply_metrics(["i am fine", "i don't know"], latencies=[0.1, 0.3])["dull_rate"]
     0.5
+    >>> unknown_word_rate(["i played waterji", "i played golf"], known_words(["I played golf!"]))
+    0.5
 """
 
 from __future__ import annotations
@@ -131,6 +133,21 @@ def top_reply_share(replies: Sequence[str]) -> float:
     if not replies:
         return 0.0
     return Counter(normalize_reply(r) for r in replies).most_common(1)[0][1] / len(replies)
+
+
+def known_words(texts: Iterable[str]) -> frozenset[str]:
+    """Every word of ``texts`` (e.g. all utterances of a training split), as :func:`words` counts them."""
+    return frozenset(w for t in texts for w in words(t))
+
+
+def unknown_word_rate(replies: Sequence[str], known: Iterable[str]) -> float:
+    """Share of ``replies`` holding a word outside ``known`` (a sub-word model can glue pieces into words no one
+    wrote: "waterji", "acy calledcy"); 0.0 for no replies. With ``known`` = the training split's words it counts
+    the junk fragments a decoder that rewards rare pieces (anti-LM) lets through."""
+    if not replies:
+        return 0.0
+    known = known if isinstance(known, (set, frozenset)) else set(known)
+    return sum(any(w not in known for w in words(r)) for r in replies) / len(replies)
 
 
 # ----------------------------------------------------------------------------- the registry

@@ -46,9 +46,12 @@ class ModelConfig:
     )
     cell: str = field(default="gru", metadata={"help": "recurrent cell: gru or lstm"})
     emb_dim: int = field(default=256, metadata={"help": "embedding size E"})
-    hidden: int = field(default=256, metadata={"help": "hidden size H of encoder (per direction) and decoder"})
+    hidden: int = field(default=256, metadata={"help": "hidden size H of the encoder's output and of the decoder"})
     enc_layers: int = field(default=2, metadata={"help": "encoder layers (bidirectional)"})
     dec_layers: int = field(default=2, metadata={"help": "decoder layers"})
+    encoder_merge: str = field(default="sum", metadata={
+        "help": "how the encoder's two directions make its H-wide output: sum (H units per direction, summed) or "
+                "concat (H/2 per direction, concatenated: about half the encoder's training cost)"})
     attention: str = field(default="dot", metadata={"help": "Luong score: dot, general, concat (ignored for lm)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout between layers and on embeddings"})
     share_embeddings: bool = field(
@@ -63,10 +66,14 @@ class ModelConfig:
             "kind": (self.kind, ("seq2seq", "backward", "lm")),
             "cell": (self.cell, ("gru", "lstm")),
             "attention": (self.attention, ("dot", "general", "concat")),
+            "encoder_merge": (self.encoder_merge, ("sum", "concat")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"ModelConfig.{name}={value!r}; choose one of {allowed}")
+        if self.encoder_merge == "concat" and self.hidden % 2:
+            raise ValueError(f"encoder_merge=concat splits hidden across two directions: it must be even, "
+                             f"got {self.hidden}")
         if self.tie_output and self.emb_dim != self.hidden:
             raise ValueError(f"tie_output needs emb_dim == hidden (got {self.emb_dim} and {self.hidden})")
 
@@ -85,7 +92,7 @@ class ModelConfig:
 class Memory(NamedTuple):
     """What the encoder hands the decoder."""
 
-    outputs: Tensor  # (B, S, H) encoder states (directions summed)
+    outputs: Tensor  # (B, S, H) encoder states (directions summed or concatenated)
     mask: Tensor  # (B, S) True at real source tokens
     state: State  # decoder initial state, (L, B, H) or a pair of them
 
@@ -147,14 +154,17 @@ def _rnn(cell: str, inp: int, hidden: int, layers: int, dropout: float, bidirect
 
 
 class Encoder(nn.Module):
-    """Bidirectional multi-layer RNN over packed source sequences."""
+    """Bidirectional multi-layer RNN over packed source sequences. Its output is H wide either way: with
+    ``encoder_merge="sum"`` each direction has H units and the two are summed, with ``"concat"`` each has H/2 and
+    the two are concatenated (the usual bidirectional encoder; its recurrent matrices are a quarter the size)."""
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
         self.cfg = cfg
         self.embedding = embedding
         self.drop = nn.Dropout(cfg.dropout)
-        self.rnn = _rnn(cfg.cell, cfg.emb_dim, cfg.hidden, cfg.enc_layers, cfg.dropout, bidirectional=True)
+        self.dir_hidden = cfg.hidden if cfg.encoder_merge == "sum" else cfg.hidden // 2
+        self.rnn = _rnn(cfg.cell, cfg.emb_dim, self.dir_hidden, cfg.enc_layers, cfg.dropout, bidirectional=True)
         self.bridge = nn.Linear(cfg.hidden, cfg.hidden)  # encoder final state -> decoder initial state
 
     def forward(self, src: Tensor, src_lens: Tensor) -> Memory:
@@ -162,13 +172,15 @@ class Encoder(nn.Module):
         emb = self.drop(self.embedding(src))  # (B, S, E)
         packed = pack_padded_sequence(emb, src_lens.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
         out, final = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, 2H)
-        H = self.cfg.hidden
-        out = out[..., :H] + out[..., H:]  # (B, S, H) directions summed
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, 2 Hd), Hd per direction
+        H, Hd, concat = self.cfg.hidden, self.dir_hidden, self.cfg.encoder_merge == "concat"
+        if not concat:
+            out = out[..., :H] + out[..., H:]  # (B, S, H) directions summed
         mask = src != PAD_ID  # (B, S)
-        # final: (2*Le, B, H) per tensor -> sum directions of the top dec_layers encoder layers
+        # final: (2*Le, B, Hd) per tensor -> merge the directions of the top dec_layers encoder layers
         def to_dec(h: Tensor) -> Tensor:
-            h = h.view(self.cfg.enc_layers, 2, B, H).sum(1)  # (Le, B, H)
+            h = h.view(self.cfg.enc_layers, 2, B, Hd)  # (Le, 2, B, Hd)
+            h = torch.cat([h[:, 0], h[:, 1]], -1) if concat else h.sum(1)  # (Le, B, H)
             h = h[-self.cfg.dec_layers :] if self.cfg.enc_layers >= self.cfg.dec_layers else torch.cat(
                 [h, h[-1:].expand(self.cfg.dec_layers - self.cfg.enc_layers, B, H)], 0)
             return torch.tanh(self.bridge(h))  # (L, B, H)

@@ -70,9 +70,10 @@ def test_evaluate_writes_the_report_table(tiny_checkpoints, tmp_path):
               "--n-dialogues", "4", "--out", str(tmp_path / "report.csv"))
     df = pd.read_csv(tmp_path / "report.csv")
     assert list(df["bot"]) == ["greedy", "antilm"]
-    for col in ["test_ppl", "distinct_1", "distinct_2", "mean_words", "dull_rate", "bleu", "sim_turns",
-                "p50_latency_ms"]:
+    for col in ["test_ppl", "distinct_1", "distinct_2", "mean_words", "dull_rate", "unknown_word_rate", "bleu",
+                "sim_turns", "p50_latency_ms"]:
         assert df[col].notna().all(), col
+    assert df["unknown_word_rate"].between(0, 1).all()
     assert (df["sim_turns"] <= 8).all() and (df["test_ppl"] > 1).all()
     assert df["test_ppl"].nunique() == 1  # both bots share the mle model
     md = (tmp_path / "report.md").read_text()

@@ -10,10 +10,12 @@ from core.metrics import (
     bleu,
     distinct_n,
     dull_rate,
+    known_words,
     mean_length,
     normalize_reply,
     reply_metrics,
     top_reply_share,
+    unknown_word_rate,
     words,
 )
 
@@ -98,3 +100,12 @@ def test_every_registered_metric_has_a_definition_and_a_direction():
     for name, m in METRICS.items():
         assert m.name == name and m.label and m.definition and m.higher_is_better in (True, False, None)
         assert isinstance(m.fn(["i am fine", "i don't know"], ["i don't know"]), float)
+
+
+def test_unknown_word_rate_counts_replies_with_a_word_never_seen():
+    known = known_words(["I played golf!", "Don't you like TEXAS?"])
+    assert known >= {"i", "played", "golf", "don't", "texas"}
+    replies = ["i played waterji", "I played golf.", "don't you like texas", "acy calledcy", "", "golf!!!"]
+    assert unknown_word_rate(replies, known) == pytest.approx(2 / 6)  # case and punctuation do not count
+    assert unknown_word_rate([], known) == 0.0
+    assert unknown_word_rate(["i played golf"], ["i", "played"]) == 1.0  # any iterable of words

@@ -26,9 +26,10 @@ def batch(B=3, S=7, T=6, V=50, seed=0):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("attention", ["dot", "general", "concat"])
-def test_full_pass_equals_single_steps(cell, attention):
+@pytest.mark.parametrize("merge", ["sum", "concat"])
+def test_full_pass_equals_single_steps(cell, attention, merge):
     torch.manual_seed(0)
-    model = Seq2Seq(tiny(cell=cell, attention=attention)).eval()
+    model = Seq2Seq(tiny(cell=cell, attention=attention, encoder_merge=merge)).eval()
     src, lens, tgt = batch()
     full = torch.log_softmax(model(src, lens, tgt), -1)  # (B, T, V)
     mem = model.encode(src, lens)
@@ -53,9 +54,10 @@ def test_language_model_full_pass_equals_single_steps():
     assert torch.allclose(full, torch.stack(steps, 1), atol=1e-5)
 
 
-def test_padding_does_not_change_a_sequence():
+@pytest.mark.parametrize("merge", ["sum", "concat"])
+def test_padding_does_not_change_a_sequence(merge):
     torch.manual_seed(0)
-    model = Seq2Seq(tiny()).eval()
+    model = Seq2Seq(tiny(encoder_merge=merge)).eval()
     src, lens, tgt = batch()
     together = model(src, lens, tgt)[2]
     alone = model(src[2:3, :3], lens[2:3], tgt[2:3])[0]
@@ -69,6 +71,34 @@ def test_encoder_memory_shapes_and_decoder_state():
     assert mem.outputs.shape == (3, 7, 16)
     assert mem.mask.tolist()[2] == [True] * 3 + [False] * 4
     assert mem.state.shape == (1, 3, 16)  # (L_dec, B, H)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_concat_encoder_gives_each_direction_half_of_hidden(cell):
+    torch.manual_seed(0)
+    model = Seq2Seq(tiny(cell=cell, encoder_merge="concat")).eval()
+    assert model.encoder.rnn.hidden_size == 8
+    src, lens, _ = batch()
+    mem = model.encode(src, lens)
+    assert mem.outputs.shape == (3, 7, 16)
+    h = mem.state[0] if cell == "lstm" else mem.state
+    assert h.shape == (2, 3, 16)  # (L_dec, B, H)
+    # sequence 2 (3 real tokens) alone, through the bare bidirectional RNN: forward half, then backward half
+    out, _ = model.encoder.rnn(model.encoder.embedding(src[2:3, :3]))  # (1, 3, 2 * 8)
+    assert torch.allclose(mem.outputs[2, :3], out[0], atol=1e-6)
+    assert (mem.outputs[2, 3:] == 0).all()
+    summed = Seq2Seq(tiny(cell=cell))
+    assert count_parameters(summed.encoder.rnn) > 2.5 * count_parameters(model.encoder.rnn)
+
+
+def test_configs_saved_before_encoder_merge_load_as_sum():
+    saved = tiny().to_dict()
+    del saved["encoder_merge"]
+    assert ModelConfig.from_dict(saved).encoder_merge == "sum"
+    with pytest.raises(ValueError, match="must be even"):
+        tiny(hidden=15, encoder_merge="concat")
+    with pytest.raises(ValueError, match="encoder_merge"):
+        tiny(encoder_merge="mean")
 
 
 def test_tied_output_shares_the_embedding_and_counts_once():
