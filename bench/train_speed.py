@@ -1,7 +1,9 @@
 """Training throughput: the project's teacher-forced step vs the classic per-timestep decoder loop.
 
-Both train the same real model (the shipped size: 2-layer bi-GRU encoder, 2-layer GRU decoder, dot attention,
-H=E=256, BPE 8000) on the same chitchat batches, in one process, alternating so both see the same machine load.
+The project step is what ``chatbot-arena train`` does: one teacher-forced pass and the fused Adam of
+:func:`core.train.make_adam`; the loop is the tutorial's, with the default Adam. Both train the same real model
+(the shipped size: 2-layer bi-GRU encoder, 2-layer GRU decoder, dot attention, H=E=256, BPE 8000) on the same
+chitchat batches, in one process, alternating so both see the same machine load.
 
     python bench/train_speed.py                 # default: 30 timed steps each, 1 thread
     python bench/train_speed.py --steps 50 --threads 2 --batch-size 64
@@ -29,7 +31,7 @@ from core.batching import Batch, collate, encode_pairs, make_batches  # noqa: E4
 from core.corpora import load_corpus, make_pairs, split_conversations  # noqa: E402
 from core.model import ModelConfig, Seq2Seq  # noqa: E402
 from core.tokenizer import PAD_ID, train_tokenizer  # noqa: E402
-from core.train import sequence_nll  # noqa: E402
+from core.train import make_adam, sequence_nll  # noqa: E402
 
 
 def per_step_loop_nll(model: Seq2Seq, batch: Batch) -> torch.Tensor:
@@ -65,7 +67,8 @@ def main() -> None:
                       encoder_merge=args.encoder_merge)
     models = {"project step": Seq2Seq(cfg), "per-timestep loop": Seq2Seq(cfg)}
     models["per-timestep loop"].load_state_dict(models["project step"].state_dict())
-    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    opts = {"project step": make_adam(models["project step"].parameters(), 1e-3),  # the project's (fused) Adam
+            "per-timestep loop": torch.optim.Adam(models["per-timestep loop"].parameters(), lr=1e-3)}
     tok_s: dict[str, list[float]] = {k: [] for k in models}
 
     for i, batch in enumerate(batches):

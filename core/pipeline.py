@@ -111,10 +111,12 @@ STANDARD_BOTS: list[dict[str, Any]] = [
                  "antilm_min_p": 0.05}},
     {"name": "rl", "label": "RL policy",
      "description": "The MLE model fine-tuned by policy gradient on simulated dialogues (ease of answering, "
-                    "information flow, coherence; Li et al. 2016), decoded by beam search (K=10) with a length "
-                    "bonus of 0.5 per token.",
-     "checkpoint": "rl", "lm": None, "backward": "backward",
-     "decoder": {"strategy": "beam", "beam_size": 10, "n_bonus": 0.5}},
+                    "information flow, coherence; Li et al. 2016), decoded as the anti-LM bot is (beam K=10, "
+                    "anti-LM 0.4 on the first 4 tokens with the same plausibility floor) with a length bonus of "
+                    "0.75 per token: without the anti-LM, one reply in ten was its favourite question.",
+     "checkpoint": "rl", "lm": "lm", "backward": "backward",
+     "decoder": {"strategy": "beam", "beam_size": 10, "antilm": 0.4, "gamma": 4, "n_bonus": 0.75,
+                 "antilm_min_p": 0.05}},
 ]
 
 

@@ -48,7 +48,7 @@ from core.rewards import (
 )
 from core.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
 from core.tokenizer import EOS_ID
-from core.train import TrainConfig, perplexity, prepare_data, sequence_nll
+from core.train import TrainConfig, make_adam, perplexity, prepare_data, sequence_nll
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
                  "kl", "unique_share", "top_share", "sample_distinct_2", "repeat_penalty", "dull_share",
@@ -243,7 +243,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     dull_texts = dull_list(data.split.train, top=cfg.dull_top)
     dull = [tokenizer.encode(s) for s in dull_texts]
     dull_set = set(dull_texts)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    optimizer = make_adam(policy.parameters(), cfg.lr)
     info: dict[str, Any] = {"step": 0, "baseline": None, "start_ppl": None, "best_step": 0, "train_seconds": 0.0,
                             "early_stopped": False, "collapse_run": 0}
     info.update(run.resume(policy, optimizer) or {})

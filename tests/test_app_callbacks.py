@@ -62,7 +62,7 @@ def test_controls_start_at_the_registry_values(tiny_bots, defaults):
 def test_each_control_acts_only_on_the_bots_it_fits(tiny_bots):
     fits = {name: [b for b in NAMES if cb.applies_to(tiny_bots[b], name)] for name in cb.CONTROL_NAMES}
     assert fits["beam_size"] == ["beam", "antilm", "rl"]  # greedy has no beam
-    assert fits["antilm"] == fits["gamma"] == ["antilm"]  # the only bot with a language model
+    assert fits["antilm"] == fits["gamma"] == ["antilm", "rl"]  # the bots with a language model
     assert fits["mmi_lambda"] == ["beam", "antilm", "rl"]  # the bots with a backward model
     assert fits["n_bonus"] == fits["max_len"] == NAMES
 
@@ -330,7 +330,7 @@ def test_checkpoint_infos_cover_every_folder_bots_json_names(tiny_checkpoints):
     assert list(infos) == ["mle", "backward", "lm", "rl"]
     mle = infos["mle"]
     assert "Greedy (model)" in mle.used_by and "Beam + anti-LM (model)" in mle.used_by
-    assert infos["lm"].used_by == ["Beam + anti-LM (anti-LM language model)"]
+    assert infos["lm"].used_by == ["Beam + anti-LM (anti-LM language model)", "RL policy (anti-LM language model)"]
     assert "chitchat" in mle.summary and "parameters" in mle.summary and "MB" in mle.summary
     assert set(mle.loss_curve.columns) == {"step", "series", "value"}
     assert mle.ppl_curve["valid_ppl"].tolist() == [210.5, 151.2]  # rows without validation dropped

@@ -1,5 +1,6 @@
 """MLE training end to end: a synthetic task is learned, a killed run resumes exactly, DDP runs on 2 CPUs."""
 
+import copy
 import csv
 import os
 import signal
@@ -15,10 +16,10 @@ from safetensors.torch import load_file
 
 import core.train
 from core.checkpoint import load_checkpoint
-from core.model import ModelConfig
+from core.model import ModelConfig, Seq2Seq
 from core.synthetic import make_task_pairs, task_splits
 from core.tokenizer import BOS_ID, EOS_ID
-from core.train import LOG_FIELDS, TrainConfig, train
+from core.train import LOG_FIELDS, TrainConfig, make_adam, train
 
 ROOT = Path(__file__).resolve().parent.parent
 REVERSE_STEPS = 700
@@ -315,3 +316,19 @@ def test_label_smoothing_is_a_training_loss_only():
     logp = logits[keep].log_softmax(-1)
     expected = 0.9 * plain + 0.1 * -logp.mean(-1).sum()
     assert float(smooth) == pytest.approx(float(expected.detach()), rel=1e-4) and float(smooth) != float(plain)
+
+
+def test_make_adam_is_fused_and_takes_the_same_steps_as_adam():
+    torch.manual_seed(0)
+    a = Seq2Seq(tiny_model(8, vocab_size=30))
+    b = copy.deepcopy(a)
+    fused, plain = make_adam(a.parameters(), 1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
+    assert fused.defaults["fused"] is True
+    for step in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            g = torch.Generator().manual_seed(step)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
