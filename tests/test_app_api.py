@@ -155,3 +155,19 @@ def test_layers_point_one_way():
                                                   if m.split(".")[0] in ("demo_app", "gradio", "spaces"))
                  for p in (REPO / "core").rglob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_chat_outputs_are_in_the_form_gradio_sends_them(client):
+    """The side-by-side events postprocess their outputs themselves (postprocess=False): what arrives must be what
+    each component's own postprocess gives, i.e. what the page renders."""
+    import gradio as gr
+
+    out = unpack(client.predict(message="do you like cats?", api_name="/chat"))
+    history = out["histories"][1]
+    raw = [{"role": m["role"], "content": text_of(m)} for m in history]
+    assert history == gr.Chatbot().postprocess(raw).model_dump()
+    assert all(isinstance(m["content"], list) and m["content"][0]["type"] == "text" for m in history)
+    table = out["nbest"][1]
+    assert table["headers"][:3] == ["rank", "reply", "score"] and len(table["data"]) >= 1
+    assert table == gr.Dataframe(headers=table["headers"]).postprocess(
+        {"headers": table["headers"], "data": table["data"]}).model_dump()
