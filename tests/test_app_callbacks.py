@@ -397,3 +397,20 @@ def test_a_column_can_pick_any_decoder_on_its_bot(tiny_bots):
     assert s["antilm"]["antilm"] == tiny_bots["antilm"].defaults.antilm  # no picker value: untouched
     assert cb.overrides_for(tiny_bots["greedy"], {"antilm": 0.3}, "beam") == {"strategy": "beam"}  # no LM: no anti-LM
     assert cb.overrides_for(tiny_bots["beam"], {}, "not-a-strategy") == {}  # an unknown pick is ignored
+
+
+@pytest.mark.parametrize("value", [
+    {"headers": list(cb.NBEST_COLUMNS), "data": []},
+    cb.nbest_table(None),
+    {"headers": list(cb.NBEST_COLUMNS), "data": [[1, "i like cats", -3.2, -3.0, None, 0.5, None, None, None]]},
+    {"headers": ["a", "b"], "data": [[1, 2, 3]]},  # fewer headers than columns: numbered ones added
+    {"headers": ["a", "b", "c"], "data": [[1, 2]]},  # more: cut
+    {"data": [[1, 2]]},  # none: the component's
+])
+def test_table_payload_is_what_the_dataframe_component_sends(value):
+    import gradio as gr
+
+    from demo_app.tabs.side_by_side import table_payload
+
+    comp = gr.Dataframe(headers=["x", "y"])
+    assert table_payload(value, comp.headers) == comp.postprocess(value).model_dump()
