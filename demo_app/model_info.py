@@ -85,9 +85,12 @@ def summary_table(name: str, used_by: list[str], config: dict[str, Any] | None, 
         layers = f"{model.get('enc_layers', '?')}+{model.get('dec_layers', '?')}"
         if model.get("kind") == "lm":
             layers = str(model.get("dec_layers", "?"))
+        encoder = ""
+        if model.get("kind") != "lm" and model.get("encoder_merge") == "concat":
+            encoder = " (encoder: two directions of hidden/2, concatenated)"
         rows += [("kind", model.get("kind")),
                  ("architecture", f"{str(model.get('cell', '?')).upper()}, {layers} layers, "
-                                  f"emb {model.get('emb_dim')}, hidden {model.get('hidden')}, "
+                                  f"emb {model.get('emb_dim')}, hidden {model.get('hidden')}{encoder}, "
                                   f"attention {model.get('attention')}, vocab {model.get('vocab_size')}")]
     rows.append(("corpus", meta.get("corpus") or train.get("corpus") or "unknown"))
     if meta.get("parameters"):

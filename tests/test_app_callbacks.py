@@ -414,3 +414,14 @@ def test_table_payload_is_what_the_dataframe_component_sends(value):
 
     comp = gr.Dataframe(headers=["x", "y"])
     assert table_payload(value, comp.headers) == comp.postprocess(value).model_dump()
+
+
+def test_models_tab_names_the_encoder_layout(tmp_path):
+    from demo_app.model_info import summary_table
+
+    model = {"kind": "seq2seq", "cell": "gru", "enc_layers": 2, "dec_layers": 2, "emb_dim": 256, "hidden": 256,
+             "attention": "dot", "vocab_size": 8000}
+    summed = summary_table("mle", [], {"model": {**model, "encoder_merge": "sum"}}, tmp_path / "none")
+    concat = summary_table("mle", [], {"model": {**model, "encoder_merge": "concat"}}, tmp_path / "none")
+    assert "concatenated" in concat and "concatenated" not in summed
+    assert "hidden 256, attention dot" in summary_table("mle", [], {"model": model}, tmp_path / "none")  # old configs
