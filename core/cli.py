@@ -185,6 +185,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     split = load_split_for(bot)
     chosen, df = tune_antilm(bot, split, n_prompts=args.n_prompts, max_logp_drop=args.max_logp_drop,
                              max_worst_drop=args.max_worst_drop, max_rare_increase=args.max_rare_increase,
+                             max_unknown_increase=args.max_unknown_increase,
                              dull=dull_list(split.train))
     print(to_markdown(df.round(4)))
     print(f"\nchosen for {bot.name}: {chosen}")
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest allowed drop of the least likely token's log p vs plain beam, in nats")
     p.add_argument("--max-rare-increase", type=float, default=0.05,
                    help="largest allowed rise of the share of replies with a token below -8 nats vs plain beam")
+    p.add_argument("--max-unknown-increase", type=float, default=0.02,
+                   help="largest allowed rise of the share of replies with a word never seen in the training split "
+                        "vs plain beam")
     p.add_argument("--write", action="store_true", help="write the chosen settings into bots.json")
     p.set_defaults(func=_cmd_tune)
 

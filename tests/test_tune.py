@@ -20,7 +20,7 @@ def split():
 
 def test_grid_table_and_a_winner_from_the_grid(tiny_bots, split):
     chosen, df = tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
-                             max_worst_drop=100.0, max_rare_increase=1.0)
+                             max_worst_drop=100.0, max_rare_increase=1.0, max_unknown_increase=1.0)
     assert len(df) == 1 + 4 and df.loc[0, "antilm"] == 0.0 and not df.loc[0, "feasible"]
     assert chosen["antilm"] in SMALL["antilm"] and chosen["gamma"] == 2 and chosen["n_bonus"] in SMALL["n_bonus"]
     feasible = df[df["feasible"]]
@@ -28,16 +28,27 @@ def test_grid_table_and_a_winner_from_the_grid(tiny_bots, split):
     assert {"distinct_1", "distinct_2", "dull_rate", "logp_per_token", "worst_token_logp", "mean_words"} <= set(
         df.columns)
     assert (df["worst_token_logp"] <= df["logp_per_token"] + 1e-9).all()
-    assert df["rare_share"].between(0, 1).all()
+    assert df["rare_share"].between(0, 1).all() and df["unknown_word_rate"].between(0, 1).all()
 
 
 def test_rare_token_bound_removes_points_that_add_surprising_words(tiny_bots, split):
     loose = tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
-                        max_worst_drop=100.0, max_rare_increase=1.0)[1]
+                        max_worst_drop=100.0, max_rare_increase=1.0, max_unknown_increase=1.0)[1]
     assert loose["feasible"].any()
     with pytest.raises(ValueError, match="rare token"):  # the same grid, every point now over the bound
         tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
                     max_worst_drop=100.0, max_rare_increase=-1.0)
+
+
+def test_unknown_word_bound_removes_points_that_make_up_words(tiny_bots, split):
+    loose = dict(n_prompts=8, grid=SMALL, max_logp_drop=100.0, max_worst_drop=100.0, max_rare_increase=1.0)
+    df = tune_antilm(tiny_bots["antilm"], split, max_unknown_increase=1.0, **loose)[1]
+    assert df["feasible"].any()
+    # the split's words are "hello number i", "hi there friend i", "how are you": a tiny random model's replies
+    # hold other words, and with a bound below zero every point is over it
+    assert (df["unknown_word_rate"] > 0).any()
+    with pytest.raises(ValueError, match="never seen in training"):
+        tune_antilm(tiny_bots["antilm"], split, max_unknown_increase=-1.0, **loose)
 
 
 def test_no_feasible_point_is_a_clear_error(tiny_bots, split):
