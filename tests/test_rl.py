@@ -207,13 +207,13 @@ def test_a_batch_of_one_reward_gives_a_finite_update_toward_the_rewarded_reply(m
     _, fwd, _, tok = models
     policy = copy.deepcopy(fwd).train()
     query, reply = [tok.encode("hi")], [tok.encode("hello")]
-    before = float(sequence_logprobs(policy, query, reply)[0])
+    before = float(sequence_logprobs(policy, query, reply)[0].detach())
     loss = reinforce_loss(policy, query, reply, torch.tensor([0.7]), 0.2)
     assert torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)
     torch.optim.SGD(policy.parameters(), lr=0.05).step()
-    assert float(sequence_logprobs(policy, query, reply)[0]) > before
+    assert float(sequence_logprobs(policy, query, reply)[0].detach()) > before
     one = torch.tensor([0.7])
     assert standardized_reward(one, one, one).tolist() == [0.0]
 
