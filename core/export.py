@@ -64,7 +64,9 @@ def model_card(name: str, model_cfg: dict[str, Any], meta: dict[str, Any], log_r
     kind = {"seq2seq": "p(reply | message)", "backward": "p(message | reply), trained on swapped pairs",
             "lm": "p(reply), a language model for the anti-LM penalty"}.get(model_cfg["kind"], model_cfg["kind"])
     arch = ("GRU language model" if model_cfg["kind"] == "lm" else
-            f"bidirectional {model_cfg['cell'].upper()} encoder + {model_cfg['cell'].upper()} decoder with Luong "
+            f"bidirectional {model_cfg['cell'].upper()} encoder"
+            f"{' (two directions of hidden/2, concatenated)' if model_cfg.get('encoder_merge') == 'concat' else ''}"
+            f" + {model_cfg['cell'].upper()} decoder with Luong "
             f"`{model_cfg['attention']}` attention")
     rl = meta.get("rl")
     rl_section = "" if not rl else f"""

@@ -38,6 +38,16 @@ def test_export_writes_fp16_weights_log_and_card(run_dir, tmp_path):
     assert f"{config['meta']['parameters']:,} parameters" in card
 
 
+def test_the_card_names_a_concatenated_encoder(tmp_path):
+    out = tmp_path / "run"
+    model = ModelConfig(emb_dim=16, hidden=16, enc_layers=1, dec_layers=1, encoder_merge="concat")
+    train(TrainConfig(out=str(out), task="sort", model=model, max_steps=2, save_every=2, eval_every=2, threads=1,
+                      progress=False))
+    card = (export.export_run(out, tmp_path / "mle") / "MODEL_CARD.md").read_text()
+    assert "GRU encoder (two directions of hidden/2, concatenated) + GRU decoder" in card
+    assert load_checkpoint(tmp_path / "mle")[0].encoder.rnn.hidden_size == 8
+
+
 def test_export_refuses_weights_over_the_limit(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "MAX_WEIGHT_BYTES", 1000)
     with pytest.raises(ValueError, match="the limit is 1,000 bytes"):
