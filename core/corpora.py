@@ -353,6 +353,11 @@ def make_pairs(convs: list[Conversation], *, swap: bool = False) -> list[tuple[s
     return [(b, a) for a, b in pairs] if swap else pairs
 
 
+def utterances(convs: list[Conversation]) -> list[str]:
+    """Every utterance of ``convs``, in order (what a tokenizer is trained on, the words a split knows)."""
+    return [u for conv in convs for u in conv]
+
+
 def opening_messages(convs: list[Conversation]) -> list[str]:
     """The first utterance of each conversation (used to start simulated dialogues)."""
     return [conv[0] for conv in convs if conv]

@@ -30,7 +30,7 @@ import torch
 from core.batching import Example, encode_pairs
 from core.bots import Bot
 from core.checkpoint import read_config
-from core.corpora import Split, load_corpus, make_pairs, opening_messages, split_conversations
+from core.corpora import Split, load_corpus, make_pairs, opening_messages, split_conversations, utterances
 from core.metrics import (
     DULL_REPLIES,
     bleu,
@@ -108,7 +108,7 @@ def evaluate_bots(bots: dict[str, Bot], split: Split, *, n_prompts: int = 300, n
     openings = [o for o in opening_messages(split.test) if _answerable(some_bot, o)]
     openings = rng.sample(openings, min(n_dialogues, len(openings)))
     dull_set = {normalize_reply(d) for d in (dull or DULL_REPLIES)}
-    known = known_words(u for conv in split.train for u in conv)
+    known = known_words(utterances(split.train))
     ppl_cache: dict[int, float] = {}
     rows = []
     for name, bot in bots.items():

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from core.checkpoint import load_checkpoint, resolve, save_checkpoint
+from core.model import encoder_layout
 
 MAX_WEIGHT_BYTES = 25 * 1024 * 1024
 
@@ -63,9 +64,9 @@ def model_card(name: str, model_cfg: dict[str, Any], meta: dict[str, Any], log_r
     hours = meta.get("train_seconds", 0) / 3600
     kind = {"seq2seq": "p(reply | message)", "backward": "p(message | reply), trained on swapped pairs",
             "lm": "p(reply), a language model for the anti-LM penalty"}.get(model_cfg["kind"], model_cfg["kind"])
+    layout = encoder_layout(model_cfg)
     arch = ("GRU language model" if model_cfg["kind"] == "lm" else
-            f"bidirectional {model_cfg['cell'].upper()} encoder"
-            f"{' (two directions of hidden/2, concatenated)' if model_cfg.get('encoder_merge') == 'concat' else ''}"
+            f"bidirectional {model_cfg['cell'].upper()} encoder{f' ({layout})' if layout else ''}"
             f" + {model_cfg['cell'].upper()} decoder with Luong "
             f"`{model_cfg['attention']}` attention")
     rl = meta.get("rl")

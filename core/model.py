@@ -89,6 +89,14 @@ class ModelConfig:
         return cls(**d)
 
 
+def encoder_layout(model: dict[str, Any]) -> str:
+    """How a config's (dict's) encoder merges its two directions, for model cards and the Models tab: "" for the
+    summed encoder (the default, and configs written before the option) and for a language model."""
+    if model.get("kind") == "lm" or model.get("encoder_merge", "sum") == "sum":
+        return ""
+    return "two directions of hidden/2, concatenated"
+
+
 class Memory(NamedTuple):
     """What the encoder hands the decoder."""
 

@@ -29,7 +29,15 @@ from tqdm import tqdm
 
 from core.batching import Batch, Example, collate, encode_pairs, iterate_batches, make_batches
 from core.checkpoint import load_weights, pack_train_state, read_config, resolve
-from core.corpora import CorpusError, Split, check_pairs, load_corpus, make_pairs, split_conversations
+from core.corpora import (
+    CorpusError,
+    Split,
+    check_pairs,
+    load_corpus,
+    make_pairs,
+    split_conversations,
+    utterances,
+)
 from core.model import (
     LanguageModel,
     ModelConfig,
@@ -158,7 +166,7 @@ def prepare_data(cfg: TrainConfig) -> Data:
         split = split_conversations(convs, seed=cfg.split_seed)
         swap = cfg.kind == "backward"
         train_p, valid_p, test_p = (make_pairs(c, swap=swap) for c in (split.train, split.valid, split.test))
-        tok_kind, texts = "bpe", [u for conv in split.train for u in conv]
+        tok_kind, texts = "bpe", utterances(split.train)
     else:
         raise ValueError(f"unknown task {cfg.task!r}; use chat, {', '.join(TASKS)}")
     tok_path = Path(cfg.out) / "tokenizer.json"

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from core.bots import Bot
-from core.corpora import Split, make_pairs
+from core.corpora import Split, make_pairs, utterances
 from core.decoding import DecodeConfig
 from core.metrics import DULL_REPLIES, known_words, reply_metrics, unknown_word_rate
 
@@ -65,7 +65,7 @@ def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str,
     grid = grid or GRID
     dull = dull or list(DULL_REPLIES)
     pairs = make_pairs(split.valid)
-    known = known_words(u for conv in split.train for u in conv)
+    known = known_words(utterances(split.train))
     prompts = [q for q, _ in random.Random(seed).sample(pairs, min(n_prompts, len(pairs)))]
     unknown = sorted(set(grid) - set(_TYPES))
     if unknown:

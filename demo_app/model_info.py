@@ -17,6 +17,7 @@ import pandas as pd
 
 from core.bots import read_bots_json
 from core.checkpoint import resolve
+from core.model import encoder_layout
 
 ROLES = {"checkpoint": "model", "lm": "anti-LM language model", "backward": "backward model for MMI"}
 LOSS_COLUMNS = ("loss", "mle_loss", "pg_loss", "reward")  # supervised and RL logs name them differently
@@ -85,9 +86,8 @@ def summary_table(name: str, used_by: list[str], config: dict[str, Any] | None, 
         layers = f"{model.get('enc_layers', '?')}+{model.get('dec_layers', '?')}"
         if model.get("kind") == "lm":
             layers = str(model.get("dec_layers", "?"))
-        encoder = ""
-        if model.get("kind") != "lm" and model.get("encoder_merge") == "concat":
-            encoder = " (encoder: two directions of hidden/2, concatenated)"
+        layout = encoder_layout(model)
+        encoder = f" (encoder: {layout})" if layout else ""
         rows += [("kind", model.get("kind")),
                  ("architecture", f"{str(model.get('cell', '?')).upper()}, {layers} layers, "
                                   f"emb {model.get('emb_dim')}, hidden {model.get('hidden')}{encoder}, "
