@@ -185,7 +185,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     split = load_split_for(bot)
     chosen, df = tune_antilm(bot, split, n_prompts=args.n_prompts, max_logp_drop=args.max_logp_drop,
                              max_worst_drop=args.max_worst_drop, max_rare_increase=args.max_rare_increase,
-                             max_unknown_increase=args.max_unknown_increase,
+                             max_unknown_increase=args.max_unknown_increase, max_dull_rate=args.max_dull_rate,
                              dull=dull_list(split.train))
     print(to_markdown(df.round(4)))
     print(f"\nchosen for {bot.name}: {chosen}")
@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-unknown-increase", type=float, default=0.02,
                    help="largest allowed rise of the share of replies with a word never seen in the training split "
                         "vs plain beam")
+    p.add_argument("--max-dull-rate", type=float, default=0.10,
+                   help="largest allowed share of dull replies (\"i don't know\"), whatever plain beam's is")
     p.add_argument("--write", action="store_true", help="write the chosen settings into bots.json")
     p.set_defaults(func=_cmd_tune)
 

@@ -10,7 +10,8 @@ is one rare word the LM finds surprising, e.g. "nursing potter", which a per-tok
 replies holding a token below ``RARE_TOKEN_LOGP`` nats grows by at most ``max_rare_increase`` (a mean over replies
 lets a few such replies through), whose share of replies holding a word never seen in the training split (a junk
 fragment glued from sub-word pieces, "waterji": :func:`core.metrics.unknown_word_rate`) grows by at most
-``max_unknown_increase``, and whose dull rate is no higher than plain beam's, pick the one with the
+``max_unknown_increase``, and whose dull rate is no higher than plain beam's nor above ``max_dull_rate`` (the
+share of dull replies a visitor tolerates: at most one in ten by default), pick the one with the
 highest distinct-2 (ties: the higher log-probability). Replies are decoded for a fixed, seeded sample of
 validation prompts. The grid may hold any DecodeConfig field; ``gamma_words`` chooses whether gamma counts
 tokens (False) or words (True).
@@ -59,7 +60,8 @@ def _score(bot: Bot, prompts: list[str], dull: list[str], known: frozenset[str],
 
 def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str, list] | None = None,
                 max_logp_drop: float = 0.5, max_worst_drop: float = 1.0, max_rare_increase: float = 0.05,
-                max_unknown_increase: float = 0.02, dull: list[str] | None = None, seed: int = 0,
+                max_unknown_increase: float = 0.02, max_dull_rate: float = 0.10, dull: list[str] | None = None,
+                seed: int = 0,
                 batch_size: int = 50) -> tuple[dict[str, Any], pd.DataFrame]:
     """(the chosen settings, the whole grid as a table with plain beam search as its first row)."""
     grid = grid or GRID
@@ -82,14 +84,15 @@ def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str,
                       & (df["worst_token_logp"] >= base["worst_token_logp"] - max_worst_drop)
                       & (df["rare_share"] <= base["rare_share"] + max_rare_increase)
                       & (df["unknown_word_rate"] <= base["unknown_word_rate"] + max_unknown_increase)
-                      & (df["dull_rate"] <= base["dull_rate"]))
+                      & (df["dull_rate"] <= min(base["dull_rate"], max_dull_rate)))
     df.loc[0, "feasible"] = False  # plain beam is the reference, not a candidate
     candidates = df[df["feasible"]].sort_values(["distinct_2", "logp_per_token"], ascending=False)
     if candidates.empty:
         raise ValueError(f"no grid point keeps log p within {max_logp_drop} nats/token (and its least likely "
                          f"token within {max_worst_drop} nats, at most {max_rare_increase:.0%} more replies with a "
                          f"rare token and {max_unknown_increase:.0%} more with a word never seen in training) of "
-                         f"plain beam with no more dull replies; widen the grid or the allowed drops")
+                         f"plain beam with no more dull replies than it and at most {max_dull_rate:.0%} dull; "
+                         f"widen the grid or the allowed drops")
     best = candidates.iloc[0]
     chosen = {k: _TYPES[k](best[k]) if _TYPES[k] in (bool, int, float) else best[k] for k in grid}
     return chosen, df

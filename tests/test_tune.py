@@ -1,12 +1,13 @@
 """Tuning the anti-LM bot on the validation split: a grid, a feasible winner, bots.json updated in place."""
 
 import json
+import random
 import shutil
 
 import pytest
 
 from core.bots import load_bots
-from core.corpora import split_conversations
+from core.corpora import make_pairs, split_conversations
 from core.tune import tune_antilm, write_bot_defaults
 
 SMALL = {"antilm": [0.2, 0.6], "gamma": [2], "n_bonus": [0.0, 0.5]}
@@ -49,6 +50,25 @@ def test_unknown_word_bound_removes_points_that_make_up_words(tiny_bots, split):
     assert (df["unknown_word_rate"] > 0).any()
     with pytest.raises(ValueError, match="never seen in training"):
         tune_antilm(tiny_bots["antilm"], split, max_unknown_increase=-1.0, **loose)
+
+
+def test_dull_rate_cap_removes_points_above_it_even_when_beam_is_duller(tiny_bots, split):
+    bot = tiny_bots["antilm"]
+    loose = dict(n_prompts=8, grid=SMALL, max_logp_drop=100.0, max_worst_drop=100.0, max_rare_increase=1.0,
+                 max_unknown_increase=1.0)
+    # the dull list is every reply plain beam gives to tune's prompts: beam's dull rate is 1.0, so only the cap binds
+    prompts = [q for q, _ in random.Random(0).sample(make_pairs(split.valid), 8)]
+    dull = [r.text for r in bot.respond_batch(prompts, antilm=0.0, gamma=0, n_bonus=0.0)]
+    df = tune_antilm(bot, split, dull=dull, max_dull_rate=1.0, **loose)[1]
+    assert df.loc[0, "dull_rate"] == 1.0 and df["feasible"].any()
+    rates = df.loc[1:, "dull_rate"]
+    assert rates.min() < rates.max()  # some grid points are duller than others
+    cap = (rates.min() + rates.max()) / 2
+    capped = tune_antilm(bot, split, dull=dull, max_dull_rate=cap, **loose)
+    assert (capped[1]["feasible"] == (df["feasible"] & (df["dull_rate"] <= cap))).all()
+    assert capped[0]["antilm"] in set(df.loc[df["feasible"] & (df["dull_rate"] <= cap), "antilm"])
+    with pytest.raises(ValueError, match="at most -100% dull"):
+        tune_antilm(bot, split, dull=dull, max_dull_rate=-1.0, **loose)
 
 
 def test_no_feasible_point_is_a_clear_error(tiny_bots, split):
