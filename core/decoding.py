@@ -287,6 +287,11 @@ def tile_memory(mem: Memory, K: int) -> Memory:
     return Memory(tile(mem.outputs, K), tile(mem.mask, K), map_state(mem.state, lambda h: tile(h, K, dim=1)))
 
 
+def select_memory(mem: Memory, rows: Tensor) -> Memory:
+    """Memory of N rows -> Memory of len(rows) rows: row i of the result is row ``rows[i]``."""
+    return Memory(mem.outputs.index_select(0, rows), mem.mask.index_select(0, rows), select_rows(mem.state, rows))
+
+
 def select_rows(state: State, rows: Tensor) -> State:
     """[L, N, H] -> [L, N, H]: row i of the result is row ``rows[i]`` of ``state``."""
     return map_state(state, lambda h: h.index_select(1, rows))
@@ -527,14 +532,23 @@ class _History:
     extra: list[Tensor] = field(default_factory=list)  # (N,)
     attn: list[Tensor] = field(default_factory=list)  # (N, S)
 
+    def select_last(self, rows: Tensor, t: int) -> None:
+        """Keep only ``rows`` of step ``t``'s new rows, renumbered 0.. in that order (the next step's input rows);
+        the attention is per input row, so step t's stays as it is."""
+        for name in ("parents", *_CHANNELS):
+            steps = getattr(self, name)
+            if len(steps) == t + 1:  # the anti-LM and strategy channels stop or never start
+                steps[t] = steps[t].index_select(0, rows)
+
     def paths(self, finals: list[_Final]) -> list[_Path]:
         """Tokens, per-token parts and attention (T, S) of each finished hypothesis, by following parents."""
         if not finals:
             return []
-        parents = torch.stack(self.parents).tolist()
-        chans = {name: torch.stack(getattr(self, name)).tolist() if getattr(self, name) else []
-                 for name in _CHANNELS}
-        attn = torch.stack(self.attn)  # (T, N, S)
+        # steps have fewer rows once done prompts leave the batch: per-step lists, the attention padded to stack
+        parents = [p.tolist() for p in self.parents]
+        chans = {name: [x.tolist() for x in getattr(self, name)] for name in _CHANNELS}
+        n = max(a.size(0) for a in self.attn)
+        attn = torch.stack([torch.nn.functional.pad(a, (0, 0, 0, n - a.size(0))) for a in self.attn])  # (T, N, S)
         out = []
         for f in finals:
             vals = {"tokens": [f.token], "logps": [f.logp], "antilm": [f.antilm], "extra": [f.extra]}
@@ -687,6 +701,7 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
     scores = torch.zeros(B, 1, device=device)  # (B, R) running scores; R = 1 rows per prompt, then K
     hist = _History()
     finished: list[list[_Final]] = [[] for _ in range(B)]
+    fin = list(finished)  # the finished lists of the prompts still in the batch (B of them), in batch order
     done = [False] * B
 
     for t in range(cfg.max_len):
@@ -730,7 +745,7 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
         if any_eos:
             in_top = torch.arange(C, device=device) % Cg < Kg  # (C,) ranked within the top K of its group
             ends = is_eos & in_top & (cand.scores > NEG_INF)  # (B, C)
-            _finish(finished, done, ends, cand.scores, cand_rows, cand.tokens, cand_logp, cand_antilm, cand.extra,
+            _finish(fin, done, ends, cand.scores, cand_rows, cand.tokens, cand_logp, cand_antilm, cand.extra,
                     t, rank)
             keep = is_eos.view(B * G, Cg).to(torch.uint8).argsort(dim=1, stable=True)[:, :Kg]  # (B*G, Kg)
             keep = (keep + torch.arange(0, C, Cg, device=device).repeat(B).unsqueeze(1)).view(B, K)  # (B, K)
@@ -748,7 +763,7 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
             scores = scores.masked_fill(tokens == EOS_ID, NEG_INF)  # sampling: a row that drew </s> is over
         last = t == cfg.max_len - 1
         if last:  # 5. rows still going at max_len finish without </s>
-            _finish(finished, done, scores > NEG_INF, scores, rows, tokens, tok_logp, tok_antilm, tok_extra, t, rank)
+            _finish(fin, done, scores > NEG_INF, scores, rows, tokens, tok_logp, tok_antilm, tok_extra, t, rank)
 
         # 6. record back-pointers, reorder the states, feed the chosen tokens
         rows, tok = rows.reshape(-1), tokens.reshape(-1)  # (N,)
@@ -773,14 +788,29 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
             lm_state = select_rows(lm_state, rows)
 
         # 7. which prompts are done; their rows stop competing
-        newly = _update_done(done, finished, scores.max(1).values.tolist(), K, nbest,
+        newly = _update_done(done, fin, scores.max(1).values.tolist(), K, nbest,
                              _gain_left(cfg, lm_on, t, rank))
         if tracer:
             tracer.step(t, {"scores": cand.scores, "tokens": cand.tokens, "beams": cand.beams, "logp": cand_logp,
                             "antilm": cand_antilm, "extra": cand.extra}, keep, ends, K, done_before, done, last)
         if all(done):
             break
-        if newly:
+        if newly and tracer is None:  # 8. drop the done prompts' rows: the steps left cost only the live prompts
+            keep_b = torch.tensor([b for b, d in enumerate(done) if not d], device=device)  # (B',)
+            keep = (keep_b.unsqueeze(1) * K + torch.arange(K, device=device)).reshape(-1)  # (B'*K,)
+            hist.select_last(keep, t)
+            fin = [fin[b] for b in keep_b.tolist()]
+            done = [False] * len(fin)
+            B = len(fin)
+            scores, tok = scores.index_select(0, keep_b), tok.index_select(0, keep)
+            state, memK = select_rows(state, keep), select_memory(memK, keep)
+            if lm_on:
+                lm_state = select_rows(lm_state, keep)
+            if hidden is not None:
+                hidden = hidden.index_select(0, keep)
+            if prefix is not None:
+                prefix = prefix.index_select(0, keep)
+        elif newly:  # the tracer's rows stay in place: the done prompts' rows stop competing
             scores = scores.masked_fill(torch.tensor(done, device=device).unsqueeze(1), NEG_INF)
 
     out = []

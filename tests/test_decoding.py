@@ -339,6 +339,56 @@ def test_batched_equals_one_at_a_time(overrides):
         assert len(r.attention[0]) == len(s)
 
 
+PROMPTS = ["hi, how are you?", "what do you do for a living?", "do you like dogs or cats better?",
+           "i just got back from a trip to japan", "ok", "what is your favorite movie and why?",
+           "my car broke down again today", "thanks!"]
+
+
+@pytest.fixture(scope="module")
+def shipped_bots():
+    from conftest import SHIPPED
+
+    from core.bots import load_bots
+    return load_bots(SHIPPED, device="cpu")
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),  # each bot's own settings: greedy, beam, anti-LM, RL (anti-LM too)
+    dict(nbest=5, no_repeat_ngram=2),
+    dict(strategy="diverse_beam", num_groups=2, diversity_penalty=0.5, nbest=4),
+    dict(strategy="contrastive", top_k=4, penalty_alpha=0.6),
+])
+def test_done_prompts_leave_the_batch_and_the_others_decode_as_if_alone(shipped_bots, overrides):
+    """Real models: replies end at different steps, the done prompts' rows are dropped from the steps left (fewer
+    rows reach the model), and every reply, n-best score, score part, log-prob and attention row is unchanged."""
+    for name, bot in shipped_bots.items():
+        cfg = bot.settings(**overrides)
+        src = [bot.encode_prompt(p) for p in PROMPTS]
+        rows = []
+        step = bot.model.decode_step
+
+        def counting(tok, state, memory, *, return_hidden=False):
+            rows.append(tok.numel())
+            return step(tok, state, memory, return_hidden=return_hidden)
+
+        bot.model.decode_step = counting
+        try:
+            together = generate(bot.model, src, cfg, lm=bot.lm, tokenizer=bot.tokenizer)
+        finally:
+            del bot.model.decode_step
+        width = rows[1] // len(src)
+        assert len(set(rows[1:])) > 1 and rows[-1] < rows[1] and rows[-1] % width == 0, (name, rows)
+        for s, r in zip(src, together):
+            [alone] = generate(bot.model, [s], cfg, lm=bot.lm, tokenizer=bot.tokenizer)
+            assert r.tokens == alone.tokens, name
+            assert [h.tokens for h in r.nbest] == [h.tokens for h in alone.nbest], name
+            for h1, h2 in zip(r.nbest, alone.nbest):
+                assert h1.score == pytest.approx(h2.score, abs=1e-4)
+                assert h1.logprobs == pytest.approx(h2.logprobs, abs=1e-4)
+                assert h1.parts == pytest.approx(h2.parts, abs=1e-4)
+            assert torch.tensor(r.attention) == pytest.approx(torch.tensor(alone.attention), abs=1e-5)
+
+
 # ----------------------------------------------------------------------------- the inference path of real-size models
 
 PACKS = torch.backends.mkldnn.is_available()  # CPU builds with oneDNN pack the output projection
