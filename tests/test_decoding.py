@@ -367,7 +367,7 @@ def test_done_prompts_leave_the_batch_and_the_others_decode_as_if_alone(shipped_
         rows = []
         step = bot.model.decode_step
 
-        def counting(tok, state, memory, *, return_hidden=False):
+        def counting(tok, state, memory, *, return_hidden=False, rows=rows, step=step):
             rows.append(tok.numel())
             return step(tok, state, memory, return_hidden=return_hidden)
 
