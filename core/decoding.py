@@ -814,7 +814,7 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
             scores = scores.masked_fill(torch.tensor(done, device=device).unsqueeze(1), NEG_INF)
 
     out = []
-    for b in range(B):
+    for b in range(len(finished)):  # every prompt of the call, in order (B counts those still in the batch)
         best = sorted(finished[b], key=lambda f: -f.score)[:nbest]
         out.append(list(zip(best, hist.paths(best))))
     return out

@@ -32,6 +32,7 @@ alone. Only an exact near-tie between two hypotheses could therefore resolve dif
 from __future__ import annotations
 
 import itertools
+import logging
 import multiprocessing
 import os
 import threading
@@ -47,6 +48,8 @@ import torch
 
 from core.bots import Bot
 from core.decoding import Reply
+
+_log = logging.getLogger(__name__)
 
 GroupKey = tuple[Any, ...]
 
@@ -377,6 +380,9 @@ class BatchScheduler:
                 if len(outcomes) != len(batch):
                     raise RuntimeError(f"respond_batch returned {len(outcomes)} replies for {len(batch)} prompts")
             except Exception as e:  # noqa: BLE001 - handed to the callers through their futures
+                if len(batch) > 1:  # worth knowing: the whole batch now costs one decode per request
+                    _log.warning("a batch of %d %r requests failed (%s: %s); decoding them one by one", len(batch),
+                                 bot.name, type(e).__name__, str(e)[:200])
                 outcomes = [e] if len(batch) == 1 else [self._alone_outcome(bot, r) for r in batch]
                 size = 1
         finally:

@@ -87,7 +87,7 @@ def test_every_bot_responds(bots, name):
 def test_respond_batch_equals_respond(bots):
     prompts = ["hello there", "do you have any pets? my cat is called tom", "where do you live?"]
     together = bots["antilm"].respond_batch(prompts, max_len=10)
-    for p, r in zip(prompts, together):
+    for p, r in zip(prompts, together, strict=True):
         alone = bots["antilm"].respond(p, max_len=10)
         assert r.tokens == alone.tokens
         assert r.score == pytest.approx(alone.score, abs=1e-4)

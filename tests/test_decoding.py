@@ -284,7 +284,7 @@ def test_k1_beam_equals_greedy(seed):
     src = [[5, 9, 12, 7], [20, 21], [30, 31, 32]]
     greedy = generate(model, src, DecodeConfig(strategy="greedy", max_len=15))
     beam1 = generate(model, src, DecodeConfig(strategy="beam", beam_size=1, nbest=1, max_len=15))
-    for s, g, b in zip(src, greedy, beam1):
+    for s, g, b in zip(src, greedy, beam1, strict=True):
         assert g.tokens == b.tokens == argmax_loop(model, s, 15)
         assert g.score == b.score
     scripted = Scripted(classic_table)
@@ -332,7 +332,8 @@ def test_batched_equals_one_at_a_time(overrides):
     src = [[5, 9, 12, 7, 8, 9, 10], [20, 21], [30, 31, 32], [40]]
     cfg = DecodeConfig(max_len=12).with_overrides(**overrides)
     together = generate(model, src, cfg, lm=lm)
-    for s, r in zip(src, together):
+    assert len(together) == len(src)
+    for s, r in zip(src, together, strict=True):
         [alone] = generate(model, [s], cfg, lm=lm)
         assert [h.tokens for h in r.nbest] == [h.tokens for h in alone.nbest]
         assert [h.score for h in r.nbest] == pytest.approx([h.score for h in alone.nbest], abs=1e-4)
@@ -376,9 +377,10 @@ def test_done_prompts_leave_the_batch_and_the_others_decode_as_if_alone(shipped_
             together = generate(bot.model, src, cfg, lm=bot.lm, tokenizer=bot.tokenizer)
         finally:
             del bot.model.decode_step
+        assert len(together) == len(src)
         width = rows[1] // len(src)
         assert len(set(rows[1:])) > 1 and rows[-1] < rows[1] and rows[-1] % width == 0, (name, rows)
-        for s, r in zip(src, together):
+        for s, r in zip(src, together, strict=True):
             [alone] = generate(bot.model, [s], cfg, lm=bot.lm, tokenizer=bot.tokenizer)
             assert r.tokens == alone.tokens, name
             assert [h.tokens for h in r.nbest] == [h.tokens for h in alone.nbest], name
@@ -463,11 +465,11 @@ def test_invariants_hold_on_the_inference_path():
     cfg = DecodeConfig(strategy="greedy", max_len=8)
     greedy = generate(model, src, cfg)  # 3 rows: the packed projection
     beam1 = generate(model, src, cfg.with_overrides(strategy="beam", beam_size=1, nbest=1))
-    for s, g, b in zip(src, greedy, beam1):
+    for s, g, b in zip(src, greedy, beam1, strict=True):
         assert g.tokens == b.tokens == argmax_loop(model, s, 8)  # argmax_loop: the training path, one row
         assert g.score == b.score
     cfg = DecodeConfig(strategy="beam", beam_size=4, nbest=3, max_len=8, antilm=0.5, gamma=3)
-    for s, r in zip(src, generate(model, src, cfg, lm=lm)):
+    for s, r in zip(src, generate(model, src, cfg, lm=lm), strict=True):
         [alone] = generate(model, [s], cfg, lm=lm)
         assert [h.tokens for h in r.nbest] == [h.tokens for h in alone.nbest]
         assert [h.score for h in r.nbest] == pytest.approx([h.score for h in alone.nbest], abs=1e-4)

@@ -8,6 +8,7 @@ is decoded as soon as it is full; ``max_wait_s`` is long), or a first request ho
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -163,7 +164,8 @@ def test_respond_that_times_out_cancels_its_request(tiny_bots, scheduler_factory
     assert scheduler.stats()["cancelled"] == 1
 
 
-def test_a_failing_request_fails_alone(tiny_bots, scheduler_factory, monkeypatch):
+def test_a_failing_request_fails_alone(tiny_bots, scheduler_factory, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="core.serving")
     bad = "this one breaks the model"
     gate = Gate(monkeypatch, tiny_bots["greedy"], fail_on=bad)
     scheduler = scheduler_factory(tiny_bots, max_wait_s=0)
@@ -180,6 +182,10 @@ def test_a_failing_request_fails_alone(tiny_bots, scheduler_factory, monkeypatch
     assert {t.batch_size for t in tickets} == {1}  # each reply came from a call of its own
     stats = scheduler.stats()
     assert (stats["failed"], stats["decoded"]) == (1, len(prompts))  # four good ones and the holder
+    # the fallback is logged (a batch that keeps failing costs one decode per request), without the prompts
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "core.serving"]
+    assert "a batch of 5 'greedy' requests failed (RuntimeError" in warning and "one by one" in warning
+    assert not any(p in warning for p in PROMPTS[1:4])
 
 
 def test_seeded_sampling_is_never_batched_but_unseeded_sampling_is(tiny_bots, scheduler_factory, monkeypatch):
@@ -326,7 +332,7 @@ def test_a_decode_process_replies_as_this_process_does(tiny_bots, process_schedu
     prompts = ["hello there", "how are you", "what do you do for fun?"]
     with ThreadPoolExecutor(3) as pool:  # sent together: one batch in the child
         replies = list(pool.map(lambda p: process_scheduler.respond(bot, p, {"max_len": 8}), prompts))
-    for prompt, reply in zip(prompts, replies):
+    for prompt, reply in zip(prompts, replies, strict=True):
         alone = tiny_bots[bot].respond(prompt, max_len=8)
         assert (reply.tokens, reply.text) == (alone.tokens, alone.text)
         assert reply.score == pytest.approx(alone.score, abs=1e-5)

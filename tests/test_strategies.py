@@ -221,7 +221,7 @@ def test_contrastive_on_a_real_model_reads_its_hidden_states():
     src = [[5, 9, 12, 7], [20, 21]]
     cfg = DecodeConfig(strategy="contrastive", top_k=4, penalty_alpha=0.6, max_len=10, min_len=10)
     together = generate(model, src, cfg)
-    for s, r in zip(src, together):
+    for s, r in zip(src, together, strict=True):
         [alone] = generate(model, [s], cfg)
         assert r.tokens == alone.tokens and len(r.tokens) == 10
         assert r.score == pytest.approx(sum(r.logprobs), abs=1e-4)
@@ -360,7 +360,7 @@ def test_every_strategy_decodes_a_batch_like_one_prompt_at_a_time():
                 DecodeConfig(beam_size=4, nbest=4, repetition_penalty=1.5, length_penalty=0.7, max_len=9),
                 DecodeConfig(strategy="contrastive", top_k=3, penalty_alpha=0.4, max_len=9)):
         together = generate(model, src, cfg, lm=lm)
-        for s, r in zip(src, together):
+        for s, r in zip(src, together, strict=True):
             [alone] = generate(model, [s], cfg, lm=lm)
             assert [h.tokens for h in r.nbest] == [h.tokens for h in alone.nbest]
             assert [h.score for h in r.nbest] == pytest.approx([h.score for h in alone.nbest], abs=1e-4)
