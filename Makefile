@@ -61,6 +61,7 @@ checkpoints: setup
 bench: setup
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/decode_speed.py
+	$(BIN)/python bench/batch_speed.py --batch 16 32
 	$(BIN)/python bench/load.py --users 1 32 --duration 30
 
 ## make space: assemble a self-contained Hugging Face Space (code + shipped checkpoints) in dist/space/
