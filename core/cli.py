@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest allowed rise of the share of replies with a word never seen in the training split "
                         "vs plain beam")
     p.add_argument("--max-dull-rate", type=float, default=0.10,
-                   help="largest allowed share of dull replies (\"i don't know\"), whatever plain beam's is")
+                   help="largest allowed share of dull replies (\"i don't know\"), whatever plain beam's is, with 95%% "
+                        "confidence over the sampled prompts")
     p.add_argument("--write", action="store_true", help="write the chosen settings into bots.json")
     p.set_defaults(func=_cmd_tune)
 

@@ -135,6 +135,21 @@ def top_reply_share(replies: Sequence[str]) -> float:
     return Counter(normalize_reply(r) for r in replies).most_common(1)[0][1] / len(replies)
 
 
+def rate_upper_bound(rate: float, n: int, z: float = 1.645) -> float:
+    """One-sided upper confidence bound (Wilson score; z=1.645: 95%) of a proportion ``rate`` measured on ``n``
+    items: what the rate may be on a fresh sample, e.g. the dull rate of a bot measured on 200 prompts.
+
+    >>> round(rate_upper_bound(0.06, 200), 3), round(rate_upper_bound(0.10, 200), 3)
+    (0.094, 0.14)
+    """
+    if n <= 0:
+        return 1.0
+    z2 = z * z
+    centre = rate + z2 / (2 * n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n))
+    return min(1.0, (centre + half) / (1 + z2 / n))
+
+
 def known_words(texts: Iterable[str]) -> frozenset[str]:
     """Every word of ``texts`` (e.g. all utterances of a training split), as :func:`words` counts them."""
     return frozenset(w for t in texts for w in words(t))

@@ -70,7 +70,8 @@ PRESETS: dict[str, Preset] = {
                 "seed": 1},
         rl={"steps": 6, "batch_size": 4, "group_size": 2, "turns": 2, "max_len": 8, "mle_batch_size": 8,
             "eval_every": 3, "save_every": 3, "valid_max_batches": 5, "dull_sample": 4},
-        tune={"n_prompts": 8, "grid": {"antilm": [0.2, 0.4], "gamma": [2, 4], "n_bonus": [0.0]}},
+        tune={"n_prompts": 8, "grid": {"antilm": [0.2, 0.4], "gamma": [2, 4], "n_bonus": [0.0]},
+              "max_dull_rate": 1.0},  # 8 prompts bound no rate below 25%: no dull-rate cap
         evaluate={"n_prompts": 16, "n_dialogues": 4, "n_latency": 4},
     ),
     # a usable small model: one-layer GRUs of 128 units

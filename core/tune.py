@@ -10,8 +10,10 @@ is one rare word the LM finds surprising, e.g. "nursing potter", which a per-tok
 replies holding a token below ``RARE_TOKEN_LOGP`` nats grows by at most ``max_rare_increase`` (a mean over replies
 lets a few such replies through), whose share of replies holding a word never seen in the training split (a junk
 fragment glued from sub-word pieces, "waterji": :func:`core.metrics.unknown_word_rate`) grows by at most
-``max_unknown_increase``, and whose dull rate is no higher than plain beam's nor above ``max_dull_rate`` (the
-share of dull replies a visitor tolerates: at most one in ten by default), pick the one with the
+``max_unknown_increase``, and whose dull rate is no higher than plain beam's and at most ``max_dull_rate`` (the
+share of dull replies a visitor tolerates: one in ten by default) with 95% confidence (the rate's one-sided upper
+bound over the sampled prompts, :func:`core.metrics.rate_upper_bound`: on 200 prompts a measured 6% passes a cap of
+10% and a measured 10% does not, since a fresh sample could well have more), pick the one with the
 highest distinct-2 (ties: the higher log-probability). Replies are decoded for a fixed, seeded sample of
 validation prompts. The grid may hold any DecodeConfig field; ``gamma_words`` chooses whether gamma counts
 tokens (False) or words (True).
@@ -35,7 +37,7 @@ import pandas as pd
 from core.bots import Bot
 from core.corpora import Split, make_pairs, utterances
 from core.decoding import DecodeConfig
-from core.metrics import DULL_REPLIES, known_words, reply_metrics, unknown_word_rate
+from core.metrics import DULL_REPLIES, known_words, rate_upper_bound, reply_metrics, unknown_word_rate
 
 _TYPES = typing.get_type_hints(DecodeConfig)
 RARE_TOKEN_LOGP = -8.0  # a token the model gives less than e^-8 ~ 3e-4: a word that does not belong
@@ -80,19 +82,21 @@ def tune_antilm(bot: Bot, split: Split, *, n_prompts: int = 200, grid: dict[str,
         settings = dict(zip(grid, values))
         rows.append({**settings, **_score(bot, prompts, dull, known, batch_size, **settings)})
     df = pd.DataFrame(rows)
+    df["dull_upper_bound"] = [rate_upper_bound(r, len(prompts)) for r in df["dull_rate"]]
     df["feasible"] = ((df["logp_per_token"] >= base["logp_per_token"] - max_logp_drop)
                       & (df["worst_token_logp"] >= base["worst_token_logp"] - max_worst_drop)
                       & (df["rare_share"] <= base["rare_share"] + max_rare_increase)
                       & (df["unknown_word_rate"] <= base["unknown_word_rate"] + max_unknown_increase)
-                      & (df["dull_rate"] <= min(base["dull_rate"], max_dull_rate)))
+                      & (df["dull_rate"] <= base["dull_rate"])
+                      & (df["dull_upper_bound"] <= max_dull_rate))
     df.loc[0, "feasible"] = False  # plain beam is the reference, not a candidate
     candidates = df[df["feasible"]].sort_values(["distinct_2", "logp_per_token"], ascending=False)
     if candidates.empty:
         raise ValueError(f"no grid point keeps log p within {max_logp_drop} nats/token (and its least likely "
                          f"token within {max_worst_drop} nats, at most {max_rare_increase:.0%} more replies with a "
                          f"rare token and {max_unknown_increase:.0%} more with a word never seen in training) of "
-                         f"plain beam with no more dull replies than it and at most {max_dull_rate:.0%} dull; "
-                         f"widen the grid or the allowed drops")
+                         f"plain beam with no more dull replies than it and at most {max_dull_rate:.0%} dull (95% "
+                         f"bound); widen the grid or the allowed drops")
     best = candidates.iloc[0]
     chosen = {k: _TYPES[k](best[k]) if _TYPES[k] in (bool, int, float) else best[k] for k in grid}
     return chosen, df

@@ -109,3 +109,14 @@ def test_unknown_word_rate_counts_replies_with_a_word_never_seen():
     assert unknown_word_rate(replies, known) == pytest.approx(2 / 6)  # case and punctuation do not count
     assert unknown_word_rate([], known) == 0.0
     assert unknown_word_rate(["i played golf"], ["i", "played"]) == 1.0  # any iterable of words
+
+
+def test_rate_upper_bound_is_the_one_sided_wilson_bound():
+    from core.metrics import rate_upper_bound
+
+    z = 1.645
+    assert rate_upper_bound(0.0, 200) == pytest.approx(z * z / (200 + z * z))  # no dull reply seen: still > 0
+    assert rate_upper_bound(0.5, 100) == pytest.approx(0.5812, abs=1e-4)  # by hand: (0.5 + 0.0811) with z=1.645
+    assert rate_upper_bound(0.06, 200) < 0.10 < rate_upper_bound(0.10, 200)  # the tune cap's two cases
+    assert rate_upper_bound(0.06, 2000) < rate_upper_bound(0.06, 200) < rate_upper_bound(0.06, 20)  # more items
+    assert rate_upper_bound(1.0, 50) == pytest.approx(1.0) and rate_upper_bound(0.3, 0) == 1.0

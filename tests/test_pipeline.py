@@ -142,7 +142,7 @@ def test_tune_write_cli_stores_the_winner_in_bots_json(tiny_checkpoints, tmp_pat
     shutil.copytree(tiny_checkpoints, root)
     before = json.loads((root / "bots.json").read_text())["bots"]
     res = cli("tune", "--checkpoints", str(root), "--n-prompts", "4", "--max-logp-drop", "100", "--max-worst-drop",
-              "100", "--max-rare-increase", "1", "--write")
+              "100", "--max-rare-increase", "1", "--max-dull-rate", "1", "--write")
     chosen = ast.literal_eval(res.stdout.split("chosen for antilm: ")[1].splitlines()[0])  # a printed dict
     after = json.loads((root / "bots.json").read_text())["bots"]
     assert after[2]["decoder"] == {**before[2]["decoder"], **chosen}

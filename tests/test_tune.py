@@ -8,6 +8,7 @@ import pytest
 
 from core.bots import load_bots
 from core.corpora import make_pairs, split_conversations
+from core.metrics import rate_upper_bound
 from core.tune import tune_antilm, write_bot_defaults
 
 SMALL = {"antilm": [0.2, 0.6], "gamma": [2], "n_bonus": [0.0, 0.5]}
@@ -21,7 +22,8 @@ def split():
 
 def test_grid_table_and_a_winner_from_the_grid(tiny_bots, split):
     chosen, df = tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
-                             max_worst_drop=100.0, max_rare_increase=1.0, max_unknown_increase=1.0)
+                             max_worst_drop=100.0, max_rare_increase=1.0, max_unknown_increase=1.0,
+                             max_dull_rate=1.0)
     assert len(df) == 1 + 4 and df.loc[0, "antilm"] == 0.0 and not df.loc[0, "feasible"]
     assert chosen["antilm"] in SMALL["antilm"] and chosen["gamma"] == 2 and chosen["n_bonus"] in SMALL["n_bonus"]
     feasible = df[df["feasible"]]
@@ -34,15 +36,16 @@ def test_grid_table_and_a_winner_from_the_grid(tiny_bots, split):
 
 def test_rare_token_bound_removes_points_that_add_surprising_words(tiny_bots, split):
     loose = tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
-                        max_worst_drop=100.0, max_rare_increase=1.0, max_unknown_increase=1.0)[1]
+                        max_worst_drop=100.0, max_rare_increase=1.0, max_unknown_increase=1.0, max_dull_rate=1.0)[1]
     assert loose["feasible"].any()
     with pytest.raises(ValueError, match="rare token"):  # the same grid, every point now over the bound
         tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
-                    max_worst_drop=100.0, max_rare_increase=-1.0)
+                    max_worst_drop=100.0, max_rare_increase=-1.0, max_dull_rate=1.0)
 
 
 def test_unknown_word_bound_removes_points_that_make_up_words(tiny_bots, split):
-    loose = dict(n_prompts=8, grid=SMALL, max_logp_drop=100.0, max_worst_drop=100.0, max_rare_increase=1.0)
+    loose = dict(n_prompts=8, grid=SMALL, max_logp_drop=100.0, max_worst_drop=100.0, max_rare_increase=1.0,
+                 max_dull_rate=1.0)
     df = tune_antilm(tiny_bots["antilm"], split, max_unknown_increase=1.0, **loose)[1]
     assert df["feasible"].any()
     # the split's words are "hello number i", "hi there friend i", "how are you": a tiny random model's replies
@@ -61,12 +64,16 @@ def test_dull_rate_cap_removes_points_above_it_even_when_beam_is_duller(tiny_bot
     dull = [r.text for r in bot.respond_batch(prompts, antilm=0.0, gamma=0, n_bonus=0.0)]
     df = tune_antilm(bot, split, dull=dull, max_dull_rate=1.0, **loose)[1]
     assert df.loc[0, "dull_rate"] == 1.0 and df["feasible"].any()
-    rates = df.loc[1:, "dull_rate"]
-    assert rates.min() < rates.max()  # some grid points are duller than others
-    cap = (rates.min() + rates.max()) / 2
+    # the cap applies to the rate's 95% upper bound over the 8 prompts, not to the measured rate
+    assert df["dull_upper_bound"].tolist() == pytest.approx([rate_upper_bound(r, 8) for r in df["dull_rate"]])
+    assert (df.loc[1:, "dull_upper_bound"] > df.loc[1:, "dull_rate"]).all()  # (a rate of 1.0 is its own bound)
+    bounds = df.loc[1:, "dull_upper_bound"]
+    assert bounds.min() < bounds.max()  # some grid points are duller than others
+    cap = (bounds.min() + bounds.max()) / 2
+    assert (df.loc[1:, "dull_rate"] <= cap).all()  # every measured rate is under the cap: the bound decides
     capped = tune_antilm(bot, split, dull=dull, max_dull_rate=cap, **loose)
-    assert (capped[1]["feasible"] == (df["feasible"] & (df["dull_rate"] <= cap))).all()
-    assert capped[0]["antilm"] in set(df.loc[df["feasible"] & (df["dull_rate"] <= cap), "antilm"])
+    assert (capped[1]["feasible"] == (df["feasible"] & (df["dull_upper_bound"] <= cap))).all()
+    assert capped[0]["antilm"] in set(df.loc[df["feasible"] & (df["dull_upper_bound"] <= cap), "antilm"])
     with pytest.raises(ValueError, match="at most -100% dull"):
         tune_antilm(bot, split, dull=dull, max_dull_rate=-1.0, **loose)
 
