@@ -531,6 +531,7 @@ class _History:
     antilm: list[Tensor] = field(default_factory=list)  # (N,)
     extra: list[Tensor] = field(default_factory=list)  # (N,)
     attn: list[Tensor] = field(default_factory=list)  # (N, S)
+    _lists: tuple[Any, int] | None = field(default=None, repr=False)  # _as_lists() and the step count it is for
 
     def select_last(self, rows: Tensor, t: int) -> None:
         """Keep only ``rows`` of step ``t``'s new rows, renumbered 0.. in that order (the next step's input rows);
@@ -540,15 +541,23 @@ class _History:
             if len(steps) == t + 1:  # the anti-LM and strategy channels stop or never start
                 steps[t] = steps[t].index_select(0, rows)
 
+    def _as_lists(self) -> tuple[list[list[int]], dict[str, list[list[float]]], Tensor]:
+        """The history as Python lists, and the attention as one (T, N, S) tensor; built once per search (paths is
+        called once per prompt, after the last step). Steps have fewer rows once done prompts leave the batch, so
+        each step is its own list and the attention is padded to stack."""
+        if self._lists is None or self._lists[1] != len(self.parents):
+            parents = [p.tolist() for p in self.parents]
+            chans = {name: [x.tolist() for x in getattr(self, name)] for name in _CHANNELS}
+            n = max(a.size(0) for a in self.attn)
+            attn = torch.stack([torch.nn.functional.pad(a, (0, 0, 0, n - a.size(0))) for a in self.attn])
+            self._lists = ((parents, chans, attn), len(self.parents))
+        return self._lists[0]
+
     def paths(self, finals: list[_Final]) -> list[_Path]:
         """Tokens, per-token parts and attention (T, S) of each finished hypothesis, by following parents."""
         if not finals:
             return []
-        # steps have fewer rows once done prompts leave the batch: per-step lists, the attention padded to stack
-        parents = [p.tolist() for p in self.parents]
-        chans = {name: [x.tolist() for x in getattr(self, name)] for name in _CHANNELS}
-        n = max(a.size(0) for a in self.attn)
-        attn = torch.stack([torch.nn.functional.pad(a, (0, 0, 0, n - a.size(0))) for a in self.attn])  # (T, N, S)
+        parents, chans, attn = self._as_lists()
         out = []
         for f in finals:
             vals = {"tokens": [f.token], "logps": [f.logp], "antilm": [f.antilm], "extra": [f.extra]}
