@@ -31,6 +31,7 @@ alone. Only an exact near-tie between two hypotheses could therefore resolve dif
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import multiprocessing
@@ -192,6 +193,24 @@ def _decode_child(conn: Any, loader: Callable[[], Mapping[str, Bot]], threads: i
                 conn.send((False, e))
             except Exception:  # noqa: BLE001 - an exception that does not pickle
                 conn.send((False, RuntimeError(f"{type(e).__name__}: {e}")))
+        release_free_memory()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``; False where there is none). A batch's
+    tensors come in many sizes (prompts leave a batch as they finish), and glibc keeps what they freed: without
+    this a decode process grew by ~40% in its first minutes under load."""
+    return bool(_TRIM is not None and _TRIM(0) is not None)
 
 
 class BatchScheduler:
