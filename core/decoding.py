@@ -18,6 +18,8 @@ One loop (:func:`generate`) owns the search. The prompts are encoded once; at st
      A finished score is divided by |Y| (``length_norm``) or ((5 + |Y|) / 6) ** length_penalty (GNMT). A prompt
      is done when it has K finished hypotheses (fairseq's rule; K=1 is greedy), when it has no live row, or when
      no live row can still beat its n-th best finished score (an exact bound, used only where one exists).
+     A done prompt leaves the batch: its rows, encoder memory and states are dropped before the next step, so
+     the steps left cost only the prompts still going (with the trace on, its rows stay, masked).
 Hypotheses are rebuilt from back-pointers at the end, so a step never copies the history of the search.
 Hypothesis and Reply tokens end with </s> when the model produced it; per-token lists are aligned with them.
 
