@@ -434,8 +434,10 @@ def test_release_free_memory_gives_freed_heap_pages_back():
     release_free_memory()
     before = rss_mb()
     many = [torch.ones(8000) for _ in range(10000)]  # 32 KB each: glibc's heap, not mmap
+    kept = many[::10]  # one in ten stays: the freed ones are holes inside the heap, which glibc keeps
     grown = rss_mb()
     del many
-    assert grown - before > 200 and rss_mb() - before > 200  # freed, but glibc keeps the pages
+    assert grown - before > 250 and rss_mb() - before > 200  # 90% freed, but the pages still count
     assert release_free_memory() is True  # Linux with glibc, as the server runs
-    assert rss_mb() - before < 50
+    assert rss_mb() - before < 32 + 50  # the kept tenth (32 MB) and some slack
+    assert len(kept) == 1000
