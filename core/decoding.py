@@ -533,7 +533,6 @@ class _History:
     antilm: list[Tensor] = field(default_factory=list)  # (N,)
     extra: list[Tensor] = field(default_factory=list)  # (N,)
     attn: list[Tensor] = field(default_factory=list)  # (N, S)
-    _lists: tuple[Any, int] | None = field(default=None, repr=False)  # _as_lists() and the step count it is for
 
     def select_last(self, rows: Tensor, t: int) -> None:
         """Keep only ``rows`` of step ``t``'s new rows, renumbered 0.. in that order (the next step's input rows);
@@ -543,36 +542,30 @@ class _History:
             if len(steps) == t + 1:  # the anti-LM and strategy channels stop or never start
                 steps[t] = steps[t].index_select(0, rows)
 
-    def _as_lists(self) -> tuple[list[list[int]], dict[str, list[list[float]]], Tensor]:
-        """The history as Python lists, and the attention as one (T, N, S) tensor; built once per search (paths is
-        called once per prompt, after the last step). Steps have fewer rows once done prompts leave the batch, so
-        each step is its own list and the attention is padded to stack."""
-        if self._lists is None or self._lists[1] != len(self.parents):
-            parents = [p.tolist() for p in self.parents]
-            chans = {name: [x.tolist() for x in getattr(self, name)] for name in _CHANNELS}
-            n = max(a.size(0) for a in self.attn)
-            attn = torch.stack([torch.nn.functional.pad(a, (0, 0, 0, n - a.size(0))) for a in self.attn])
-            self._lists = ((parents, chans, attn), len(self.parents))
-        return self._lists[0]
+    def paths(self, finals: list[list[_Final]]) -> list[list[_Path]]:
+        """Tokens, per-token parts and attention (T, S) of each finished hypothesis (a list per prompt), by following
+        parents. Steps have fewer rows once done prompts leave the batch, so each step is its own list and the
+        attention is padded to stack; both are built once for all prompts."""
+        if not any(finals):
+            return [[] for _ in finals]
+        parents = [p.tolist() for p in self.parents]
+        chans = {name: [x.tolist() for x in getattr(self, name)] for name in _CHANNELS}
+        n = max(a.size(0) for a in self.attn)
+        attn = torch.stack([torch.nn.functional.pad(a, (0, 0, 0, n - a.size(0))) for a in self.attn])  # (T, N, S)
+        return [[self._path(f, parents, chans, attn) for f in fs] for fs in finals]
 
-    def paths(self, finals: list[_Final]) -> list[_Path]:
-        """Tokens, per-token parts and attention (T, S) of each finished hypothesis, by following parents."""
-        if not finals:
-            return []
-        parents, chans, attn = self._as_lists()
-        out = []
-        for f in finals:
-            vals = {"tokens": [f.token], "logps": [f.logp], "antilm": [f.antilm], "extra": [f.extra]}
-            rows, r = [f.row], f.row
-            for s in range(f.t - 1, -1, -1):
-                for name, ch in chans.items():
-                    vals[name].append(ch[s][r] if s < len(ch) else 0.0)
-                r = parents[s][r]
-                rows.append(r)
-            steps = torch.arange(f.t + 1, device=attn.device)
-            att = attn[steps, torch.tensor(rows[::-1], device=attn.device)]  # (T, S)
-            out.append(_Path(*(vals[name][::-1] for name in _CHANNELS), att))
-        return out
+    @staticmethod
+    def _path(f: _Final, parents: list[list[int]], chans: dict[str, list[list[float]]], attn: Tensor) -> _Path:
+        vals = {"tokens": [f.token], "logps": [f.logp], "antilm": [f.antilm], "extra": [f.extra]}
+        rows, r = [f.row], f.row
+        for s in range(f.t - 1, -1, -1):
+            for name, ch in chans.items():
+                vals[name].append(ch[s][r] if s < len(ch) else 0.0)
+            r = parents[s][r]
+            rows.append(r)
+        steps = torch.arange(f.t + 1, device=attn.device)
+        att = attn[steps, torch.tensor(rows[::-1], device=attn.device)]  # (T, S)
+        return _Path(*(vals[name][::-1] for name in _CHANNELS), att)
 
 
 def _zero_parts() -> dict[str, float]:
@@ -807,10 +800,11 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
         if all(done):
             break
         if newly and tracer is None:  # 8. drop the done prompts' rows: the steps left cost only the live prompts
-            keep_b = torch.tensor([b for b, d in enumerate(done) if not d], device=device)  # (B',)
+            alive = [b for b, d in enumerate(done) if not d]
+            keep_b = torch.tensor(alive, device=device)  # (B',)
             keep = (keep_b.unsqueeze(1) * K + torch.arange(K, device=device)).reshape(-1)  # (B'*K,)
             hist.select_last(keep, t)
-            fin = [fin[b] for b in keep_b.tolist()]
+            fin = [fin[b] for b in alive]
             done = [False] * len(fin)
             B = len(fin)
             scores, tok = scores.index_select(0, keep_b), tok.index_select(0, keep)
@@ -824,11 +818,9 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
         elif newly:  # the tracer's rows stay in place: the done prompts' rows stop competing
             scores = scores.masked_fill(torch.tensor(done, device=device).unsqueeze(1), NEG_INF)
 
-    out = []
-    for b in range(len(finished)):  # every prompt of the call, in order (B counts those still in the batch)
-        best = sorted(finished[b], key=lambda f: -f.score)[:nbest]
-        out.append(list(zip(best, hist.paths(best))))
-    return out
+    # every prompt of the call, in order (B counts those still in the batch)
+    best = [sorted(fs, key=lambda f: -f.score)[:nbest] for fs in finished]
+    return [list(zip(b, p, strict=True)) for b, p in zip(best, hist.paths(best), strict=True)]
 
 
 def _gain_left(cfg: DecodeConfig, lm_on: bool, t: int, rank: Ranker | None) -> float:
