@@ -122,6 +122,11 @@ def test_send_see_every_reply_and_a_released_slider_answers_again(page, served, 
         assert text.split("score")[0].strip(), f"{name}: empty reply bubble"
     assert "beam K=10" in page.locator("#chat-beam [data-testid='bot']").last.inner_text()
     page.locator("#status").filter(has_text=f"All {n} replies").wait_for()
+    page.get_by_text("Reply details (JSON)").click()  # built from streamed diffs: one reply added per update
+    details = page.locator("#details").inner_text()
+    for name in names(served):
+        reply = page.locator(f"#chat-{name} [data-testid='bot']").last.inner_text().split("score")[0].strip()
+        assert reply in details, (name, reply)
 
     slider = page.locator("#ctl-beam_size input[type=range]")
     slider.focus()

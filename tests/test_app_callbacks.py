@@ -425,3 +425,27 @@ def test_models_tab_names_the_encoder_layout(tmp_path):
     concat = summary_table("mle", [], {"model": {**model, "encoder_merge": "concat"}}, tmp_path / "none")
     assert "concatenated" in concat and "concatenated" not in summed
     assert "hidden 256, attention dot" in summary_table("mle", [], {"model": model}, tmp_path / "none")  # old configs
+
+
+def test_streamed_updates_send_each_reply_once_in_the_details(tiny_bots):
+    """Gradio sends a streamed update as a diff of the previous one: the details JSON of the side-by-side tab must
+    reach the diff as plain data, so each update adds only the bots that just answered (a model object would be
+    replaced whole each time, every earlier reply sent again)."""
+    import gradio as gr
+    from gradio.utils import diff
+
+    from demo_app.tabs.side_by_side import _Serializer
+
+    n = len(tiny_bots)
+    components = [gr.Textbox(), gr.State(), *[gr.Chatbot() for _ in range(n)],
+                  *[gr.Dataframe(headers=list(cb.NBEST_COLUMNS)) for _ in range(n)], gr.JSON(), gr.Markdown(),
+                  gr.State()]
+    at = 2 + 2 * n  # the details output
+    send = _Serializer(components)
+    sent = [send(turn)[at] for turn in run_chat(tiny_bots, "do you like cats?")]
+    assert len(sent) >= 2 and all(isinstance(d, dict) for d in sent)
+    assert sent[-1]["bots"].keys() == tiny_bots.keys()
+    for before, after in zip(sent, sent[1:]):
+        edits = diff(before, after)
+        assert edits and all(e[0] == "add" and e[1][0] == "bots" and len(e[1]) == 2 for e in edits), edits
+        assert sorted(e[1][1] for e in edits) == sorted(after["bots"].keys() - before["bots"].keys())

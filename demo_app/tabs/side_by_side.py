@@ -6,7 +6,7 @@ import inspect
 from typing import Any
 
 import gradio as gr
-from gradio.data_classes import GradioModel, GradioRootModel
+import pydantic
 
 from demo_app import callbacks as cb
 from demo_app.context import AppContext
@@ -75,7 +75,9 @@ class _Serializer:
     after the callback), for events registered with ``postprocess=False``. Gradio postprocesses each output in a
     thread of its own pool: a dozen thread hand-offs per streamed update (five updates a turn), the largest share of
     the web server's CPU per turn at one visitor. Here it happens in the callback's thread, once per update; what
-    reaches the page and the API is the same."""
+    reaches the page and the API is the same. Every model is sent as plain data: Gradio diffs an update against
+    the last one only through lists, dicts and strings, so a model object (the details JSON) would be replaced
+    whole in every update, each bot's record crossing the wire again with each later reply."""
 
     def __init__(self, components: list[gr.components.Component]) -> None:
         self.components = components
@@ -90,8 +92,8 @@ class _Serializer:
             elif isinstance(comp, gr.Dataframe) and isinstance(value, dict):
                 out.append(table_payload(value, comp.headers))
             else:
-                value = comp.postprocess(value)
-                out.append(value.model_dump() if isinstance(value, (GradioModel, GradioRootModel)) else value)
+                value = comp.postprocess(value)  # a pydantic model for most components (JSON's is not a Gradio one)
+                out.append(value.model_dump() if isinstance(value, pydantic.BaseModel) else value)
         return tuple(out)
 
 
