@@ -171,3 +171,17 @@ def test_chat_outputs_are_in_the_form_gradio_sends_them(client):
     assert table["headers"][:3] == ["rank", "reply", "score"] and len(table["data"]) >= 1
     assert table == gr.Dataframe(headers=table["headers"]).postprocess(
         {"headers": table["headers"], "data": table["data"]}).model_dump()
+
+
+def test_the_event_queue_looks_for_work_every_few_milliseconds_not_every_one(tiny_ctx):
+    """Gradio's queue polls for new events while it has none; the app sets the interval (1 ms in Gradio: ~9% of a
+    core at idle). The attribute must still be the one Gradio's queue loop reads, or the setting does nothing."""
+    import inspect
+
+    import gradio.queueing
+
+    from demo_app.app import QUEUE_POLL_S, build_app
+
+    demo = build_app(tiny_ctx)
+    assert demo._queue.sleep_when_free == QUEUE_POLL_S > 0.001
+    assert "self.sleep_when_free" in inspect.getsource(gradio.queueing.Queue.start_processing)
