@@ -23,7 +23,8 @@ def cli(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.
     return out
 
 
-@pytest.mark.parametrize("command", ["train", "train-rl", "export", "evaluate", "tune", "chat", "respond"])
+@pytest.mark.parametrize("command", ["train", "train-rl", "export", "evaluate", "tune", "chat", "respond", "pipeline",
+                                     "votes", "leaderboard"])
 def test_every_subcommand_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([command, "--help"])

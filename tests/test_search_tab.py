@@ -32,9 +32,11 @@ def test_the_best_path_ends_in_the_reply(tiny_bots):
     reply = tiny_bots["beam"].respond("do you have any pets?", trace=True, max_len=6)
     path = search.best_path(reply)
     rows = {x["id"]: x for x in reply.trace}
-    assert len(path) == len(reply.tokens)
-    assert sorted(rows[i]["token"] for i in path) == sorted(reply.tokens)
-    assert any(rows[i]["status"] == "finished" for i in path)
+    ordered = sorted(path, key=lambda i: rows[i]["step"])
+    assert [rows[i]["token"] for i in ordered] == reply.tokens  # the reply, token by token, step by step
+    assert [rows[i]["step"] for i in ordered] == list(range(len(reply.tokens)))
+    assert all(rows[b]["parent"] == a for a, b in zip(ordered, ordered[1:]))
+    assert rows[ordered[-1]]["status"] == "finished"  # the path ends in the finished reply
 
 
 @pytest.mark.parametrize("strategy, values, tag", [
