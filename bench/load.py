@@ -3,6 +3,7 @@
     python bench/load.py                                     # 1 and 32 users, no think time, 30 s each, on + off
     python bench/load.py --users 32 --think 5 --duration 120 # the issue's crowd: 5 s think time, 2 minutes
     python bench/load.py --users 2 --duration 10             # a quick check that everything works
+    python bench/load.py --users 1 32 1 32 1 32 --modes on   # three pairs: each 32-user rate vs the 1 user before it
     python bench/load.py --device cuda --users 1 32 64       # on a GPU machine
     python bench/load.py --modes on --json dist/load-on.json # batching on only
     python bench/load.py --client gradio --threads 2         # gradio_client users; the server with 2 torch threads
@@ -19,10 +20,11 @@ waited for (at most ``--request-timeout`` s each).
 
 Reported per mode and user count: completed requests, errors (an exception or a timeout), throughput (requests/s
 over the window from the first send to the last answer), latency p50 / p95 / max of one ``/chat`` call (all the
-bots' replies), the throughput relative to 1 user of the same mode when it was measured, the server's RSS
-(VmRSS of /proc/<pid>/status) before and after the user count ran, and the CPU cores the server and the simulated
-users (this process) kept busy: on a small machine they share the cores. A markdown table is printed and every
-row is written as JSON (``--json``, default dist/load.json). Loopback only; every run is bounded by ``--duration``.
+bots' replies), the throughput relative to the latest 1-user run of the same mode (so alternating counts pair
+up), the server's RSS (VmRSS of /proc/<pid>/status) before and after the user count ran, and the CPU cores the
+server and the simulated users (this process) kept busy: on a small machine they share the cores. A markdown table
+is printed and every row is written as JSON (``--json``, default dist/load.json). Loopback only; every run is
+bounded by ``--duration``.
 """
 
 from __future__ import annotations
