@@ -32,6 +32,7 @@ alone. Only an exact near-tie between two hypotheses could therefore resolve dif
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -196,6 +197,7 @@ def _decode_child(conn: Any, loader: Callable[[], Mapping[str, Bot]], threads: i
         release_free_memory()
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL("libc.so.6").malloc_trim
@@ -203,16 +205,14 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-_TRIM = _malloc_trim()
-
-
 def release_free_memory() -> bool:
     """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``; False where there is none). A batch's
     tensors come in many sizes (prompts leave a batch as they finish), and glibc keeps what they freed: without
     this a decode process grew by 20-40% in its first minutes under load."""
-    if _TRIM is None:
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    _TRIM(0)
+    trim(0)
     return True
 
 

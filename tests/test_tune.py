@@ -12,6 +12,9 @@ from core.metrics import rate_upper_bound
 from core.tune import tune_antilm, write_bot_defaults
 
 SMALL = {"antilm": [0.2, 0.6], "gamma": [2], "n_bonus": [0.0, 0.5]}
+# every bound of tune off; a test sets the one it checks
+LOOSE = dict(n_prompts=8, grid=SMALL, max_logp_drop=100.0, max_worst_drop=100.0, max_rare_increase=1.0,
+             max_unknown_increase=1.0, max_dull_rate=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +24,7 @@ def split():
 
 
 def test_grid_table_and_a_winner_from_the_grid(tiny_bots, split):
-    chosen, df = tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
-                             max_worst_drop=100.0, max_rare_increase=1.0, max_unknown_increase=1.0,
-                             max_dull_rate=1.0)
+    chosen, df = tune_antilm(tiny_bots["antilm"], split, **LOOSE)
     assert len(df) == 1 + 4 and df.loc[0, "antilm"] == 0.0 and not df.loc[0, "feasible"]
     assert chosen["antilm"] in SMALL["antilm"] and chosen["gamma"] == 2 and chosen["n_bonus"] in SMALL["n_bonus"]
     feasible = df[df["feasible"]]
@@ -35,30 +36,25 @@ def test_grid_table_and_a_winner_from_the_grid(tiny_bots, split):
 
 
 def test_rare_token_bound_removes_points_that_add_surprising_words(tiny_bots, split):
-    loose = tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
-                        max_worst_drop=100.0, max_rare_increase=1.0, max_unknown_increase=1.0, max_dull_rate=1.0)[1]
+    loose = tune_antilm(tiny_bots["antilm"], split, **LOOSE)[1]
     assert loose["feasible"].any()
     with pytest.raises(ValueError, match="rare token"):  # the same grid, every point now over the bound
-        tune_antilm(tiny_bots["antilm"], split, n_prompts=8, grid=SMALL, max_logp_drop=100.0,
-                    max_worst_drop=100.0, max_rare_increase=-1.0, max_dull_rate=1.0)
+        tune_antilm(tiny_bots["antilm"], split, **{**LOOSE, "max_rare_increase": -1.0})
 
 
 def test_unknown_word_bound_removes_points_that_make_up_words(tiny_bots, split):
-    loose = dict(n_prompts=8, grid=SMALL, max_logp_drop=100.0, max_worst_drop=100.0, max_rare_increase=1.0,
-                 max_dull_rate=1.0)
-    df = tune_antilm(tiny_bots["antilm"], split, max_unknown_increase=1.0, **loose)[1]
+    df = tune_antilm(tiny_bots["antilm"], split, **LOOSE)[1]
     assert df["feasible"].any()
     # the split's words are "hello number i", "hi there friend i", "how are you": a tiny random model's replies
     # hold other words, and with a bound below zero every point is over it
     assert (df["unknown_word_rate"] > 0).any()
     with pytest.raises(ValueError, match="never seen in training"):
-        tune_antilm(tiny_bots["antilm"], split, max_unknown_increase=-1.0, **loose)
+        tune_antilm(tiny_bots["antilm"], split, **{**LOOSE, "max_unknown_increase": -1.0})
 
 
 def test_dull_rate_cap_removes_points_above_it_even_when_beam_is_duller(tiny_bots, split):
     bot = tiny_bots["antilm"]
-    loose = dict(n_prompts=8, grid=SMALL, max_logp_drop=100.0, max_worst_drop=100.0, max_rare_increase=1.0,
-                 max_unknown_increase=1.0)
+    loose = {k: v for k, v in LOOSE.items() if k != "max_dull_rate"}
     # the dull list is every reply plain beam gives to tune's prompts: beam's dull rate is 1.0, so only the cap binds
     prompts = [q for q, _ in random.Random(0).sample(make_pairs(split.valid), 8)]
     dull = [r.text for r in bot.respond_batch(prompts, antilm=0.0, gamma=0, n_bonus=0.0)]
