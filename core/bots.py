@@ -12,12 +12,17 @@ by every bot that names it. The RL policy is just another checkpoint.
 
     >>> bots = load_bots()                  # $CHATBOT_ARENA_CHECKPOINTS, else the repository's checkpoints/
     >>> bots["antilm"].respond("how are you?", antilm=0.3).text
+    >>> bots["rl"].respond("why not?", history=["let's go hiking", "i can't this weekend"]).text
+
+``history`` is the conversation before the message, oldest first, the bot's own replies included; a bot reads
+as much of it as its checkpoint was trained to (``context_turns``, see :mod:`core.context`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from typing import Any
 import torch
 
 from core.checkpoint import CheckpointError, load_checkpoint, resolve
+from core.context import history_turns, window_ids, window_of
 from core.corpora import normalize_text
 from core.decoding import DecodeConfig, Reply, generate
 from core.model import LanguageModel, Seq2Seq, pick_device
@@ -68,6 +74,8 @@ class Bot:
     backward: Seq2Seq | None = None
     checkpoint: Path | None = None
     max_src_len: int = DEFAULT_MAX_SRC_LEN
+    context_turns: int = 0  # earlier turns the model reads with the message (0: the message only)
+    speaker_markers: bool = False
 
     def settings(self, **overrides: Any) -> DecodeConfig:
         """The defaults with ``overrides`` applied and validated (ValueError names the setting and its range)."""
@@ -79,29 +87,44 @@ class Bot:
                              f"(got {cfg.mmi_lambda})")
         return cfg
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of the prompt's last ``max_src_len`` tokens; ValueError if nothing is left to answer."""
-        if isinstance(prompt, (bytes, bytearray)):
-            prompt = bytes(prompt).decode("utf-8", errors="replace")
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-        text = normalize_text(prompt.encode("utf-8", errors="replace").decode("utf-8"))  # lone surrogates -> "?"
-        ids = self.tokenizer.encode(text[-self.max_src_len * CHARS_PER_TOKEN :]) if text else []
-        if not ids:
+    def encode_prompt(self, prompt: str, history: Sequence[str] | None = None) -> list[int]:
+        """Token ids of the window the model reads: the message and the last ``context_turns`` turns of
+        ``history`` (oldest first), joined by the turn separator, cut to the last ``max_src_len`` tokens.
+        ValueError if the message has nothing left to answer, or ``history`` is not a list of strings."""
+        message = self._encode_turn(prompt, "prompt")
+        if not message:
             raise ValueError("prompt is empty (nothing left after removing whitespace and control characters)")
-        return ids[-self.max_src_len :]
+        earlier = [self._encode_turn(t, f"history[{i}]") for i, t in
+                   enumerate(history_turns(history, limit=self.context_turns))]
+        return window_ids([*earlier, message], context_turns=self.context_turns, max_src_len=self.max_src_len,
+                          speaker_markers=self.speaker_markers)
 
-    def respond(self, prompt: str, *, trace: bool = False, **overrides: Any) -> Reply:
-        """One reply; ``overrides`` are DecodeConfig fields (beam_size=5, antilm=0.3, ...); ``trace``: the reply
-        lists every candidate of the search (see :mod:`core.decoding`)."""
-        return self.respond_batch([prompt], trace=trace, **overrides)[0]
+    def _encode_turn(self, text: str, what: str) -> list[int]:
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8", errors="replace")
+        if not isinstance(text, str):
+            raise ValueError(f"{what} must be a string, got {type(text).__name__}")
+        text = normalize_text(text.encode("utf-8", errors="replace").decode("utf-8"))  # lone surrogates -> "?"
+        return self.tokenizer.encode(text[-self.max_src_len * CHARS_PER_TOKEN :])[-self.max_src_len :] if text else []
 
-    def respond_batch(self, prompts: list[str], *, trace: bool = False, **overrides: Any) -> list[Reply]:
-        """One reply per prompt, decoded together in one batched search."""
+    def respond(self, prompt: str, *, history: Sequence[str] | None = None, trace: bool = False,
+                **overrides: Any) -> Reply:
+        """One reply to ``prompt`` after ``history`` (the earlier turns, oldest first); ``overrides`` are
+        DecodeConfig fields (beam_size=5, antilm=0.3, ...); ``trace``: the reply lists every candidate of the
+        search (see :mod:`core.decoding`)."""
+        return self.respond_batch([prompt], histories=[history], trace=trace, **overrides)[0]
+
+    def respond_batch(self, prompts: list[str], *, histories: Sequence[Sequence[str] | None] | None = None,
+                      trace: bool = False, **overrides: Any) -> list[Reply]:
+        """One reply per prompt (each after its own history, of any length), decoded together in one search."""
         cfg = self.settings(**overrides)
         if not prompts:
             return []
-        src = [self.encode_prompt(p) for p in prompts]
+        if histories is None:
+            histories = [None] * len(prompts)
+        if len(histories) != len(prompts):
+            raise ValueError(f"histories: {len(histories)} for {len(prompts)} prompts; give one per prompt")
+        src = [self.encode_prompt(p, h) for p, h in zip(prompts, histories)]
         return generate(self.model, src, cfg, lm=self.lm, backward=self.backward, tokenizer=self.tokenizer,
                         trace=trace)
 
@@ -225,7 +248,7 @@ def load_bots(checkpoint_dir: str | Path | None = None, device: str = "auto", *,
             name=spec.name, label=spec.label, description=spec.description, defaults=defaults, model=model,
             tokenizer=tokenizer, lm=extra["lm"][0] if "lm" in extra else None,
             backward=extra["backward"][0] if "backward" in extra else None, checkpoint=root / spec.checkpoint,
-            max_src_len=int(config.get("meta", {}).get("train", {}).get("max_src_len", DEFAULT_MAX_SRC_LEN)),
+            **window_of(config),
         )
         try:
             bot.settings()  # antilm without an LM, mmi_lambda without a backward model
@@ -268,11 +291,9 @@ def bot_from_checkpoint(path: str | Path, *, device: str = "auto", lm: str | Pat
     path = Path(path)
     model, tokenizer, config = load_model(path, device)
     extra = {role: load_model(p, device)[0] for role, p in (("lm", lm), ("backward", backward)) if p}
-    train_cfg = config.get("meta", {}).get("train", {})
     bot = Bot(name=path.name if path.name not in ("best", "last") else f"{path.parent.name}-{path.name}",
               label=str(path), description=f"{config['model'].get('kind', 'seq2seq')} checkpoint {path}",
               defaults=DecodeConfig().with_overrides(**decoder), model=model, tokenizer=tokenizer,
-              lm=extra.get("lm"), backward=extra.get("backward"), checkpoint=path,
-              max_src_len=int(train_cfg.get("max_src_len", DEFAULT_MAX_SRC_LEN)))
+              lm=extra.get("lm"), backward=extra.get("backward"), checkpoint=path, **window_of(config))
     bot.settings()
     return bot

@@ -2,6 +2,7 @@
 
     >>> scheduler = BatchScheduler(load_bots())
     >>> scheduler.respond("beam", "how are you?", {"beam_size": 5}).text
+    >>> scheduler.respond("rl", "why not?", {}, history=["want to go hiking?", "no"]).text   # a conversation
     >>> future = scheduler.submit("antilm", "hi there", {})     # a Ticket: concurrent.futures.Future[Reply]
     >>> future.result().text, future.queue_s, future.batch_size
     >>> scheduler.stats()["largest_batch"]
@@ -12,8 +13,8 @@ How a request travels:
      a bad request fails alone with a ValueError and never enters a batch. Past ``max_queue`` waiting requests it
      raises :class:`Busy` at once.
   2. It joins the group of its bot and its effective :class:`~core.decoding.DecodeConfig`: requests whose
-     settings differ never share a search. Sampling with an explicit seed is a group of its own (its draws would
-     change next to other prompts).
+     settings differ never share a search; requests of any history length do (each prompt has its own window).
+     Sampling with an explicit seed is a group of its own (its draws would change next to other prompts).
   3. A decode worker takes the group whose first request is the oldest, once that request has waited
      ``max_wait_s`` or the group holds ``max_batch`` requests, and decodes up to ``max_batch`` of them with one
      ``bot.respond_batch`` call. Requests cancelled meanwhile (the client went away) are dropped first. If the
@@ -40,7 +41,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class _Request:
     prompt: str
     overrides: dict[str, Any]
     key: GroupKey
+    history: list[str] | None
     ticket: Ticket
     t_submit: float = field(default_factory=time.perf_counter)
 
@@ -93,7 +95,8 @@ def usable_cpus() -> int:
 
 
 class DecodeProcess:
-    """A child process that decodes batches for the parent: ``respond_batch(bot, prompts, overrides)`` there.
+    """A child process that decodes batches for the parent: ``respond_batch(bot, prompts, overrides, histories)``
+    there.
 
     Why: on a CPU server the beam search is mostly Python between small tensor ops, and so is the web server; in
     one process they take turns on the GIL and a second core idles (``bench/load.py`` shows the server at about one
@@ -133,13 +136,15 @@ class DecodeProcess:
         self._proc, self._conn = proc, parent
         self.restarts += 1
 
-    def respond_batch(self, bot: str, prompts: list[str], overrides: Mapping[str, Any]) -> list[Reply]:
-        """The replies of ``bot`` to ``prompts`` decoded in the child; its exception is raised here."""
+    def respond_batch(self, bot: str, prompts: list[str], overrides: Mapping[str, Any],
+                      histories: list[list[str] | None] | None = None) -> list[Reply]:
+        """The replies of ``bot`` to ``prompts`` (after ``histories``) decoded in the child; its exception is
+        raised here."""
         with self._lock:
             if self._proc is None or not self._proc.is_alive():
                 self._start()
             try:
-                self._conn.send((bot, list(prompts), dict(overrides)))
+                self._conn.send((bot, list(prompts), dict(overrides), histories))
                 ok, value = self._conn.recv()
             except (EOFError, OSError) as e:  # the child died during this batch
                 self._proc = None
@@ -186,9 +191,9 @@ def _decode_child(conn: Any, loader: Callable[[], Mapping[str, Bot]], threads: i
             return
         if msg is None:
             return
-        bot, prompts, overrides = msg
+        bot, prompts, overrides, histories = msg
         try:
-            conn.send((True, bots[bot].respond_batch(prompts, **overrides)))
+            conn.send((True, bots[bot].respond_batch(prompts, histories=histories, **overrides)))
         except Exception as e:  # noqa: BLE001 - handed to the parent's caller
             try:
                 conn.send((False, e))
@@ -254,11 +259,13 @@ class BatchScheduler:
 
     # ------------------------------------------------------------------------- the callers' side
 
-    def submit(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None = None) -> Ticket:
-        """Queue one request; the Ticket's result is the Reply (or the exception of this request alone).
-        Raises ValueError for a bad request and :class:`Busy` when ``max_queue`` requests are waiting."""
-        key, overrides = self._check(bot, prompt, overrides)
-        req = _Request(bot, prompt, overrides, key, Ticket())
+    def submit(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None = None, *,
+               history: Sequence[str] | None = None) -> Ticket:
+        """Queue one request (``history``: the conversation before ``prompt``, oldest first); the Ticket's result
+        is the Reply (or the exception of this request alone). Raises ValueError for a bad request and
+        :class:`Busy` when ``max_queue`` requests are waiting."""
+        key, overrides = self._check(bot, prompt, overrides, history)
+        req = _Request(bot, prompt, overrides, key, Ticket(), list(history) if history else None)
         with self._cond:
             if self._closed:
                 raise Busy("the server is shutting down; try again in a few seconds")
@@ -274,9 +281,9 @@ class BatchScheduler:
         return req.ticket
 
     def respond(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None = None, *,
-                timeout: float | None = None) -> Reply:
+                history: Sequence[str] | None = None, timeout: float | None = None) -> Reply:
         """``submit(...).result(timeout)``; a request that times out is cancelled, so it costs no decode."""
-        ticket = self.submit(bot, prompt, overrides)
+        ticket = self.submit(bot, prompt, overrides, history=history)
         try:
             return ticket.result(timeout)
         except FutureTimeout:
@@ -315,7 +322,8 @@ class BatchScheduler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None) -> tuple[GroupKey, dict[str, Any]]:
+    def _check(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None,
+               history: Sequence[str] | None = None) -> tuple[GroupKey, dict[str, Any]]:
         """Validate a request (ValueError naming what is wrong); return its group key and its overrides."""
         if not isinstance(bot, str) or bot not in self.bots:
             raise ValueError(f"unknown bot {bot!r}; this server has {list(self.bots)}")
@@ -325,7 +333,7 @@ class BatchScheduler:
             raise ValueError(f"settings must be a mapping of DecodeConfig field names, got {overrides!r}")
         overrides = dict(overrides)
         cfg = self.bots[bot].settings(**overrides)  # ValueError naming the setting and its range
-        self.bots[bot].encode_prompt(prompt)  # ValueError for an empty or non-text prompt
+        self.bots[bot].encode_prompt(prompt, history)  # ValueError for an empty prompt or a bad history
         key: GroupKey = (bot, tuple(sorted(cfg.to_dict().items())))
         if not self.batching or (cfg.strategy == "sample" and cfg.seed is not None):
             key += (next(self._alone),)  # a group of its own
@@ -398,7 +406,8 @@ class BatchScheduler:
         size = len(batch)  # requests that shared the call that produced each outcome
         try:
             try:
-                outcomes = list(self._respond_batch(bot, [r.prompt for r in batch], overrides))
+                outcomes = list(self._respond_batch(bot, [r.prompt for r in batch], overrides,
+                                                    [r.history for r in batch]))
                 if len(outcomes) != len(batch):
                     raise RuntimeError(f"respond_batch returned {len(outcomes)} replies for {len(batch)} prompts")
             except Exception as e:  # noqa: BLE001 - handed to the callers through their futures
@@ -419,14 +428,15 @@ class BatchScheduler:
             else:
                 req.ticket.set_result(out)
 
-    def _respond_batch(self, bot: Bot, prompts: list[str], overrides: Mapping[str, Any]) -> list[Reply]:
+    def _respond_batch(self, bot: Bot, prompts: list[str], overrides: Mapping[str, Any],
+                       histories: list[list[str] | None]) -> list[Reply]:
         """This worker's decode: in its decode process when there is one, else here."""
         if self._procs:
-            return self._procs[self._worker_of.index].respond_batch(bot.name, prompts, overrides)
-        return bot.respond_batch(prompts, **overrides)
+            return self._procs[self._worker_of.index].respond_batch(bot.name, prompts, overrides, histories)
+        return bot.respond_batch(prompts, histories=histories, **overrides)
 
     def _alone_outcome(self, bot: Bot, req: _Request) -> Reply | BaseException:
         try:
-            return self._respond_batch(bot, [req.prompt], req.overrides)[0]
+            return self._respond_batch(bot, [req.prompt], req.overrides, [req.history])[0]
         except Exception as e:  # noqa: BLE001 - handed to the caller through its future
             return e

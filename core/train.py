@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from core.batching import Batch, Example, collate, encode_pairs, iterate_batches, make_batches
 from core.checkpoint import load_weights, pack_train_state, read_config, resolve
+from core.context import MAX_CONTEXT_TURNS, conversation_examples
 from core.corpora import (
     CorpusError,
     Split,
@@ -75,7 +76,12 @@ class TrainConfig:
     max_chars: int | None = field(default=None, metadata={"help": "drop utterances longer than N characters, "
                                                                    "cutting their conversation there"})
     split_seed: int = field(default=1234, metadata={"help": "seed of the train/valid/test conversation split"})
-    max_src_len: int = field(default=40, metadata={"help": "keep the last N source tokens"})
+    max_src_len: int = field(default=40, metadata={"help": "keep the last N source tokens (of the window)"})
+    context_turns: int = field(default=0, metadata={
+        "help": "seq2seq: the source is the message plus up to N earlier turns of its conversation, joined by "
+                "</s> and cut from the oldest side to max_src_len (0: the message only; see core.context)"})
+    speaker_markers: bool = field(default=False, metadata={
+        "help": "mark the replier's own earlier turns with <s> instead of </s> in the window"})
     max_tgt_len: int = field(default=40, metadata={"help": "drop pairs whose reply is longer than N tokens"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "architecture"})
     # optimisation
@@ -167,6 +173,8 @@ def prepare_data(cfg: TrainConfig) -> Data:
         swap = cfg.kind == "backward"
         train_p, valid_p, test_p = (make_pairs(c, swap=swap) for c in (split.train, split.valid, split.test))
         tok_kind, texts = "bpe", utterances(split.train)
+        if cfg.context_turns < 0 or cfg.context_turns > MAX_CONTEXT_TURNS:
+            raise ValueError(f"context_turns must be between 0 and {MAX_CONTEXT_TURNS}, got {cfg.context_turns}")
     else:
         raise ValueError(f"unknown task {cfg.task!r}; use chat, {', '.join(TASKS)}")
     tok_path = Path(cfg.out) / "tokenizer.json"
@@ -180,7 +188,12 @@ def prepare_data(cfg: TrainConfig) -> Data:
             tok_path.parent.mkdir(parents=True, exist_ok=True)
             tokenizer.save(tok_path)
     enc = {"max_src_len": cfg.max_src_len, "max_tgt_len": cfg.max_tgt_len}
-    data = Data(tokenizer, *(encode_pairs(tokenizer, p, **enc) for p in (train_p, valid_p, test_p)), test_p, split)
+    if split is not None:  # examples built from the conversations: the window of each message, then its reply
+        window = {**enc, **window_settings(cfg), "swap": cfg.kind == "backward"}
+        parts = [conversation_examples(tokenizer, c, **window) for c in (split.train, split.valid, split.test)]
+    else:
+        parts = [encode_pairs(tokenizer, p, **enc) for p in (train_p, valid_p, test_p)]
+    data = Data(tokenizer, *parts, test_p, split)
     if len(data.train) < cfg.batch_size:
         raise CorpusError(f"{cfg.corpus}: {len(data.train)} training pairs after the split and the length filter "
                           f"(replies of at most {cfg.max_tgt_len} tokens), fewer than one batch of {cfg.batch_size}; "
@@ -188,6 +201,13 @@ def prepare_data(cfg: TrainConfig) -> Data:
     if not data.valid:
         raise CorpusError(f"{cfg.corpus}: the validation split has no usable pair; use a larger corpus")
     return data
+
+
+def window_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The window a run's examples are built with: only a seq2seq model reads earlier turns (the backward model
+    and the language model read one turn, so one of each serves every window)."""
+    ctx = cfg.context_turns if cfg.kind == "seq2seq" else 0
+    return {"context_turns": ctx, "speaker_markers": cfg.speaker_markers and ctx > 0}
 
 
 # ----------------------------------------------------------------------------- loss
