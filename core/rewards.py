@@ -70,11 +70,11 @@ def information_flow(encoder_model: Seq2Seq, previous: list[list[int]], current:
 
 @torch.no_grad()
 def semantic_coherence(forward: Seq2Seq, backward: Seq2Seq, queries: list[list[int]], replies: list[list[int]],
-                       contexts: list[list[int]] | None = None, max_src_len: int = 40) -> Tensor:
-    """r3 (N,): (1/N_a) log p_fwd(a | p, q) + (1/N_q) log p_bwd(q | a). ``contexts`` holds p, the turn before q
-    (empty where there is none); the forward model reads p and q as one source, cut to its last ``max_src_len``
-    tokens as in training."""
-    sources = [((c or []) + q)[-max_src_len:] for c, q in zip(contexts or [[]] * len(queries), queries)]
+                       sources: list[list[int]] | None = None) -> Tensor:
+    """r3 (N,): (1/N_a) log p_fwd(a | p, q) + (1/N_q) log p_bwd(q | a). ``sources``: what the forward model reads
+    for each reply, the conversation window that ends with q (:func:`core.context.window_ids`, as the model was
+    trained); default: q alone. The backward model reads the reply and scores the bare query."""
+    sources = queries if sources is None else sources
     return (sequence_logprobs(forward, sources, replies, mean=True)
             + sequence_logprobs(backward, replies, queries, mean=True))
 

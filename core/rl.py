@@ -6,7 +6,7 @@ Each step: B / G opening messages of the training split start B dialogues, G per
 plays both agents for ``turns`` turns; every generated turn gets r = 0.25 r1 + 0.25 r2 + 0.5 r3 (core.rewards,
 scored by the frozen MLE and backward models; each reward standardised over the step first); the baseline of a
 turn is the mean reward of the other G - 1 dialogues of its group at the same turn; the policy moves along
-(r - baseline) * grad log p(turn | previous turn), plus
+(r - baseline) * grad log p(turn | the window it read: the previous turns, as the policy was trained), plus
 ``mle_weight`` times the usual MLE loss on real pairs so that it stays fluent. Validation perplexity is
 watched: the run stops, keeping ``best/``, when it grows more than ``ppl_tolerance`` over the start.
 
@@ -21,10 +21,12 @@ Running the same command again resumes from ``<out>/last``.
 from __future__ import annotations
 
 import copy
+import functools
 import random
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -32,6 +34,7 @@ from torch import nn
 from core.batching import collate
 from core.bots import load_model
 from core.checkpoint import pack_train_state, resolve
+from core.context import window_ids
 from core.corpora import opening_messages
 from core.decoding import DecodeConfig, generate
 from core.metrics import distinct_n, normalize_reply
@@ -48,7 +51,7 @@ from core.rewards import (
 )
 from core.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
 from core.tokenizer import EOS_ID
-from core.train import TrainConfig, make_adam, perplexity, prepare_data, sequence_nll
+from core.train import TrainConfig, make_adam, perplexity, prepare_data, sequence_nll, window_settings
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
                  "kl", "unique_share", "top_share", "sample_distinct_2", "repeat_penalty", "dull_share",
@@ -109,50 +112,78 @@ def _strip_eos(tokens: list[int]) -> list[int]:
     return [t for t in tokens if t != EOS_ID]
 
 
+Window = Callable[[Sequence[list[int]]], list[int]]  # a dialogue so far (token lists) -> the source the model reads
+
+
+def last_turn(turns: Sequence[list[int]]) -> list[int]:
+    """The window of a single-turn model: the message alone."""
+    return list(turns[-1])
+
+
+def window_reader(train_cfg: TrainConfig) -> Window:
+    """The window a policy trained with ``train_cfg`` reads (its context_turns, speaker markers, max_src_len)."""
+    return functools.partial(window_ids, **window_settings(train_cfg), max_src_len=train_cfg.max_src_len)
+
+
 def self_play(policy: Seq2Seq, openings: list[list[int]], *, turns: int, max_len: int, temperature: float,
-              seed: int) -> list[list[list[int]]]:
-    """Dialogues of 1 + ``turns`` turns: the opening, then the policy answering the previous turn each time.
-    Returns ``dialogues[b][i]`` token lists; all B dialogues advance in one batched sample per turn."""
+              seed: int, window: Window = last_turn) -> list[list[list[int]]]:
+    """Dialogues of 1 + ``turns`` turns: the opening, then the policy answering the conversation so far each time
+    (it reads the ``window`` of it: the paper's state [p_i; q_i] for a window of one earlier turn). Returns
+    ``dialogues[b][i]`` token lists; all B dialogues advance in one batched sample per turn."""
     dialogues = [[o] for o in openings]
     for t in range(turns):
         cfg = DecodeConfig(strategy="sample", beam_size=1, nbest=1, max_len=max_len, min_len=1,
                            temperature=temperature, seed=seed * 1000 + t)
-        replies = generate(policy, [d[-1] for d in dialogues], cfg)
+        replies = generate(policy, [window(d) for d in dialogues], cfg)
         for d, r in zip(dialogues, replies):
             d.append(_strip_eos(r.tokens) or [EOS_ID])
     return dialogues
 
 
-def flatten_turns(dialogues: list[list[list[int]]]) -> tuple[list, list, list, list[bool]]:
-    """Every generated turn of every dialogue as (query, reply, the agent's own previous turn, has one)."""
-    queries, replies, previous, has_prev = [], [], [], []
+class Turns(NamedTuple):
+    """Every generated turn of a batch of dialogues, flattened dialogue by dialogue."""
+
+    sources: list[list[int]]  # the window the agent read (ends with the message it answered)
+    messages: list[list[int]]  # the message it answered, q
+    replies: list[list[int]]  # its turn, a
+    previous: list[list[int]]  # the agent's own previous turn (its turn itself where it has none)
+    has_prev: list[bool]
+
+
+def flatten_turns(dialogues: list[list[list[int]]], window: Window = last_turn) -> Turns:
+    """Every generated turn of every dialogue with what the agent read and its own previous turn."""
+    out = Turns([], [], [], [], [])
     for d in dialogues:
         for i in range(1, len(d)):
-            queries.append(d[i - 1])
-            replies.append(d[i])
-            has_prev.append(i >= 2)  # the agent's own previous turn is two turns back
-            previous.append(d[i - 2] if i >= 2 else d[i])
-    return queries, replies, previous, has_prev
+            out.sources.append(window(d[:i]))
+            out.messages.append(d[i - 1])
+            out.replies.append(d[i])
+            out.has_prev.append(i >= 2)  # the agent's own previous turn is two turns back
+            out.previous.append(d[i - 2] if i >= 2 else d[i])
+    return out
 
 
 def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward: Seq2Seq,
                  dull: list[list[int]], alternatives: list[list[int]] | None = None,
-                 max_src_len: int = 40) -> dict[str, torch.Tensor]:
-    """Rewards of every generated turn, flattened turn-major: (query, reply, r1, r2, r3, r). ``alternatives``
-    (one per generated turn, e.g. the policy's greedy reply to the same query) are scored as extra replies in
-    the same context and appended after the sampled ones."""
-    queries, replies, previous, has_prev = flatten_turns(dialogues)
+                 window: Window = last_turn) -> dict[str, Any]:
+    """Rewards of every generated turn, flattened turn-major: (sources, query, reply, r1, r2, r3, r).
+    ``alternatives`` (one per generated turn, e.g. the policy's greedy reply to the same window) are scored as
+    extra replies in the same context and appended after the sampled ones. ``window``: what the forward model
+    reads (the policy's window), so r3 = log p(a | q, p) with the real window model."""
+    turns = flatten_turns(dialogues, window)
+    sources, queries, replies = turns.sources, turns.messages, turns.replies
+    previous, has_prev = turns.previous, turns.has_prev
     if alternatives is not None:
-        queries, replies = queries + queries, replies + alternatives
+        sources, queries, replies = sources + sources, queries + queries, replies + alternatives
         previous, has_prev = previous + previous, has_prev + has_prev
     r1 = ease_of_answering(forward, replies, dull)
     r2 = information_flow(forward, previous, replies)
     mask = torch.tensor(has_prev)
     # an agent's first turn has no previous turn of its own: give it the batch mean (no push either way)
     r2 = torch.where(mask, r2, r2[mask].mean() if mask.any() else torch.zeros(()))
-    contexts = [p if h else [] for p, h in zip(previous, has_prev)]  # p: the turn before the query
-    r3 = semantic_coherence(forward, backward, queries, replies, contexts, max_src_len=max_src_len)
-    return {"queries": queries, "replies": replies, "r1": r1, "r2": r2, "r3": r3, "r": combine(r1, r2, r3)}
+    r3 = semantic_coherence(forward, backward, queries, replies, sources)
+    return {"sources": sources, "queries": queries, "replies": replies, "r1": r1, "r2": r2, "r3": r3,
+            "r": combine(r1, r2, r3)}
 
 
 def _sampler_eos(replies: list[list[int]], max_len: int | None) -> list[bool] | None:
@@ -239,6 +270,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                                        "tokenizer": str(resolve(cfg.policy) / "tokenizer.json")})
     data = prepare_data(train_cfg)
     openings = [ids[-train_cfg.max_src_len:] for ids in tokenizer.encode_batch(opening_messages(data.split.train))]
+    window = window_reader(train_cfg)  # the policy reads the conversation as it was trained to
     openings = [o for o in openings if o]
     dull_texts = dull_list(data.split.train, top=cfg.dull_top)
     dull = [tokenizer.encode(s) for s in dull_texts]
@@ -278,16 +310,16 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             batch_open = [o for o in (openings[rng.randrange(len(openings))] for _ in range(n_groups))
                           for _ in range(group)][: cfg.batch_size]
             dialogues = self_play(policy, batch_open, turns=cfg.turns, max_len=cfg.max_len,
-                                  temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + step)
+                                  temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + step, window=window)
             # 3. rewards and the baseline
             step_dull = dull if not cfg.dull_sample else rng.sample(dull, min(cfg.dull_sample, len(dull)))
             greedy = None
             if cfg.greedy_candidates:  # the policy's own most likely reply to each query, scored beside the sample
-                queries = flatten_turns(dialogues)[0]
+                queries = flatten_turns(dialogues, window).sources
                 greedy_cfg = DecodeConfig(strategy="greedy", max_len=cfg.max_len, min_len=1)
                 greedy = [_strip_eos(r.tokens) or [EOS_ID] for r in generate(policy, queries, greedy_cfg)]
             rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=step_dull, alternatives=greedy,
-                              max_src_len=train_cfg.max_src_len)
+                              window=window)
             r_raw = rw["r"].to(device)
             r = standardized_reward(rw["r1"], rw["r2"], rw["r3"]).to(device) if cfg.standardize else r_raw
             texts = [normalize_reply(tokenizer.decode(a)) for a in rw["replies"]]
@@ -297,11 +329,11 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             if cfg.repeat_penalty:  # a reply the policy gives to many messages of the step loses reward
                 repeat = batch_repetition_penalty(texts, cfg.repeat_penalty, pool=sampled).to(device)
                 r = r - repeat
-            logp = policy_logprobs(policy, rw["queries"], rw["replies"], temperature=cfg.temperature,
+            logp = policy_logprobs(policy, rw["sources"], rw["replies"], temperature=cfg.temperature,
                                    max_len=cfg.max_len)  # (N,) with graph: the KL price and the policy gradient
             kl = None
             if cfg.kl_coef:  # per-token log pi(a|q) - log pi_mle(a|q) of each turn: the price of drifting from MLE
-                kl = reply_kl(policy, forward, rw["queries"], rw["replies"], temperature=cfg.temperature,
+                kl = reply_kl(policy, forward, rw["sources"], rw["replies"], temperature=cfg.temperature,
                               max_len=cfg.max_len, policy_logp=logp)
                 r = r - cfg.kl_coef * kl
             if group > 1:  # turn i of the dialogues that share an opening form one group (greedy candidates too)
@@ -312,7 +344,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
                 info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
             # 4. REINFORCE on the sampled turns + MLE on real pairs
-            pg_loss = reinforce_loss(policy, rw["queries"], rw["replies"], r, baseline, logp=logp)
+            pg_loss = reinforce_loss(policy, rw["sources"], rw["replies"], r, baseline, logp=logp)
             mle_batch = collate([data.train[rng.randrange(len(data.train))] for _ in range(cfg.mle_batch_size)])
             nll, n_mle = sequence_nll(policy, mle_batch.to(device))
             mle_loss = nll / n_mle

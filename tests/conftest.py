@@ -4,7 +4,8 @@
 = 32), so the app, the API and the Space build run in seconds on CPU:
 
     bots.json                the shipped registry (four bots)
-    mle/ rl/ backward/       Seq2Seq checkpoints (different seeds); mle/ also has train_log.csv and MODEL_CARD.md
+    mle/ rl/ backward/       Seq2Seq checkpoints (different seeds); mle/ also has train_log.csv and MODEL_CARD.md;
+                             mle/ and rl/ read a window of two earlier turns (context_turns 2), as the shipped do
     lm/                      LanguageModel checkpoint for anti-LM
     report.csv               evaluation metrics per bot (made-up numbers, real format)
 """
@@ -66,7 +67,8 @@ def write_tiny_checkpoints(root: Path) -> Path:
         model = LanguageModel(cfg) if kind == "lm" else Seq2Seq(cfg)
         extra = {"train_log.csv": TRAIN_LOG, "MODEL_CARD.md": "# mle\n\nA *tiny* random model for tests.\n"}
         n_params = sum(p.numel() for p in model.parameters())
-        save_checkpoint(root / name, model, tok, meta={**meta, "parameters": n_params},
+        train = {**meta["train"], "context_turns": 2 if name in ("mle", "rl") else 0}
+        save_checkpoint(root / name, model, tok, meta={**meta, "train": train, "parameters": n_params},
                         extra_files=extra if name == "mle" else None)
     shutil.copy(SHIPPED / "bots.json", root / "bots.json")
     (root / "report.csv").write_text(REPORT, encoding="utf-8")

@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import functools
 import os
 import random
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint
+from core.context import SEP_ID, window_ids
 from core.decoding import sequence_logprobs
 from core.export import export_run
 from core.model import ModelConfig, Seq2Seq
@@ -24,6 +26,7 @@ from core.rewards import (
 )
 from core.rl import (
     RLConfig,
+    flatten_turns,
     group_baseline,
     reinforce_loss,
     reply_kl,
@@ -190,15 +193,22 @@ def test_scoring_matches_the_sampler_temperature_and_cut_replies(models):
     assert float(hot) != pytest.approx(float(full), abs=1e-3)
 
 
-def test_coherence_reads_the_turn_before_the_query(models):
+def test_coherence_reads_the_window_the_policy_reads(models):
+    """r3's forward term reads the window (p </s> q) when given, q alone otherwise; the self-play's turns carry the
+    window each agent read: the paper's state [p_i; q_i]."""
     _, fwd, bwd, tok = models
     q, a, p = tok.encode("do you like football"), tok.encode("yes i love football"), tok.encode("where do you live")
+    window = functools.partial(window_ids, context_turns=1, max_src_len=40)
     without = semantic_coherence(fwd, bwd, [q], [a])
-    empty = semantic_coherence(fwd, bwd, [q], [a], contexts=[[]])
-    with_p = semantic_coherence(fwd, bwd, [q], [a], contexts=[p])
-    assert torch.allclose(without, empty) and not torch.allclose(without, with_p)
-    cut = semantic_coherence(fwd, bwd, [q], [a], contexts=[p], max_src_len=len(q))
+    alone = semantic_coherence(fwd, bwd, [q], [a], [window([q])])
+    with_p = semantic_coherence(fwd, bwd, [q], [a], [window([p, q])])
+    assert torch.allclose(without, alone) and not torch.allclose(without, with_p)
+    cut = semantic_coherence(fwd, bwd, [q], [a], [window_ids([p, q], context_turns=1, max_src_len=len(q))])
     assert torch.allclose(cut, without)  # p falls outside the last max_src_len tokens
+    dialogues = self_play(fwd, [q, p], turns=3, max_len=4, temperature=1.0, seed=0, window=window)
+    turns = flatten_turns(dialogues, window)
+    assert turns.sources[0] == q and turns.sources[1] == [*q, SEP_ID, *dialogues[0][1]]
+    assert turns.messages[1] == dialogues[0][1] and turns.previous[2] == dialogues[0][1]
 
 
 def test_a_batch_of_one_reward_gives_a_finite_update_toward_the_rewarded_reply(models):
