@@ -42,6 +42,19 @@ DULL_REPLIES: tuple[str, ...] = (
     "okay",
     "yeah",
     "sure",
+    # bare acknowledgements: they answer anything and move nothing forward (punctuation is ignored: "what?")
+    "cool",
+    "nice",
+    "haha",
+    "lol",
+    "what",
+    "why",
+    "really",
+    "me too",
+    "i know",
+    "i'm good",
+    "oh",
+    "hi",
 )
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})

@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from conftest import free_port
 
+from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from core.decoding import DecodeConfig
 from core.serving import BatchScheduler, Busy
 from demo_app.api import api_router
@@ -88,6 +89,7 @@ def test_bots_lists_the_registry_with_defaults_and_setting_ranges(client, tiny_b
     assert antilm["checkpoints"] == {"checkpoint": "mle", "lm": "lm", "backward": "backward"}
     assert antilm["defaults"] == tiny_bots["antilm"].defaults.to_dict()
     assert antilm["has_lm"] is True
+    assert {b["name"]: b["context_turns"] for b in body["bots"]} == {n: b.context_turns for n, b in tiny_bots.items()}
     settings = {s["name"]: s for s in body["settings"]}
     assert set(settings) == set(DecodeConfig().to_dict())
     assert settings["beam_size"]["lo"] == 1 and settings["beam_size"]["hi"] == 50 and settings["beam_size"]["help"]
@@ -115,6 +117,50 @@ def test_reply_is_the_bots_reply_with_nbest_tokens_and_logprobs(client, tiny_bot
     assert body["latency_s"] > 0 and body["wall_s"] >= body["latency_s"]
     for h in body["nbest"]:
         assert len(h["tokens"]) == len(h["logprobs"]) == len(h["token_ids"])
+
+
+def window_turns(source_tokens: list[str]) -> list[str]:
+    """The turns of a reply's window: its source tokens joined and split at the separator token."""
+    return [t.strip() for t in "".join(source_tokens).split("</s>")]
+
+
+def test_reply_with_history_reads_the_conversation_over_the_launched_app(launched_app, tiny_bots):
+    url = launched_app.rstrip("/")
+    bot = tiny_bots["rl"]
+    assert bot.context_turns == 2
+    history = ["hello", "how are you?", "fine"]
+    r = httpx.post(f"{url}/api/v1/reply", timeout=60,
+                   json={"bot": "rl", "message": "cool", "history": history, "settings": {"max_len": 6}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # the window: the last two earlier turns, then the message, joined by </s>; the oldest turn is not read
+    assert "</s>" in body["source_tokens"]
+    assert window_turns(body["source_tokens"]) == ["how are you?", "fine", "cool"]
+    expected = bot.respond("cool", history=history, max_len=6)
+    assert body["source_tokens"] == expected.source_tokens and body["text"] == expected.text
+    # without a history the window is the message alone
+    r = httpx.post(f"{url}/api/v1/reply", json={"bot": "rl", "message": "cool", "settings": {"max_len": 6}},
+                   timeout=60)
+    assert r.status_code == 200 and window_turns(r.json()["source_tokens"]) == ["cool"]
+    r = httpx.post(f"{url}/api/v1/reply", json={"bot": "rl", "message": "cool", "history": ["x"] * 65}, timeout=60)
+    assert r.status_code == 422 and error_of(r)["param"] == "history"
+
+
+def test_reply_history_is_the_bots_history(client, tiny_bots):
+    conversations = [(["where are you from?", "paris"], "do you have any pets?"),
+                     (["i love dogs", "me too"], "what about cats?"),
+                     (["how was work today?", "long and boring"], "want to get dinner?")]
+    differs = 0
+    for history, message in conversations:
+        r = client.post("/api/v1/reply", json={"bot": "greedy", "message": message, "history": history})
+        assert r.status_code == 200, r.text
+        expected = tiny_bots["greedy"].respond(message, history=history)
+        assert r.json()["text"] == expected.text and r.json()["source_tokens"] == expected.source_tokens
+        differs += expected.text != tiny_bots["greedy"].respond(message).text
+    assert differs >= 1  # the history changes what the bot says
+    # an empty history is the message alone; a bot without a window (context_turns 0) ignores any history
+    r = client.post("/api/v1/reply", json={"bot": "greedy", "message": "hi there", "history": []})
+    assert r.json()["text"] == tiny_bots["greedy"].respond("hi there").text
 
 
 def test_whole_floats_count_as_integers(client):
@@ -160,6 +206,14 @@ NASTY: list[tuple[str, dict[str, Any], int, str | None, tuple[str, ...]]] = [
     ("settings a list", dict(json={**HI, "settings": [1, 2]}), 422, "settings", ("dictionary",)),
     ("history instead of message", dict(json={"bot": "beam", "message": [["hi", "hello"], ["how", None]]}), 422,
      "message", ("string",)),
+    ("history a string", dict(json={**HI, "history": "hello"}), 422, "history", ("list",)),
+    ("history an object", dict(json={**HI, "history": {"0": "hello"}}), 422, "history", ("list",)),
+    ("history null", dict(json={**HI, "history": None}), 422, "history", ("list",)),
+    ("history turn a number", dict(json={**HI, "history": ["a", "b", "c", 4]}), 422, "history[3]", ("string",)),
+    ("history turn null", dict(json={**HI, "history": [None]}), 422, "history[0]", ("string",)),
+    ("history of pairs", dict(json={**HI, "history": [["hi", "hello"]]}), 422, "history[0]", ("string",)),
+    ("history turn too long", dict(json={**HI, "history": ["ok", "a" * 4001]}), 422, "history[1]", ("4000",)),
+    ("history too long", dict(json={**HI, "history": ["ok"] * 65}), 422, "history", ("64", "65")),
     ("body a list", dict(json=[]), 422, "body", ("dictionary",)),
     ("missing fields", dict(json={}), 422, "bot", ("bot", "message", "missing")),
     ("empty body", dict(content=b"", headers=JSON), 422, "body", ("missing",)),
@@ -211,6 +265,13 @@ def test_openapi_documents_the_routes_and_their_errors(client):
     settings = schema["components"]["schemas"]["Settings"]
     assert settings["additionalProperties"] is False
     assert settings["properties"]["beam_size"]["maximum"] == 50
+    request = schema["components"]["schemas"]["ReplyRequest"]
+    history = request["properties"]["history"]
+    assert history["type"] == "array" and history["maxItems"] == MAX_HISTORY_TURNS
+    assert history["items"] == {"type": "string", "maxLength": MAX_TURN_CHARS}
+    assert "oldest first" in history["description"] and "history" not in request.get("required", [])
+    reply = schema["components"]["schemas"]["ReplyResponse"]["properties"]["source_tokens"]
+    assert "</s>" in reply["description"]
 
 
 # ----------------------------------------------------------------------------- limits
@@ -252,7 +313,7 @@ def test_json_depth_counts_brackets_outside_strings_only():
 class FullScheduler(BatchScheduler):
     """A scheduler whose queue is always full."""
 
-    def submit(self, bot, prompt, overrides=None):
+    def submit(self, bot, prompt, overrides=None, *, history=None):
         raise Busy("256 requests waiting")
 
 

@@ -3,22 +3,23 @@ previous turn, an empty turn, 8 turns at most), on a scripted bot."""
 
 from types import SimpleNamespace
 
-from core.evaluate import MAX_TURNS, simulate_dialogues, word_overlap
+from core.evaluate import MAX_TURNS, simulate, simulate_dialogues, word_overlap
 
 
 class ScriptedBot:
     """Answers each prompt from a table (default: words never used before), batch by batch, like Bot."""
 
     def __init__(self, table: dict[str, str]):
-        self.table, self.calls, self.n = table, [], 0
+        self.table, self.calls, self.histories, self.n = table, [], [], 0
 
     def encode_prompt(self, text: str) -> list[int]:
         if not text.strip():
             raise ValueError("prompt is empty")
         return [1]
 
-    def respond_batch(self, prompts: list[str]) -> list[SimpleNamespace]:
+    def respond_batch(self, prompts: list[str], histories: list[list[str]] | None = None) -> list[SimpleNamespace]:
         self.calls.append(list(prompts))
+        self.histories.append(list(histories or []))
         out = []
         for p in prompts:
             self.n += 1
@@ -53,3 +54,14 @@ def test_an_empty_turn_ends_and_live_dialogues_share_one_batch():
     assert dialogues[0] == ["a"]
     assert len(dialogues[1]) == 1 + MAX_TURNS  # never dull, never repeated: all 8 turns
     assert bot.calls[0] == ["a", "b"] and all(len(c) == 1 for c in bot.calls[1:])
+
+
+def test_each_agent_reads_the_conversation_and_the_end_reason_is_kept():
+    bot = ScriptedBot({"hello": "where do you live?", "where do you live?": "in paris, and you?",
+                       "in paris, and you?": "I don't know."})
+    [d] = simulate(bot, ["hello"], dull={"i don't know"})
+    assert d.turns == ["hello", "where do you live?", "in paris, and you?"] and d.end == "dull"
+    assert bot.histories == [[[]], [["hello"]], [["hello", "where do you live?"]]]  # the turns before the message
+    bot = ScriptedBot({"hi": "do you like music", "do you like music": "yes a lot", "yes a lot": "you like music"})
+    assert simulate(bot, ["hi"], dull=set())[0].end == "repetition"
+    assert simulate(ScriptedBot({}), ["hi"], dull=set(), max_turns=2)[0].end == "limit"
