@@ -78,8 +78,8 @@ class _Request:
     prompt: str
     overrides: dict[str, Any]
     key: GroupKey
-    history: list[str] | None
     ticket: Ticket
+    history: list[str] | None = None  # the earlier turns, oldest first
     t_submit: float = field(default_factory=time.perf_counter)
 
 
@@ -265,7 +265,7 @@ class BatchScheduler:
         is the Reply (or the exception of this request alone). Raises ValueError for a bad request and
         :class:`Busy` when ``max_queue`` requests are waiting."""
         key, overrides = self._check(bot, prompt, overrides, history)
-        req = _Request(bot, prompt, overrides, key, Ticket(), list(history) if history else None)
+        req = _Request(bot, prompt, overrides, key, Ticket(), history=list(history) if history else None)
         with self._cond:
             if self._closed:
                 raise Busy("the server is shutting down; try again in a few seconds")

@@ -38,8 +38,9 @@ MAX_QUEUE = 512
 QUEUE_POLL_S = 0.005
 INTRO = """# Seq2Seq Chatbot Arena
 One message, {n} GRU seq2seq chatbots: the same kind of model decoded {n} ways. Each reply shows its search
-score (log-probability plus modifiers), latency and the decoder settings that produced it. Each bot answers the
-current message only (no dialogue memory); the columns keep the conversation for reading."""
+score (log-probability plus modifiers), latency and the decoder settings that produced it. Each column is its own
+conversation: its bot reads the message with the turns before it (as many as its model was trained on; see the
+Models tab); **New conversation** starts all columns afresh."""
 
 
 def build_app(ctx: AppContext | Mapping[str, Bot], *, checkpoint_dir: str | Path | None = None,

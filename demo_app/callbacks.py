@@ -19,6 +19,7 @@ import csv
 import html
 import logging
 import math
+import re
 import tempfile
 import threading
 import time
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_SHOWN_CHARS = 1000  # a longer message is shown by its tail (the part the bots read)
 MAX_BATCH_PROMPTS = 100
 PENDING = "…"
+EMPTY_REPLY = "<em>(empty reply)</em>"
 KEEP = type("Keep", (), {"__repr__": lambda self: "KEEP"})()  # an output to leave as it is (gr.skip() in the app)
 
 # ----------------------------------------------------------------------------- controls
@@ -228,13 +230,16 @@ def _failed(error: Exception) -> Future:
 
 
 def submit_all(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str,
-               settings: Mapping[str, Any], decoders: Mapping[str, str] | None = None) -> dict[Future, str]:
-    """Queue ``prompt`` for every bot (each with the control values that fit it); future -> bot name. A request
-    refused at once (bad settings, a full queue) is a future that already holds its error."""
+               settings: Mapping[str, Any], decoders: Mapping[str, str] | None = None,
+               conversations: Mapping[str, list[str]] | None = None) -> dict[Future, str]:
+    """Queue ``prompt`` for every bot (each with the control values that fit it, after its own conversation in
+    ``conversations``: bot name -> earlier turns, oldest first); future -> bot name. A request refused at once (bad
+    settings, a full queue) is a future that already holds its error."""
     futures: dict[Future, str] = {}
     for name, bot in bots.items():
         try:
-            fut = scheduler.submit(name, prompt, overrides_for(bot, settings, (decoders or {}).get(name)))
+            fut = scheduler.submit(name, prompt, overrides_for(bot, settings, (decoders or {}).get(name)),
+                                   history=(conversations or {}).get(name))
         except (ValueError, Busy) as e:
             fut = _failed(e)
         futures[fut] = name
@@ -242,14 +247,15 @@ def submit_all(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str,
 
 
 def answer_in_waves(scheduler: BatchScheduler, bots: Mapping[str, Bot], prompt: str, settings: Mapping[str, Any],
-                    decoders: Mapping[str, str] | None = None) -> Iterator[dict[str, dict[str, Any]]]:
+                    decoders: Mapping[str, str] | None = None,
+                    conversations: Mapping[str, list[str]] | None = None) -> Iterator[dict[str, dict[str, Any]]]:
     """The records of every bot, in waves ({name: record}) as they finish: the replies that are ready together
     come together, so under load, when batches finish several bots at once, the page gets one update instead of
     one per bot. Every request goes through the batching scheduler. ``settings``: the control values to apply
     (see :func:`changed_settings`), a bot keeps the rest of its own; ``decoders``: bot name -> the strategy picked
     for its column. Closing the iterator early (the visitor left, or a newer slider move replaced this run)
     cancels the requests that have not been decoded yet."""
-    futures = submit_all(scheduler, bots, prompt, settings, decoders)
+    futures = submit_all(scheduler, bots, prompt, settings, decoders, conversations)
     pending = set(futures)
     try:
         while pending:
@@ -278,6 +284,32 @@ def escape_text(text: str) -> str:
     return html.escape(text).replace("\n", "<br>")
 
 
+def unescape_text(shown: str) -> str:
+    """The text :func:`escape_text` showed."""
+    return html.unescape(shown.replace("<br>", "\n"))
+
+
+META_START = '<br><small class="reply-meta">'
+_HIDDEN_PREFIX = re.compile(r"^\[[\d,]+ earlier characters not shown\] …")
+
+
+def conversation_of(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The plain turns of a chat column (its user messages and the bot's replies, oldest first), read back from
+    the bubbles this module writes: a reply's small print, placeholders and error bubbles are left out (a failed
+    reply is no turn of the conversation), an empty reply is an empty turn."""
+    turns: list[str] = []
+    for m in history:
+        content = message_text(m)
+        if m.get("role") == "user":
+            turns.append(unescape_text(_HIDDEN_PREFIX.sub("", content)))
+        elif content == PENDING or 'class="reply-error"' in content:
+            continue
+        else:
+            shown = content.split(META_START, 1)[0]
+            turns.append("" if shown == EMPTY_REPLY else unescape_text(shown))
+    return turns
+
+
 def user_message(prompt: str) -> dict[str, str]:
     shown = prompt
     if len(prompt) > MAX_SHOWN_CHARS:
@@ -292,8 +324,8 @@ def bot_message(record: Mapping[str, Any]) -> dict[str, str]:
         return {"role": "assistant", "content": f'<span class="reply-error">⚠ {escape_text(record["error"])}</span>'}
     score = "-inf" if record["score"] is None else f"{record['score']:.2f}"
     meta = f"score {score} · {record['latency_s'] * 1000:.0f} ms · {describe_settings(record['settings'])}"
-    text = escape_text(record["text"]) or "<em>(empty reply)</em>"
-    return {"role": "assistant", "content": f'{text}<br><small class="reply-meta">{html.escape(meta)}</small>'}
+    text = escape_text(record["text"]) or EMPTY_REPLY
+    return {"role": "assistant", "content": f'{text}{META_START}{html.escape(meta)}</small>'}
 
 
 PART_COLUMNS = ["logp", "antilm", "bonus", "diversity", "repetition", "mmi"]  # core.decoding's score parts
@@ -352,12 +384,15 @@ class _TurnBuilder:
     def run(self, settings: Mapping[str, Any], decoders: Mapping[str, str] | None = None) -> Iterator[Turn]:
         names = list(self.ctx.bots)
         n = len(names)
+        # each column is its own conversation: its bot reads the turns before this message in that column
+        conversations = {name: conversation_of(h)[:-1] for name, h in zip(names, self.histories)}
         for h in self.histories:
             h.append({"role": "assistant", "content": PENDING})
         records: dict[str, dict[str, Any]] = {}
         yield self._turn(records, "Thinking…")
         t0 = time.perf_counter()
-        for wave in answer_in_waves(self.ctx.scheduler, self.ctx.bots, self.prompt, settings, decoders):
+        for wave in answer_in_waves(self.ctx.scheduler, self.ctx.bots, self.prompt, settings, decoders,
+                                    conversations):
             records.update(wave)
             for name, record in wave.items():
                 self.histories[names.index(name)][-1] = bot_message(record)

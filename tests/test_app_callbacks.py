@@ -248,6 +248,35 @@ def test_rerun_replaces_the_last_replies_with_new_settings(tiny_bots):
     assert last.last_prompt == "where are you from?"
 
 
+def test_each_column_is_a_conversation_its_bot_reads(tiny_bots):
+    """The second message of a column is answered after that column's first exchange (the bot's own reply
+    included), as Bot.respond with that history answers it; a new conversation forgets it."""
+    first = run_chat(tiny_bots, "do you like <b>football</b> & tennis?")[-1]
+    second = run_chat(tiny_bots, "why not?", first.histories)[-1]
+    for name, h in zip(NAMES, second.histories):
+        record = second.records["bots"][name]
+        assert cb.conversation_of(h) == ["do you like <b>football</b> & tennis?", first.records["bots"][name]["text"],
+                                         "why not?", record["text"]]
+        history = ["do you like <b>football</b> & tennis?", first.records["bots"][name]["text"]]
+        window = tiny_bots[name].encode_prompt("why not?", history)  # turn </s> reply </s> message, cut to 20
+        assert record["source_tokens"] == [tiny_bots[name].tokenizer.id_to_token(i) for i in window]
+        assert "</s>" in record["source_tokens"]
+    greedy = tiny_bots["greedy"]
+    history = ["do you like <b>football</b> & tennis?", first.records["bots"]["greedy"]["text"]]
+    assert second.records["bots"]["greedy"]["text"] == greedy.respond("why not?", history=history).text
+    alone = run_chat(tiny_bots, "why not?", cb.clear(tiny_bots).histories)[-1]
+    assert alone.records["bots"]["greedy"]["source_tokens"].count("</s>") == 0
+    assert alone.records["bots"]["greedy"]["text"] == greedy.respond("why not?").text
+
+
+def test_conversation_of_skips_placeholders_errors_and_small_print():
+    history = [cb.user_message("a < b\nc"), cb.bot_message({"text": "", "score": -1.0, "latency_s": 0.1,
+                                                            "settings": {"strategy": "greedy"}}),
+               cb.user_message("again"), cb.bot_message({"error": "the server is busy"}),
+               cb.user_message("x" * (cb.MAX_SHOWN_CHARS + 5)), {"role": "assistant", "content": cb.PENDING}]
+    assert cb.conversation_of(history) == ["a < b\nc", "", "again", "x" * cb.MAX_SHOWN_CHARS]
+
+
 def test_rerun_without_a_message_explains(tiny_bots):
     [turn] = run_rerun(tiny_bots, None, None, {})
     assert "Nothing to re-run" in turn.status and turn.histories == [[]] * len(NAMES)

@@ -1,4 +1,5 @@
-"""Side by side: one message, every bot of the registry in its own column, decoder controls that act live."""
+"""Side by side: one message, every bot of the registry in its own column (each column its own conversation, which
+its bot reads), decoder controls that act live."""
 
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ def _layout(ctx: AppContext) -> dict:
                                    show_label=False, scale=6, max_lines=6, elem_id="message")
         ui["send"] = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         ui["rerun"] = gr.Button("Re-run", scale=1, elem_id="rerun")
-        ui["clear"] = gr.Button("Clear", scale=1, elem_id="clear")
+        ui["clear"] = gr.Button("New conversation", scale=1, elem_id="clear")
     gr.Examples(EXAMPLES, inputs=[ui["message"]], label="Examples")
     with gr.Row(equal_height=False):
         for bot in bots.values():
