@@ -7,6 +7,8 @@
     curl -s localhost:7860/api/v1/bots
     curl -s localhost:7860/api/v1/reply -H 'content-type: application/json' \\
          -d '{"bot": "antilm", "message": "hi there", "settings": {"antilm": 0.3}, "nbest": 3}'
+    curl -s localhost:7860/api/v1/reply -H 'content-type: application/json' \\
+         -d '{"bot": "rl", "message": "why not?", "history": ["want to go hiking?", "no"]}'
     curl -s localhost:7860/v1/chat/completions -H 'content-type: application/json' \\
          -d '{"model": "antilm", "messages": [{"role": "user", "content": "hi there"}]}'
 
@@ -18,9 +20,20 @@
 Routes: ``GET /api/v1/bots``, ``POST /api/v1/reply``, ``POST /v1/chat/completions``, ``GET /v1/models``,
 ``GET /v1/models/{model}``. Every reply goes through ``ctx.scheduler`` (batched with the app's requests).
 
+A conversation: ``/api/v1/reply`` takes ``history``, the turns before ``message`` (oldest first, the bot's own
+replies included; at most ``MAX_HISTORY_TURNS`` turns of at most ``MAX_TURN_CHARS`` characters, else a 422 naming
+``history`` or ``history[i]``). A bot reads only the last ``context_turns`` of them (``GET /api/v1/bots`` says how
+many; 0: the message alone); its reply's ``source_tokens`` are that window, the turns joined by ``</s>``.
+
 How the OpenAI fields map onto the decoder (a bot's own settings apply to everything not given):
 
-- ``model`` is a bot name; the last ``user`` message is answered (the bots have no dialogue memory);
+- ``model`` is a bot name; ``messages`` is the conversation: its last message must be the user's (a 422 naming
+  ``messages[i].role`` otherwise) and is the one answered; every earlier ``user`` and ``assistant`` message, in
+  order, is the history (only its last ``MAX_HISTORY_TURNS`` turns are kept, and a bot reads only its last
+  ``context_turns``); ``system`` and ``developer`` messages are ignored anywhere (these small models follow no
+  instructions) and are no turn of the history; any other role (``tool``, ``function``) is a 422 naming
+  ``messages[i].role``; content is a string or a list of text parts (other parts: a 422 naming
+  ``messages[i].content``), and an assistant's null content is an empty turn;
 - ``max_tokens`` / ``max_completion_tokens`` -> ``max_len`` (1..100; larger is a 422, not silently capped);
 - ``temperature`` or ``top_p`` given -> sampling with them (``strategy: "sample"``), unless ``strategy`` is given
   too; ``temperature: 0`` means the deterministic greedy reply (``strategy: "greedy"``);
@@ -52,6 +65,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from starlette.concurrency import run_in_threadpool
 
 from core.bots import Bot, read_bots_json
+from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from core.decoding import DecodeConfig, Reply
 from core.serving import Busy
 from core.tokenizer import EOS_ID
@@ -167,6 +181,11 @@ class ReplyRequest(BaseModel):
     settings: Settings = Field(default_factory=Settings)  # type: ignore[valid-type]
     nbest: Integer | None = Field(None, ge=1, le=_static_bound("nbest"), json_schema_extra=_no_default,
                                     description="size of the n-best list (the same as settings.nbest)")
+    history: list[Annotated[str, Field(max_length=MAX_TURN_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_HISTORY_TURNS,
+        description=f"the conversation before message, oldest first, the bot's own replies included: at most "
+                    f"{MAX_HISTORY_TURNS} turns of at most {MAX_TURN_CHARS} characters each; the bot reads only "
+                    f"its last context_turns (GET /api/v1/bots; 0: the message alone)")
 
 
 Score = float | None  # JSON has no -inf: a score no reply can reach (every continuation blocked) is null
@@ -194,7 +213,9 @@ class ReplyResponse(BaseModel):
     token_ids: list[int]
     logprobs: list[Score] = Field(description="log p(token | prefix, message) from the seq2seq model")
     nbest: list[HypothesisOut]
-    source_tokens: list[str]
+    source_tokens: list[str] = Field(description="the window the model read: the last context_turns turns of "
+                                                 "history, then message, joined by the separator token </s> and "
+                                                 "cut from the oldest side to the bot's max_src_len tokens")
     latency_s: float = Field(description="wall time of the batched search that produced this reply")
     wall_s: float = Field(description="wall time of this request on the server (queue + search)")
     settings: dict[str, Any] = Field(description="the effective decoder settings")
@@ -208,7 +229,9 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")  # clients echo fields such as name, refusal or tool_calls
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="user and assistant messages are the conversation; system and developer messages are ignored "
+                    "(no turn of it): these small models follow no instructions")
     content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | Annotated[
         list[ContentPart], Field(max_length=MAX_MESSAGES)] | None = None
 
@@ -222,8 +245,12 @@ class ChatBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=100, description="a bot name (GET /v1/models lists them)")
-    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES,
-                                        description="the last user message is answered")
+    messages: list[ChatMessage] = Field(
+        min_length=1, max_length=MAX_MESSAGES,
+        description=f"the conversation, oldest first: the last message (system messages aside) must be the user's "
+                    f"and is answered; the user and assistant messages before it are the history (the last "
+                    f"{MAX_HISTORY_TURNS} kept; a bot reads only its last context_turns); system and developer "
+                    f"messages are ignored")
     max_tokens: Integer | None = Field(None, ge=1, le=_static_bound("max_len"),
                                          description="most tokens in a reply (the decoder's max_len)")
     max_completion_tokens: Integer | None = Field(None, ge=1, le=_static_bound("max_len"),
@@ -270,18 +297,24 @@ def _param_of(message: str, settings_prefix: str, message_param: str) -> str | N
     m = re.search(r"DecodeConfig\.(\w+)=", message) or re.search(r"so (\w+) must be", message)
     if m:
         return settings_prefix + m.group(1)
+    m = re.match(r"(history(?:\[\d+\])?)\W", message)
+    if m:
+        return m.group(1)
     if "prompt" in message:
         return message_param
     return None
 
 
 async def decode(ctx: AppContext, bot: str, prompt: str, overrides: Mapping[str, Any], *,
-                 settings_prefix: str = "settings.", message_param: str = "message") -> Reply:
-    """One reply through the scheduler; ValueError -> 422, Busy -> 503, no answer in time -> 504."""
+                 history: list[str] | None = None, settings_prefix: str = "settings.",
+                 message_param: str = "message") -> Reply:
+    """One reply to ``prompt`` after ``history`` (oldest first) through the scheduler; ValueError -> 422,
+    Busy -> 503, no answer in time -> 504."""
     timeout = float(ctx.extra.get("api_timeout_s", TIMEOUT_S))
     future = None
     try:
-        future = await run_in_threadpool(ctx.scheduler.submit, bot, prompt, dict(overrides))
+        extra = {"history": history} if history else {}
+        future = await run_in_threadpool(ctx.scheduler.submit, bot, prompt, dict(overrides), **extra)
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
     except Busy as e:
         raise ApiError(503, f"the server is busy ({e or 'queue full'}); retry in a second",
@@ -309,19 +342,37 @@ def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _last_user_text(messages: list[ChatMessage]) -> str:
-    for i in range(len(messages) - 1, -1, -1):
-        msg = messages[i]
-        if msg.role != "user":
-            continue
-        if isinstance(msg.content, list):
-            other = [p.type for p in msg.content if p.type != "text"]
-            if other:
-                raise ApiError(422, f"messages[{i}].content: only text parts are supported (got {other[0]!r})",
-                               param=f"messages[{i}].content")
-            return " ".join(p.text or "" for p in msg.content)
-        return msg.content or ""
-    raise ApiError(422, "messages: no message with role 'user' to answer", param="messages")
+IGNORED_ROLES = ("system", "developer")  # instructions: these small models follow none, and they are no turn
+
+
+def _text_of(msg: ChatMessage, i: int) -> str:
+    """A message's text: its string, or its text parts joined by spaces (other parts: a 422)."""
+    if isinstance(msg.content, list):
+        other = [p.type for p in msg.content if p.type != "text"]
+        if other:
+            raise ApiError(422, f"messages[{i}].content: only text parts are supported (got {other[0]!r})",
+                           param=f"messages[{i}].content")
+        return " ".join(p.text or "" for p in msg.content)
+    return msg.content or ""
+
+
+def chat_conversation(messages: list[ChatMessage]) -> tuple[str, list[str]]:
+    """(the message answered, the history before it) of a chat's ``messages`` (see the module docstring): the
+    last message, system and developer messages aside, must be the user's; the user and assistant messages
+    before it are the history, oldest first, of which the last ``MAX_HISTORY_TURNS`` are kept."""
+    turns = [(i, msg.role, _text_of(msg, i)) for i, msg in enumerate(messages) if msg.role not in IGNORED_ROLES]
+    if not any(role == "user" for _, role, _ in turns):
+        raise ApiError(422, "messages: no message with role 'user' to answer", param="messages")
+    i, role, prompt = turns[-1]
+    if role != "user":
+        raise ApiError(422, f"messages[{i}].role: the last message (system messages aside) must be the user's, the "
+                            f"one the bot answers; got {role!r}", param=f"messages[{i}].role")
+    kept = turns[:-1][-MAX_HISTORY_TURNS:]
+    for j, _, text in kept:
+        if len(text) > MAX_TURN_CHARS:  # text parts joined can be longer than one string may be
+            raise ApiError(422, f"messages[{j}].content: {len(text)} characters; at most {MAX_TURN_CHARS}",
+                           param=f"messages[{j}].content")
+    return prompt, [text for _, _, text in kept]
 
 
 def chat_overrides(req: Any, bot: Bot) -> tuple[dict[str, Any], int]:
@@ -396,7 +447,7 @@ def api_router(ctx: AppContext) -> APIRouter:
                                                 "lm": None, "backward": None}
             bots.append({"name": name, "label": bot.label, "description": bot.description,
                          "checkpoints": checkpoints, "has_lm": bot.lm is not None,
-                         "has_backward": bot.backward is not None,
+                         "has_backward": bot.backward is not None, "context_turns": bot.context_turns,
                          "defaults": {k: _jsonable(v) for k, v in bot.defaults.to_dict().items()}})
         return {"bots": bots, "settings": settings_catalog(), "missing": dict(ctx.missing)}
 
@@ -411,7 +462,7 @@ def api_router(ctx: AppContext) -> APIRouter:
                                param="nbest")
             overrides["nbest"] = req.nbest
         start = time.perf_counter()
-        r = await decode(ctx, req.bot, req.message, overrides)
+        r = await decode(ctx, req.bot, req.message, overrides, history=list(req.history))
         nbest = [HypothesisOut(text=h.text, score=_num(h.score), tokens=_pieces(bot, h.tokens), token_ids=h.tokens,
                                logprobs=[_num(x) for x in h.logprobs], parts=_parts(h)) for h in r.nbest]
         return ReplyResponse(bot=req.bot, text=r.text, score=_num(r.score),
@@ -433,12 +484,17 @@ def api_router(ctx: AppContext) -> APIRouter:
         **ERROR_RESPONSES, 200: {"description": "a chat.completion, or with stream: true server-sent "
                                                 "chat.completion.chunk events ending with data: [DONE]",
                                  "content": {"text/event-stream": {}}}},
-        summary="OpenAI-compatible chat completion (model = bot name)")
+        summary="OpenAI-compatible chat completion (model = bot name)",
+        description="The last message (system messages aside) must be the user's: it is answered after the "
+                    "user and assistant messages before it, in order (the conversation the bot reads the last "
+                    "context_turns of). system and developer messages are ignored: these small models follow no "
+                    "instructions, and such a message is no turn of the conversation. Any other role is refused.")
     async def chat_completions(req: ChatCompletionRequest) -> Any:  # type: ignore[valid-type]
         bot = _find_bot(ctx, req.model, "model")
-        prompt = _last_user_text(req.messages)
+        prompt, history = chat_conversation(req.messages)
         overrides, n = chat_overrides(req, bot)
-        r = await decode(ctx, req.model, prompt, overrides, settings_prefix="", message_param="messages")
+        r = await decode(ctx, req.model, prompt, overrides, history=history, settings_prefix="",
+                         message_param="messages")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         hyps = list(r.nbest[:n]) if n > 1 else [None]
         choices = []

@@ -101,11 +101,23 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 # ----------------------------------------------------------------------------- validation errors
 
 
+# what pydantic adds to an error's loc to say which member of a union failed: not a field of the request
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+
+
+def _is_union_tag(part: Any) -> bool:
+    """"constrained-str", "list[ContentPart]", "function-after[...]", "str": a union member, not a field name."""
+    return isinstance(part, str) and (part in _UNION_TAGS or not part.isidentifier())
+
+
 def _loc_to_param(loc: Iterable[Any]) -> str:
-    """("body", "settings", "beam_size") -> "settings.beam_size"; list indices as [i]."""
+    """("body", "settings", "beam_size") -> "settings.beam_size"; list indices as [i]; pydantic's union member
+    tags are left out: ("body", "messages", 0, "content", "constrained-str") -> "messages[0].content"."""
     loc = list(loc)
     out = ""
     for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        if out and _is_union_tag(part):
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or (str(loc[0]) if loc else "")
 

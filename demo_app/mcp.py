@@ -17,12 +17,16 @@ from collections.abc import Callable
 
 import gradio as gr
 
+from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS, check_history
 from core.serving import Busy
 from demo_app.context import AppContext
 
 TIMEOUT_S = 60.0
 SETTINGS_HELP = ("optional decoder settings overriding the bot's, e.g. "
                  '{"beam_size": 5, "antilm": 0.3, "n_bonus": 0.1}; GET /api/v1/bots lists them with their ranges')
+HISTORY_HELP = ("optional conversation before the message, oldest first, your turns and the bot's earlier replies "
+                f'alternating, e.g. ["want to go hiking?", "no"]; at most {MAX_HISTORY_TURNS} turns of at most '
+                f"{MAX_TURN_CHARS} characters; a bot reads only the last few (its context_turns)")
 
 
 def tool_docstring(ctx: AppContext) -> str:
@@ -31,7 +35,8 @@ def tool_docstring(ctx: AppContext) -> str:
     first = next(iter(ctx.bots), "")
     return f"""Get a reply to a message from one of this server's chatbots: small GRU seq2seq models trained on
 casual English chit-chat (short turns such as "hi, how are you today?"), each decoded a different way. Use it to
-compare how decoding changes a reply; the bots have no memory of earlier turns and know no facts.
+compare how decoding changes a reply. They know no facts and remember nothing between calls: to continue a
+conversation, send the turns so far as history (a bot reads the last few).
 
 Bots:
 {bots}
@@ -40,6 +45,7 @@ Args:
     bot: which bot answers, one of: {", ".join(ctx.bots)} (e.g. "{first}")
     message: the message to answer, in English, ideally one short casual sentence
     settings: {SETTINGS_HELP}
+    history: {HISTORY_HELP}
 
 Returns:
     JSON with the reply text, its search score, the n-best alternatives and the settings used
@@ -47,15 +53,20 @@ Returns:
 
 
 def make_reply_tool(ctx: AppContext) -> Callable[..., str]:
-    """The plain ``reply(bot, message, settings) -> JSON text`` behind the tool; bad input raises ``gr.Error``."""
+    """The plain ``reply(bot, message, settings, history) -> JSON text`` behind the tool; bad input raises
+    ``gr.Error``."""
 
-    def reply(bot: str, message: str, settings: dict | None = None) -> str:
+    def reply(bot: str, message: str, settings: dict | None = None, history: list[str] | None = None) -> str:
         if bot not in ctx.bots:
             raise gr.Error(f"unknown bot {str(bot)[:100]!r}; choose one of {list(ctx.bots)}")
         if settings is not None and not isinstance(settings, dict):
             raise gr.Error("settings must be an object of decoder settings, e.g. {\"beam_size\": 5}")
         try:
-            r = ctx.scheduler.respond(bot, message, dict(settings or {}), timeout=TIMEOUT_S)
+            turns = check_history(history)
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+        try:
+            r = ctx.scheduler.respond(bot, message, dict(settings or {}), history=turns or None, timeout=TIMEOUT_S)
         except ValueError as e:
             raise gr.Error(str(e).replace("DecodeConfig.", "settings.")) from e
         except Busy as e:

@@ -40,7 +40,7 @@ def secrets_of(ctx) -> list[str]:
 def shown_before_vote(view: arena_tab.View) -> str:
     """Everything a view sends to the page, except the bots' reply texts."""
     user_turns = [m for m in view.chat_a + view.chat_b if m["role"] == "user"]
-    state = {k: v for k, v in (view.state or {}).items() if k not in ("chat_a", "chat_b")}
+    state = {k: v for k, v in (view.state or {}).items() if k not in ("chat_a", "chat_b", "conv_a", "conv_b")}
     return json.dumps([view.status, view.reveal, view.message, user_turns, state])
 
 
@@ -80,6 +80,11 @@ def test_a_battle_through_the_callbacks(ctx):
     other = arena_tab.vote(ctx, "another-session", "model_a", view.state)
     assert "served to another visitor" in other.status
 
+    # each side's bot read its own side's conversation (the messages and its own replies)
+    for side, name in (("a", battle.model_a), ("b", battle.model_b)):
+        conv = view.state[f"conv_{side}"]
+        assert conv == [turns[0]["message"], turns[0][f"reply_{side}"], turns[1]["message"], turns[1][f"reply_{side}"]]
+        assert conv[3] == ctx.bots[name].respond(conv[2], history=conv[:2]).text
     # a message after the vote starts the next battle
     nxt = arena_tab.send(ctx, session, "hello again", voted.state)
     assert nxt.state["battle_id"] != battle.id and nxt.can_vote and len(nxt.chat_a) == 2

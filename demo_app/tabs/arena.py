@@ -41,8 +41,9 @@ REPLY_TIMEOUT_S = 120.0
 MAX_SHOWN_CHARS = 1000
 VOTES_OFF = ("**Votes are off on this server** (it was started without a vote store). The other tabs work as "
              "usual.")
-INTRO = ("### Blind battle\nTwo bots, drawn at random, answer each of your messages as **Bot A** and **Bot B**. "
-         "Chat as long as you like, then vote: the names and decoder settings are shown after the vote.")
+INTRO = ("### Blind battle\nTwo bots, drawn at random, answer each of your messages as **Bot A** and **Bot B**; "
+         "each reads its own side's conversation. Chat as long as you like, then vote: the names and decoder "
+         "settings are shown after the vote.")
 
 
 @dataclass
@@ -55,11 +56,14 @@ class View:
     reveal: str = ""
     can_vote: bool = False
     message: str = ""  # the message box's new value
-    state: dict[str, Any] | None = None  # battle_id, turns, voted, chat_a, chat_b (server-side)
+    state: dict[str, Any] | None = None  # battle_id, turns, voted, chat_a/b, conv_a/b (server-side)
 
 
 def _fresh(battle_id: str) -> dict[str, Any]:
-    return {"battle_id": battle_id, "turns": 0, "voted": False, "chat_a": [], "chat_b": []}
+    # conv_a / conv_b: each side's conversation as plain turns (the messages and that side's replies), which its
+    # bot reads with the next message
+    return {"battle_id": battle_id, "turns": 0, "voted": False, "chat_a": [], "chat_b": [], "conv_a": [],
+            "conv_b": []}
 
 
 def _view(state: dict[str, Any] | None, status: str, *, reveal: str = "", message: str = "") -> View:
@@ -89,8 +93,8 @@ def new_battle(ctx: Any, session_id: str | None, state: dict[str, Any] | None = 
 
 
 def send(ctx: Any, session_id: str | None, message: Any, state: dict[str, Any] | None) -> View:
-    """Both bots of the battle answer ``message`` (in parallel, through the scheduler); once both replies are
-    there the turn is stored and votes open."""
+    """Both bots of the battle answer ``message`` (in parallel, through the scheduler), each after its own side's
+    conversation; once both replies are there the turn is stored and votes open."""
     if ctx.arena is None:
         return View(status=VOTES_OFF)
     if not isinstance(message, str) or not message.strip():
@@ -109,8 +113,8 @@ def send(ctx: Any, session_id: str | None, message: Any, state: dict[str, Any] |
 
     futures: list[Future] = []
     try:
-        for name in (battle.model_a, battle.model_b):
-            futures.append(ctx.scheduler.submit(name, message, {}))
+        for name, side in ((battle.model_a, "conv_a"), (battle.model_b, "conv_b")):
+            futures.append(ctx.scheduler.submit(name, message, {}, history=state.get(side) or None))
         reply_a, reply_b = (f.result(timeout=REPLY_TIMEOUT_S) for f in futures)
     except Busy:
         return _view(state, "⚠ The server is busy: send your message again in a moment.", message=message)
@@ -131,6 +135,8 @@ def send(ctx: Any, session_id: str | None, message: Any, state: dict[str, Any] |
     except ArenaError as e:
         return _view(state, f"⚠ {e}", message=message)
     state = {**state, "turns": turn + 1,
+             "conv_a": [*state.get("conv_a", []), message, reply_a.text],
+             "conv_b": [*state.get("conv_b", []), message, reply_b.text],
              "chat_a": [*state["chat_a"], {"role": "user", "content": _shown(message)},
                         {"role": "assistant", "content": _shown(reply_a.text) or "<em>(empty reply)</em>"}],
              "chat_b": [*state["chat_b"], {"role": "user", "content": _shown(message)},
