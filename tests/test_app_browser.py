@@ -148,6 +148,24 @@ def test_send_see_every_reply_and_a_released_slider_answers_again(page, served, 
     keep_screenshot(page, tmp_path, "screenshot.png")
 
 
+def test_each_column_holds_a_conversation_and_a_new_one_forgets_it(page, served):
+    """Two messages in a row: each column's second reply is its bot's answer after that column's first exchange
+    (what Bot.respond gives with that history); "New conversation" empties every column."""
+    bots = served[1].bots
+    send(page, served, "do you like to cook?")
+    first = page.locator("#chat-greedy [data-testid='bot']").last.inner_text().split("score")[0].strip()
+    send(page, served, "why not?")
+    second = page.locator("#chat-greedy [data-testid='bot']").last.inner_text().split("score")[0].strip()
+    assert page.locator("#chat-greedy [data-testid='bot']").count() == 2
+    expected = bots["greedy"].respond("why not?", history=["do you like to cook?", first]).text
+    assert second == expected.strip()
+    page.locator("#clear").click()
+    page.wait_for_function("() => document.querySelectorAll('#chat-greedy [data-testid=\"bot\"]').length === 0")
+    send(page, served, "why not?")
+    alone = page.locator("#chat-greedy [data-testid='bot']").last.inner_text().split("score")[0].strip()
+    assert alone == bots["greedy"].respond("why not?").text.strip()
+
+
 def test_markup_is_shown_as_text_and_never_runs(page, served):
     page.evaluate("window.__xss = undefined")
     evil = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> <b>bold?</b>'
@@ -184,10 +202,20 @@ def test_an_arena_battle_vote_reveal_and_leaderboard(page, served, tmp_path):
     shown = page.locator("#arena-chat-a").inner_text() + page.locator("#arena-chat-b").inner_text()
     assert not [label for label in labels if label in shown]  # names hidden until the vote
     keep_screenshot(page, tmp_path, "arena.png")
+    first = {side: page.locator(f"#arena-chat-{side} [data-testid='bot']").last.inner_text().strip()
+             for side in ("a", "b")}
+    page.locator("#arena-message textarea").fill("why?")  # a second turn: each side reads its own conversation
+    page.locator("#arena-send").click()
+    page.locator("#arena-status").filter(has_text="turn 2").wait_for()
     vote_a.click()
     page.locator("#arena-status").filter(has_text="Vote saved").wait_for()
     revealed = page.locator("#arena-reveal").inner_text()
     assert sum(n in revealed for n in served[1].bots) >= 2  # both bots named
+    for side in ("a", "b"):
+        name = re.search(rf"Bot {side.upper()} was [^\n]*\(([^()\s]+)\):", revealed).group(1)
+        second = page.locator(f"#arena-chat-{side} [data-testid='bot']").last.inner_text().strip()
+        expected = served[1].bots[name].respond("why?", history=["what do you do for fun?", first[side]]).text
+        assert second == (expected.strip() or "(empty reply)"), (side, name)
     page.get_by_role("tab", name="Leaderboard").click()  # refreshes on select: the vote just cast is counted
     page.locator("#leaderboard-note").filter(has_text="1 votes, 2 bots").wait_for()  # this vote, counted
     page.locator("#leaderboard-winrate .js-plotly-plot").first.wait_for()

@@ -7,13 +7,17 @@ Every operation of the launched app's ``/openapi.json`` gets schema-valid ("posi
 requests reach the decoder instead of stopping at "unknown bot". Each answer goes through schemathesis' checks
 (no server error, documented status code and content type, response matches its schema, invalid data refused)
 except ``positive_data_acceptance``: some schema-valid requests are refused on purpose, by rules a JSON schema
-cannot say (``nbest <= beam_size``, a message with no readable word); they are counted as "refused valid".
-The server must answer afterwards and the process RSS stay bounded.
+cannot say (``nbest <= beam_size``, a message with no readable word, a chat whose last message is not the user's);
+they are counted as "refused valid". Conversations are fuzzed too: ``/api/v1/reply``'s ``history`` (the schema
+bounds it: at most 64 turns of at most 4,000 characters, and bodies over 64 KB are refused) and the chat's
+``messages``; at least one answered request of each must have carried earlier turns. The server must answer
+afterwards and the process RSS stay bounded.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +54,12 @@ SEEDS = [
     b'{"model": "beam", "messages": [{"role": "user", "content": "hi"}], "n": 50, "beam_size": 1}',
     b'{"model": "greedy", "messages": [{"role": "user", "content": "hi"}], "stop": ["", ""]}',
     b'{"model": "beam", "messages": [{"role": "user", "content": "hi"}], "temperature": 5.0, "top_k": 1000}',
+    b'{"bot": "rl", "message": "hi", "history": ["", "\\u0000\\t", "\\ud800", "<b>\xf0\x9f\x99\x82</b>"]}',
+    b'{"bot": "rl", "message": "hi", "history": [null]}',
+    b'{"bot": "antilm", "message": "hi", "history": ' + json.dumps(["a b " * 225] * 64).encode() + b"}",
+    b'{"model": "rl", "messages": [{"role": "assistant", "content": null}, {"role": "user", "content": "hi"}]}',
+    b'{"model": "rl", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}',
+    b'{"model": "rl", "messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "yo"}]}',
 ]
 
 
@@ -82,6 +92,7 @@ class Tally:
         self.statuses: collections.Counter[str] = collections.Counter()
         self.failures: collections.Counter[str] = collections.Counter()
         self.refused_valid = 0
+        self.answered_with_history: collections.Counter[str] = collections.Counter()  # 200s with earlier turns
         self.examples: dict[str, str] = {}  # the first failure of each kind, for the assertion message
 
     @property
@@ -106,6 +117,19 @@ def with_bot(pair: tuple[Any, str | None]) -> Any:
     return case
 
 
+def earlier_turns(body: Any) -> int:
+    """How many earlier turns a request carries: its ``history``, or its chat messages other than system ones
+    before the last."""
+    if not isinstance(body, dict):
+        return 0
+    if isinstance(body.get("history"), list):
+        return len(body["history"])
+    if isinstance(body.get("messages"), list):
+        turns = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+        return max(0, len(turns) - 1)
+    return 0
+
+
 def fuzz_operation(op: Any, mode: GenerationMode, n: int, url: str, names: list[str], tally: Tally) -> None:
     """Send up to ``n`` generated requests to one operation and tally the answers and failed checks."""
     label = f"{op.method.upper()} {op.path}"
@@ -120,6 +144,8 @@ def fuzz_operation(op: Any, mode: GenerationMode, n: int, url: str, names: list[
         tally.statuses[f"{label} {mode.value} {response.status_code}"] += 1
         if mode == GenerationMode.POSITIVE and response.status_code == 422:
             tally.refused_valid += 1
+        if response.status_code == 200 and earlier_turns(case.body):
+            tally.answered_with_history[label] += 1
         try:
             case.validate_response(response, excluded_checks=[positive_data_acceptance])
         except FailureGroup as group:
@@ -150,12 +176,15 @@ def test_fuzz_the_openapi_schema(url, tiny_bots):
     elapsed, rss_after = time.perf_counter() - start, rss_mb()
 
     print(f"\nfuzz: {tally.total} requests in {elapsed:.0f} s, {tally.server_errors} server errors, "
-          f"{tally.refused_valid} schema-valid requests refused (422), RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+          f"{tally.refused_valid} schema-valid requests refused (422), RSS {rss_before:.0f} -> {rss_after:.0f} MB; "
+          f"answered with earlier turns: {dict(tally.answered_with_history)}")
     for k, v in sorted(tally.statuses.items()):
         print(f"  {v:5d}  {k}")
     for k, v in sorted(tally.failures.items()):
         print(f"  FAIL {v:5d}  {k}")
     assert tally.total >= MIN_REQUESTS
+    assert tally.answered_with_history["POST /api/v1/reply"] > 0  # history was fuzzed, not only refused
+    assert tally.answered_with_history["POST /v1/chat/completions"] > 0
     assert tally.server_errors == 0
     assert not tally.failures, "\n\n".join(tally.examples.values())
     assert rss_after - rss_before < RSS_GROWTH_MB

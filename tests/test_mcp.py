@@ -57,9 +57,12 @@ def test_reply_tool_is_listed_with_the_bots_in_its_description(mcp_url, tiny_bot
     for name, bot in tiny_bots.items():
         assert f"{name} ({bot.label}): {bot.description}" in tool.description
     props = tool.inputSchema["properties"]
-    assert set(props) == {"bot", "message", "settings"} and tool.inputSchema["required"] == ["bot", "message"]
+    assert set(props) == {"bot", "message", "settings", "history"}
+    assert tool.inputSchema["required"] == ["bot", "message"]
     assert ", ".join(tiny_bots) in props["bot"]["description"]
     assert "beam_size" in props["settings"]["description"]
+    assert "oldest first" in props["history"]["description"] and "64" in props["history"]["description"]
+    assert "no memory" not in tool.description and "history" in tool.description
 
 
 def test_reply_tool_answers_and_refuses_bad_input_clearly(mcp_url, tiny_bots):
@@ -78,6 +81,27 @@ def test_reply_tool_answers_and_refuses_bad_input_clearly(mcp_url, tiny_bots):
     assert bad.isError and "settings.beam_size=99" in bad.content[0].text and "[1, 50]" in bad.content[0].text
 
 
+def test_reply_tool_reads_the_history(mcp_url, tiny_bots):
+    history = ["where are you from?", "paris"]
+    _, (with_history, alone, bad_turn, bad_shape, too_long) = over_mcp(
+        mcp_url,
+        ("reply", {"bot": "greedy", "message": "do you have any pets?", "history": history}),
+        ("reply", {"bot": "greedy", "message": "do you have any pets?", "history": []}),
+        ("reply", {"bot": "greedy", "message": "hi", "history": ["ok", 3]}),
+        ("reply", {"bot": "greedy", "message": "hi", "history": "hello"}),
+        ("reply", {"bot": "greedy", "message": "hi", "history": ["ok"] * 65}),
+    )
+    bot = tiny_bots["greedy"]
+    assert not with_history.isError and not alone.isError
+    assert json.loads(with_history.content[0].text)["text"] == bot.respond("do you have any pets?",
+                                                                            history=history).text
+    assert json.loads(alone.content[0].text)["text"] == bot.respond("do you have any pets?").text
+    # the MCP server checks the tool's input schema first (its own wording); the tool checks the limits
+    assert bad_turn.isError and "3 is not of type 'string'" in bad_turn.content[0].text
+    assert bad_shape.isError and "'hello' is not valid" in bad_shape.content[0].text
+    assert too_long.isError and "history has 65 turns; at most 64" in too_long.content[0].text
+
+
 def test_reply_function_is_plain(ctx, tiny_bots):
     reply = make_reply_tool(ctx)
     assert json.loads(reply("greedy", "hi there"))["text"] == tiny_bots["greedy"].respond("hi there").text
@@ -85,3 +109,12 @@ def test_reply_function_is_plain(ctx, tiny_bots):
         reply("greedy", "   ")
     with pytest.raises(gr.Error, match="unknown decoding setting"):
         reply("greedy", "hi", {"beam_sizee": 2})
+    history = ["i love dogs", "me too"]
+    assert json.loads(reply("rl", "what about cats?", None, history))["text"] == \
+        tiny_bots["rl"].respond("what about cats?", history=history).text
+    with pytest.raises(gr.Error, match=r"history\[0\] must be a string"):
+        reply("greedy", "hi", None, [None])
+    with pytest.raises(gr.Error, match=r"history\[0\] has 4001 characters"):
+        reply("greedy", "hi", None, ["a" * 4001])
+    with pytest.raises(gr.Error, match="history must be a list"):
+        reply("greedy", "hi", None, "hello")

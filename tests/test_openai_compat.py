@@ -47,12 +47,64 @@ def test_completion_is_the_bots_reply(client, tiny_bots):
     assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
 
 
-def test_last_user_message_is_answered(client, tiny_bots):
-    history = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "where are you from?"},
-               {"role": "assistant", "content": "paris"},
-               {"role": "user", "content": [{"type": "text", "text": "do you have any pets?"}]}]
-    out = client.chat.completions.create(model="greedy", messages=history)
-    assert out.choices[0].message.content == tiny_bots["greedy"].respond("do you have any pets?").text
+def chat(history: list[str], message: str) -> list[dict[str, str]]:
+    """OpenAI messages of a conversation: ``history`` alternating user / assistant, then the user's ``message``."""
+    roles = ["user", "assistant"] if len(history) % 2 == 0 else ["assistant", "user"]
+    return [*({"role": roles[i % 2], "content": t} for i, t in enumerate(history)),
+            {"role": "user", "content": message}]
+
+
+CONVERSATIONS = [(["where are you from?", "paris"], "do you have any pets?"),
+                 (["i love dogs", "me too"], "what about cats?"),
+                 (["how was work today?", "long and boring"], "want to get dinner?")]
+
+
+def test_messages_are_the_conversation(client, tiny_bots):
+    bot = tiny_bots["greedy"]
+    assert bot.context_turns == 2  # tests/conftest.py: the tiny bots read two earlier turns
+    differs = 0
+    for history, message in CONVERSATIONS:
+        out = client.chat.completions.create(model="greedy", messages=chat(history, message))
+        expected = bot.respond(message, history=history)
+        assert out.choices[0].message.content == expected.text
+        assert out.usage.prompt_tokens == len(expected.source_tokens)  # the window: history, </s>, message
+        differs += expected.text != bot.respond(message).text
+    assert differs >= 1  # the earlier turns reached the bot: the same last message, another reply
+
+
+def test_system_messages_are_ignored_and_no_turn(client, tiny_bots):
+    history, message = CONVERSATIONS[0]
+    messages = [{"role": "system", "content": "be nice"}, {"role": "user", "content": history[0]},
+                {"role": "developer", "content": "short answers"}, {"role": "assistant", "content": history[1]},
+                {"role": "system", "content": "really nice"},
+                {"role": "user", "content": [{"type": "text", "text": message}]},
+                {"role": "system", "content": "last words"}]
+    out = client.chat.completions.create(model="greedy", messages=messages)
+    expected = tiny_bots["greedy"].respond(message, history=history)
+    assert out.choices[0].message.content == expected.text
+    assert out.usage.prompt_tokens == len(expected.source_tokens)
+
+
+def test_a_single_message_is_answered_alone(client, tiny_bots):
+    for messages in (HI, [{"role": "system", "content": "be nice"}, *HI]):
+        out = client.chat.completions.create(model="greedy", messages=messages, max_tokens=8)
+        expected = tiny_bots["greedy"].respond("hi there", max_len=8)
+        assert out.choices[0].message.content == expected.text
+        assert out.usage.prompt_tokens == len(expected.source_tokens)
+
+
+def test_a_long_conversation_keeps_its_last_turns(client, tiny_bots):
+    history = [f"turn number {i}" for i in range(99)]
+    out = client.chat.completions.create(model="beam", messages=chat(history, "and now?"), max_tokens=6)
+    expected = tiny_bots["beam"].respond("and now?", history=history[-64:], max_len=6)
+    assert out.choices[0].message.content == expected.text
+
+
+def test_stream_of_a_conversation_is_its_reply(client, tiny_bots):
+    history, message = CONVERSATIONS[1]
+    stream = client.chat.completions.create(model="rl", messages=chat(history, message), max_tokens=8, stream=True)
+    text = "".join(c.delta.content or "" for chunk in stream for c in chunk.choices)
+    assert text == tiny_bots["rl"].respond(message, history=history, max_len=8).text
 
 
 def test_decoder_settings_as_extra_body_fields(client, tiny_bots):
@@ -134,6 +186,18 @@ def test_stream_ends_with_done(url):
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
      "messages[0].content", ("text",)),
     (dict(messages=[{"role": "wizard", "content": "hi"}]), "messages[0].role", ("user",)),
+    (dict(messages=[*HI, {"role": "tool", "content": "42", "tool_call_id": "x"}]), "messages[1].role",
+     ("assistant", "tool")),
+    (dict(messages=[{"role": "function", "name": "f", "content": "42"}, *HI]), "messages[0].role", ("user",)),
+    (dict(messages=[*HI, {"role": "assistant", "content": "hello"}]), "messages[1].role", ("last", "user's")),
+    (dict(messages=[*HI, {"role": "assistant", "content": "hello"}, {"role": "system", "content": "x"}]),
+     "messages[1].role", ("last", "assistant")),
+    (dict(messages=[{"role": "assistant", "content": "hello"}]), "messages", ("user",)),
+    (dict(messages=[{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, *HI]),
+     "messages[0].content", ("text",)),
+    (dict(messages=[{"role": "assistant", "content": "a" * 4001}, *HI]), "messages[0].content", ("4000",)),
+    (dict(messages=[{"role": "assistant", "content": [{"type": "text", "text": "a" * 3000}] * 2}, *HI]),
+     "messages[0].content", ("4000",)),
     (dict(messages=[]), "messages", ("at least 1",)),
     (dict(messages=[{"role": "user", "content": "   "}]), "messages", ("empty",)),
     (dict(presence_penalty=0.5), "presence_penalty", ("0",)),
