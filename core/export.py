@@ -69,6 +69,19 @@ def model_card(name: str, model_cfg: dict[str, Any], meta: dict[str, Any], log_r
             f"bidirectional {model_cfg['cell'].upper()} encoder{f' ({layout})' if layout else ''}"
             f" + {model_cfg['cell'].upper()} decoder with Luong "
             f"`{model_cfg['attention']}` attention")
+    turns = int(train.get("context_turns") or 0) if model_cfg["kind"] == "seq2seq" else 0
+    window = (f"the message with up to {turns} earlier turns of its conversation, joined by `</s>`"
+              f"{' (the replier’s own turns marked by `<s>`)' if train.get('speaker_markers') else ''}"
+              if turns else "the message alone")
+    memory = (f"it reads the last {turns} earlier turns with each message and forgets what came before them."
+              if turns else "it reads the message alone and forgets everything said before it.")
+    if train.get("lr_schedule") in ("cosine", "linear"):
+        schedule = (f"LR warmed up over {train.get('warmup_steps')} steps, then {train['lr_schedule']} decay to "
+                    f"{train.get('lr_min', 0.0)} x lr at the last step")
+    else:
+        schedule = f"LR multiplied by {train.get('lr_decay')} after each validation without improvement"
+    if train.get("init_from"):
+        schedule += f"; started from the weights of `{train['init_from']}`"
     rl = meta.get("rl")
     rl_section = "" if not rl else f"""
 ## RL fine-tuning
@@ -88,17 +101,17 @@ MLE weight {rl.get('mle_weight')}, Adam lr {rl.get('lr')}, {rl.get('steps')} ste
 ## Data
 - Corpus: `{meta.get('corpus')}` (Chit-Chat Challenge, from the `chitchat-dataset` wheel unless stated otherwise).
 - Split by conversation with seed {train.get('split_seed')}: 90% train / 5% valid / 5% test.
-- {meta.get('n_train_pairs', 0):,} training pairs after filtering (source: last {train.get('max_src_len')} tokens;
-  replies longer than {train.get('max_tgt_len')} tokens dropped). Text is NFKC-normalised and lower-cased by the
-  byte-level BPE tokenizer ({model_cfg['vocab_size']} tokens), trained on the training split only.
+- {meta.get('n_train_pairs', 0):,} training pairs after filtering (source: {window}, cut to its last
+  {train.get('max_src_len')} tokens; replies longer than {train.get('max_tgt_len')} tokens dropped). Text is
+  NFKC-normalised and lower-cased by the byte-level BPE tokenizer ({model_cfg['vocab_size']} tokens), trained on
+  the training split only.
 
 ## Configuration
 ```json
 {json.dumps(model_cfg, indent=2)}
 ```
 Training: Adam lr {train.get('lr')}, batch {train.get('batch_size')}, dropout {model_cfg['dropout']}, gradient clip
-{train.get('clip')}, teacher forcing {train.get('teacher_forcing')}, seed {train.get('seed')}; LR multiplied by
-{train.get('lr_decay')} after each validation without improvement.
+{train.get('clip')}, teacher forcing {train.get('teacher_forcing')}, seed {train.get('seed')}; {schedule}.
 
 ## Training
 - Steps: {meta.get('trained_steps', meta.get('step'))}; exported from step {meta.get('step')}
@@ -110,7 +123,7 @@ Training: Adam lr {train.get('lr')}, batch {train.get('batch_size')}, dropout {m
 {curve}
 {rl_section}
 ## Known weaknesses
-- Small model, short context (one previous turn): it forgets everything said before the last message.
+- Small model, short memory: {memory}
 - Trained on crowd-sourced small talk: generic, often dull replies under beam search ("i don't know"); that is
   what the anti-LM and RL bots are for.
 - English only; lower-cased output; no safety filtering beyond the corpus itself.

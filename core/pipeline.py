@@ -10,11 +10,12 @@ Stages, in order; run the same command again and a complete stage is skipped, an
 
     check      the corpus is read and checked before anything trains (a CorpusError names file, line, format)
     mle        DIR/runs/mle/       tokenizer.json, last/ (resume), best/, log.csv
-    anneal     DIR/runs/anneal/    (presets with one) mle/best trained on with a decaying LR; the greedy, beam
-                                   and anti-LM bots use its best/
+    anneal     DIR/runs/anneal/    (presets with one) mle/best trained on with a decaying LR and the preset's
+                                   conversation window (context_turns earlier turns with each message: the
+                                   shipped and tiny presets); every bot uses its best/, RL starts from it
     lm         DIR/runs/lm/        the language model for anti-LM (same tokenizer)
     backward   DIR/runs/backward/  p(message | reply), for MMI and the RL coherence reward
-    rl         DIR/runs/rl/        self-play RL from mle/best (left out with --skip-rl)
+    rl         DIR/runs/rl/        self-play RL from anneal/best, else mle/best (left out with --skip-rl)
     export     DIR/checkpoints/{mle,lm,backward,rl}/  fp16 weights, config, tokenizer, train_log.csv, MODEL_CARD.md
     bots       DIR/checkpoints/bots.json  greedy, beam, antilm, rl (an existing bots.json is kept)
     tune       the antilm bot's antilm, gamma, n_bonus chosen on the validation split, written into bots.json
@@ -67,7 +68,7 @@ PRESETS: dict[str, Preset] = {
                "eval_every": 100, "save_every": 100, "valid_max_batches": 10},
         mle={"max_steps": 400}, lm={"max_steps": 150}, backward={"max_steps": 150},
         anneal={"max_steps": 40, "lr": 1.5e-3, "lr_schedule": "cosine", "warmup_steps": 5, "eval_every": 20,
-                "seed": 1},
+                "seed": 1, "context_turns": 2, "max_src_len": 60},
         rl={"steps": 6, "batch_size": 4, "group_size": 2, "turns": 2, "max_len": 8, "mle_batch_size": 8,
             "eval_every": 3, "save_every": 3, "valid_max_batches": 5, "dull_sample": 4},
         tune={"n_prompts": 8, "grid": {"antilm": [0.2, 0.4], "gamma": [2, 4], "n_bonus": [0.0]},
@@ -83,9 +84,13 @@ PRESETS: dict[str, Preset] = {
         tune={"n_prompts": 100, "grid": {"antilm": [0.2, 0.3, 0.4, 0.5], "gamma": [2, 4], "n_bonus": [0.0, 0.25]}},
         evaluate={"n_prompts": 200, "n_dialogues": 50},
     ),
-    # the shipped checkpoints: the settings `make checkpoints` has always used (defaults everywhere else)
+    # the shipped checkpoints: the single-turn MLE model, then the same model trained on with a window of two
+    # earlier turns (context_turns 2, the source cut to its last 80 tokens; chosen on validation perplexity,
+    # README "Conversations"); LM and backward read one turn, so they serve every window (defaults elsewhere)
     "shipped": Preset(
         mle={"epochs": 12.0, "max_steps": 8800, **_SAVE},
+        anneal={"context_turns": 2, "max_src_len": 80, "lr": 5e-4, "lr_schedule": "cosine", "warmup_steps": 100,
+                "max_steps": 3000, "eval_every": 500, "save_every": 100, "seed": 3},
         lm={"epochs": 4.0, "max_steps": 6400, **_SAVE},
         backward={"epochs": 3.0, "max_steps": 4800, **_SAVE},
         tune={"n_prompts": 200},
@@ -254,13 +259,16 @@ def run_pipeline(out: str | Path, *, corpus: str | None = None, corpus_format: s
         state.mark(stage, summary["done"])
         report[stage] = summary["stopped"]
 
-    # 3. RL from mle/best (a run started from an unfinished MLE model is started again once it is finished)
-    upstream_done = all(state.done(s) for s in ("mle", "backward"))
+    # 3. RL from anneal/best or mle/best (a run started from an unfinished model is started again once it is
+    #    finished)
+    start = "anneal" if runs_stage(p, "anneal", skip_rl) else "mle"
+    upstream_done = all(state.done(s) for s in ("mle", start, "backward"))
     if not skip_rl and not skip("rl"):
         if state.data["provisional_rl"] and upstream_done and (runs / "rl").exists():
             print(f"{runs / 'rl'} started from unfinished models: starting it again", flush=True)
             shutil.rmtree(runs / "rl")
-        summary = _rl_stage(p, runs, max_minutes=minutes.get("rl", 0.0), threads=threads, device=device)
+        summary = _rl_stage(p, runs, runs / start / "best", max_minutes=minutes.get("rl", 0.0), threads=threads,
+                            device=device)
         state.data["provisional_rl"] = not upstream_done
         state.mark("rl", summary["done"] and upstream_done)
         report["rl"] = summary["stopped"]
@@ -312,10 +320,11 @@ def _train_stage(stage: str, p: Preset, runs: Path, *, corpus: str, corpus_forma
     return summary
 
 
-def _rl_stage(p: Preset, runs: Path, *, max_minutes: float, threads: int, device: str) -> dict[str, Any]:
+def _rl_stage(p: Preset, runs: Path, policy: Path, *, max_minutes: float, threads: int, device: str
+              ) -> dict[str, Any]:
     from core.rl import RLConfig, train_rl
 
-    cfg = RLConfig(out=str(runs / "rl"), policy=str(runs / "mle" / "best"), backward=str(runs / "backward" / "best"),
+    cfg = RLConfig(out=str(runs / "rl"), policy=str(policy), backward=str(runs / "backward" / "best"),
                    max_minutes=max_minutes, threads=threads, device=device, **p.rl)
     summary = train_rl(cfg)
     if summary["interrupted"]:

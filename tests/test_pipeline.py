@@ -72,6 +72,11 @@ def test_tiny_pipeline_writes_a_servable_checkpoints_folder(pipeline_run):
     assert config["meta"]["train"]["init_from"] == str(out / "runs" / "mle" / "best")
     assert config["meta"]["train"]["lr_schedule"] == "cosine"
     assert (out / "runs" / "anneal" / "best" / "config.json").exists()
+    # ... and reads the conversation: two earlier turns; RL starts from it, so its policy reads them too
+    assert config["meta"]["train"]["context_turns"] == 2
+    rl = json.loads((ckpts / "rl" / "config.json").read_text())["meta"]
+    assert rl["rl"]["policy"] == str(out / "runs" / "anneal" / "best") and rl["train"]["context_turns"] == 2
+    assert "2 earlier turns" in (ckpts / "mle" / "MODEL_CARD.md").read_text()
 
 
 @pytest.mark.slow
