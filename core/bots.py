@@ -125,8 +125,15 @@ class Bot:
         if len(histories) != len(prompts):
             raise ValueError(f"histories: {len(histories)} for {len(prompts)} prompts; give one per prompt")
         src = [self.encode_prompt(p, h) for p, h in zip(prompts, histories)]
+        own = [self.own_turns(h) for h in histories] if cfg.no_repeat_context_ngram > 0 else None
         return generate(self.model, src, cfg, lm=self.lm, backward=self.backward, tokenizer=self.tokenizer,
-                        trace=trace)
+                        trace=trace, own_turns=own)
+
+    def own_turns(self, history: Sequence[str] | None) -> list[list[int]]:
+        """Token ids of the bot's own turns in ``history`` (every other turn back from the last one: the turn
+        before the message is the bot's)."""
+        turns = history_turns(history, limit=len(history) if history else 0)
+        return [self.tokenizer.encode(normalize_text(t)) for t in turns[::-1][::2]]
 
 
 # ----------------------------------------------------------------------------- bots.json

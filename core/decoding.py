@@ -139,6 +139,10 @@ class DecodeConfig:
                             lo=0.0, hi=1.0, lo_open=True, label="Top-p", step=0.05, group="sampling", ui_lo=0.05)
     no_repeat_ngram: int = _setting(0, "never repeat an n-gram of this size within a reply (0: off)", lo=0, hi=10,
                                     label="No-repeat n-gram", step=1, group="search", ui_hi=4)
+    no_repeat_context_ngram: int = _setting(0, "never say an n-gram of this size that the bot itself said in an "
+                                            "earlier turn of the conversation (ParlAI's context blocking; needs "
+                                            "the history; 0: off)", lo=0, hi=10,
+                                            label="No-repeat context n-gram", step=1, group="search", ui_hi=4)
     seed: int | None = _setting(None, "seed of the sampler (None: torch's global generator)", label="Seed")
     num_groups: int = _setting(1, "diverse_beam: groups the beams are split into (beam_size must be a multiple)",
                                lo=1, hi="beam_size", label="Diverse beam groups", step=1, group="search", ui_hi=20)
@@ -309,6 +313,7 @@ class Step(NamedTuple):
     prefix: Tensor | None  # (N, t) tokens generated so far, kept only when a modifier needs_prefix
     lm_logp: Tensor | None  # (N, V) language-model log-probs, while the anti-LM may apply
     logp: Tensor | None = None  # (N, V) the seq2seq model's log-probs of this step, before any modifier
+    prompts: list[int] | None = None  # (N,) the call's prompt index of each row, when a modifier needs_prompts
 
 
 Modifier = Callable[[Tensor, Step], Tensor]
@@ -451,6 +456,38 @@ class NoRepeatNGram:
         return scores.masked_fill(hits > 0, NEG_INF)
 
 
+class NoRepeatContextNGram:
+    """Block a token that would complete an n-gram of the bot's own earlier turns (ParlAI's context blocking):
+    ``turns[b]`` holds the token lists of prompt b's own earlier turns."""
+
+    needs_prefix = True
+    needs_prompts = True
+
+    def __init__(self, n: int, turns: Sequence[Sequence[Sequence[int]]]) -> None:
+        self.n = n
+        self.next_of: list[dict[tuple[int, ...], set[int]]] = []  # per prompt: first n-1 tokens -> last tokens
+        for own in turns:
+            table: dict[tuple[int, ...], set[int]] = {}
+            for turn in own:
+                for i in range(len(turn) - n + 1):
+                    table.setdefault(tuple(turn[i: i + n - 1]), set()).add(turn[i + n - 1])
+            self.next_of.append(table)
+
+    def __call__(self, scores: Tensor, step: Step) -> Tensor:
+        if step.prefix is None or step.prompts is None or step.prefix.size(1) < self.n - 1:
+            return scores
+        rows, toks = [], []
+        ends = step.prefix[:, step.prefix.size(1) - self.n + 1:].tolist() if self.n > 1 else [[]] * scores.size(0)
+        for r, (b, end) in enumerate(zip(step.prompts, ends)):
+            for tok in self.next_of[b].get(tuple(end), ()):
+                rows.append(r)
+                toks.append(tok)
+        if not rows:
+            return scores
+        return scores.index_put((torch.tensor(rows, device=scores.device), torch.tensor(toks, device=scores.device)),
+                                torch.tensor(NEG_INF, device=scores.device))
+
+
 class RepetitionPenalty:
     """CTRL (Keskar et al. 2019): a token already in the row's prefix has its score l -> l * theta if l < 0 else
     l / theta. On the model's log-probs (all <= 0, as in Hugging Face's beam search) it multiplies by theta."""
@@ -473,10 +510,12 @@ def _repetition_delta(logp: float, theta: float) -> float:
     return logp * theta - logp if logp < 0 else logp / theta - logp
 
 
-def build_modifiers(cfg: DecodeConfig, starts: Tensor | None = None) -> list[Modifier]:
+def build_modifiers(cfg: DecodeConfig, starts: Tensor | None = None,
+                    own_turns: Sequence[Sequence[Sequence[int]]] | None = None) -> list[Modifier]:
     """The modifiers ``cfg`` asks for; zero weights add none, so antilm=0 / n_bonus=0 is plain beam search.
     The repetition penalty comes first, so it acts on the model's own log-probs. ``starts``: the word-start
-    table (:func:`word_starts`) the anti-LM needs with ``gamma_words``."""
+    table (:func:`word_starts`) the anti-LM needs with ``gamma_words``; ``own_turns``: per prompt, the bot's own
+    earlier turns (token ids) that ``no_repeat_context_ngram`` blocks."""
     mods: list[Modifier] = [BanTokens()]
     if cfg.min_len > 0:
         mods.append(MinLength(cfg.min_len))
@@ -484,6 +523,8 @@ def build_modifiers(cfg: DecodeConfig, starts: Tensor | None = None) -> list[Mod
         mods.append(RepetitionPenalty(cfg.repetition_penalty))
     if cfg.no_repeat_ngram > 0:
         mods.append(NoRepeatNGram(cfg.no_repeat_ngram))
+    if cfg.no_repeat_context_ngram > 0 and own_turns is not None and any(own_turns):
+        mods.append(NoRepeatContextNGram(cfg.no_repeat_context_ngram, own_turns))
     if cfg.antilm > 0 and cfg.gamma > 0:
         if cfg.gamma_words and starts is None:
             raise ValueError("gamma_words=True counts words: pass the tokenizer (generate(..., tokenizer=...))")
@@ -679,13 +720,16 @@ def _lookahead(model: Any, state: State, mem: Memory, tokens: Tensor) -> Tensor:
 
 
 def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strategy: Strategy,
-            tracer: _Tracer | None = None, starts: Tensor | None = None) -> list[list[tuple[_Final, _Path]]]:
+            tracer: _Tracer | None = None, starts: Tensor | None = None,
+            own_turns: Sequence[Sequence[Sequence[int]]] | None = None) -> list[list[tuple[_Final, _Path]]]:
     """The search loop. Returns, per prompt, the n-best (finished hypothesis, its path), best first."""
     device = _device(model)
     B = len(src)
     K, G = strategy.width(cfg), strategy.groups
     nbest = min(cfg.nbest, K)
-    modifiers = build_modifiers(cfg, starts)
+    modifiers = build_modifiers(cfg, starts, own_turns)
+    need_prompts = any(getattr(m, "needs_prompts", False) for m in modifiers)
+    prompt_ids = list(range(B))  # the call's index of each prompt still in the batch
     anti = next((m for m in modifiers if isinstance(m, AntiLM)), None)
     lm_steps = anti.lm_steps if anti else 0
     lm_on = lm_steps > 0  # the anti-LM may still apply: the LM steps (its state follows the rows) while it does
@@ -722,7 +766,8 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
         lm_logp = None
         if lm_on:
             lm_logp, lm_state = lm.decode_step(tok, lm_state)  # (B*R, V)
-        step = Step(t, prefix, lm_logp, logp)
+        rows_prompt = [b for b in prompt_ids for _ in range(R)] if need_prompts else None  # (B*R,)
+        step = Step(t, prefix, lm_logp, logp, rows_prompt)
         step_scores = logp
         for mod in modifiers:
             step_scores = mod(step_scores, step)  # (B*R, V)
@@ -805,6 +850,7 @@ def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strate
             keep = (keep_b.unsqueeze(1) * K + torch.arange(K, device=device)).reshape(-1)  # (B'*K,)
             hist.select_last(keep, t)
             fin = [fin[b] for b in alive]
+            prompt_ids = [prompt_ids[b] for b in alive]
             done = [False] * len(fin)
             B = len(fin)
             scores, tok = scores.index_select(0, keep_b), tok.index_select(0, keep)
@@ -942,9 +988,11 @@ def _check_inputs(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, 
 
 @torch.inference_mode()
 def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = None, backward: Any = None,
-             tokenizer: Tokenizer | None = None, trace: bool = False) -> list[Reply]:
+             tokenizer: Tokenizer | None = None, trace: bool = False,
+             own_turns: Sequence[Sequence[Sequence[int]]] | None = None) -> list[Reply]:
     """Decode one reply per source sequence (token ids, no specials), all prompts in one batched search.
-    ``trace``: fill each Reply's ``trace`` with every candidate of every step (see the module docstring)."""
+    ``trace``: fill each Reply's ``trace`` with every candidate of every step (see the module docstring);
+    ``own_turns``: per prompt, the bot's own earlier turns (token ids) for ``no_repeat_context_ngram``."""
     t0 = time.perf_counter()
     cfg.validate()
     _check_inputs(model, src, cfg, lm, backward)
@@ -973,7 +1021,9 @@ def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = N
         V = getattr(getattr(model, "cfg", None), "vocab_size", None)
         if V is not None and len(starts) != V:
             raise ValueError(f"the tokenizer has {len(starts)} tokens but the model's vocab_size is {V}")
-    results = _search(model, src, cfg, lm, strategy, tracer, starts)
+    if own_turns is not None and len(own_turns) != len(src):
+        raise ValueError(f"own_turns: {len(own_turns)} for {len(src)} prompts; give one list per prompt")
+    results = _search(model, src, cfg, lm, strategy, tracer, starts, own_turns)
     replies = []
     for b, (s, found) in enumerate(zip(src, results)):
         hyps, attention = [], {}
@@ -999,7 +1049,8 @@ def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = N
 
 # the settings every strategy reads
 COMMON_FIELDS = ("nbest", "max_len", "min_len", "antilm", "gamma", "gamma_words", "antilm_min_p", "n_bonus",
-                 "length_norm", "mmi_lambda", "no_repeat_ngram", "repetition_penalty", "length_penalty")
+                 "length_norm", "mmi_lambda", "no_repeat_ngram", "no_repeat_context_ngram", "repetition_penalty",
+                 "length_penalty")
 
 
 def fields_for(strategy: str) -> tuple[str, ...]:
@@ -1025,6 +1076,8 @@ def describe_settings(settings: Mapping[str, Any] | DecodeConfig) -> str:
         parts.append(f"MMI {cfg.mmi_lambda:g}")
     if cfg.no_repeat_ngram > 0:
         parts.append(f"no-repeat {cfg.no_repeat_ngram}")
+    if cfg.no_repeat_context_ngram > 0:
+        parts.append(f"no-repeat context {cfg.no_repeat_context_ngram}")
     if cfg.repetition_penalty != 1.0:
         parts.append(f"repetition {cfg.repetition_penalty:g}")
     if cfg.length_penalty > 0:
