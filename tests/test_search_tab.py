@@ -1,6 +1,8 @@
 """The Search tab's callbacks, without a browser, on the tiny bots: the traced search, the tree figure, the
 plain-beam baseline, the table, and clear messages for bad requests; and the tab builds into a Blocks."""
 
+import html
+
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -95,3 +97,13 @@ def test_the_tab_builds_with_its_search_event(tiny_bots, tiny_checkpoints):
     fn = next(f for f in demo.fns.values() if f.api_name == "search")
     outputs = fn.fn("antilm", "hello there", search.BOT_SETTINGS, *[c.default for c in search.controls()])
     assert isinstance(outputs[0], go.Figure) and len(outputs[2]) > 0
+
+
+def test_the_search_reads_the_conversation_typed_before_the_message(tiny_bots):
+    history = search.history_lines("  do you like tea?\n\nyes, green tea\n")
+    assert history == ["do you like tea?", "yes, green tea"]
+    result = search.run_search(tiny_bots, "beam", "why green?", search.BOT_SETTINGS, {}, history)
+    reply = tiny_bots["beam"].respond("why green?", history=history, trace=True)
+    assert f"*{html.escape(reply.text) or '(empty reply)'}*" in result.status
+    assert "⏎" in result.status and "why green" in result.status.split("The bot read:")[1]
+    assert len(result.table) == len(reply.trace)  # the traced search is the one after the conversation

@@ -69,10 +69,18 @@ def overrides_for(bot: Bot, strategy: str, values: Mapping[str, Any]) -> dict[st
     return out
 
 
+def history_lines(text: Any) -> list[str]:
+    """The conversation typed before the message: one turn per line, oldest first (blank lines skipped)."""
+    if not isinstance(text, str):
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def run_search(bots: Mapping[str, Bot], bot_name: str, message: Any, strategy: str = BOT_SETTINGS,
-               values: Mapping[str, Any] | None = None) -> SearchResult:
-    """Decode ``message`` with the trace on, with ``bot_name``'s settings or ``strategy`` and ``values``
-    applied, and under plain beam search; never raises (a bad request gets its message in ``status``)."""
+               values: Mapping[str, Any] | None = None, history: Sequence[str] | None = None) -> SearchResult:
+    """Decode ``message`` after ``history`` (the earlier turns, oldest first) with the trace on, with
+    ``bot_name``'s settings or ``strategy`` and ``values`` applied, and under plain beam search; never raises (a
+    bad request gets its message in ``status``). The trace, like the reply, covers the whole window the bot read."""
     empty = SearchResult(tree_figure(None), tree_figure(None), pd.DataFrame(columns=TABLE_COLUMNS), "")
     if bot_name not in bots:
         empty.status = f"Unknown bot {html.escape(str(bot_name))!r}; pick one of {', '.join(bots)}."
@@ -85,9 +93,9 @@ def run_search(bots: Mapping[str, Bot], bot_name: str, message: Any, strategy: s
         overrides = overrides_for(bot, strategy, values or {})
         cfg = bot.settings(**overrides)
         with torch.inference_mode():
-            reply = bot.respond(message, trace=True, **overrides)
-            plain = bot.respond(message, trace=True, **{**PLAIN_BEAM, "beam_size": cfg.beam_size,
-                                                        "nbest": min(cfg.nbest, cfg.beam_size)})
+            reply = bot.respond(message, history=history, trace=True, **overrides)
+            plain = bot.respond(message, history=history, trace=True,
+                                **{**PLAIN_BEAM, "beam_size": cfg.beam_size, "nbest": min(cfg.nbest, cfg.beam_size)})
     except ValueError as e:
         empty.status = f"⚠ {html.escape(str(e))}"
         return empty
@@ -95,9 +103,15 @@ def run_search(bots: Mapping[str, Bot], bot_name: str, message: Any, strategy: s
               f"*{html.escape(reply.text) or '(empty reply)'}* (score {reply.score:.2f}). "
               f"Plain beam: *{html.escape(plain.text) or '(empty reply)'}* (score {plain.score:.2f}). "
               f"{len(reply.trace or [])} candidates in {max((x['step'] for x in reply.trace or []), default=-1) + 1} "
-              "steps.")
+              f"steps. The bot read: *{html.escape(_window_text(reply))}*.")
     return SearchResult(tree_figure(reply, f"{bot.label}: {describe_settings(reply.settings)}"),
                         tree_figure(plain, f"plain beam K={cfg.beam_size}"), trace_table(reply), status)
+
+
+def _window_text(reply: Reply) -> str:
+    """The source the bot read, its turns separated by ' ⏎ ' (the separator token)."""
+    text = "".join(reply.source_tokens).replace("Ġ", " ")
+    return " ⏎ ".join(part.strip() for part in text.replace("<s>", "</s>").split("</s>"))
 
 
 def trace_table(reply: Reply | None) -> pd.DataFrame:
@@ -201,6 +215,8 @@ def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
         bot = gr.Dropdown(names, value=names[0] if names else None, label="Bot (its checkpoint and models)")
         strategy = gr.Dropdown([BOT_SETTINGS, *STRATEGIES], value=BOT_SETTINGS, label="Decoder")
         message = gr.Textbox(label="Message", value="hi, how are you today?", scale=2)
+        history = gr.Textbox(label="Conversation before it (one turn per line, oldest first; optional)", lines=2,
+                             scale=2, elem_id="search-history")
         run = gr.Button("Trace the search", variant="primary", elem_id="search-run")
     inputs = []
     with gr.Accordion("Decoder settings (used when a decoder other than the bot's own is chosen)", open=False):
@@ -218,9 +234,9 @@ def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
     table = gr.Dataframe(label="Trace", headers=TABLE_COLUMNS, wrap=True, elem_id="search-table")
     control_names = [c.name for c in controls()]
 
-    def on_run(bot_name: str, msg: str, strat: str, *args: Any) -> tuple[Any, ...]:
-        result = run_search(bots, bot_name, msg, strat, _values(control_names, args))
+    def on_run(bot_name: str, msg: str, strat: str, earlier: str, *args: Any) -> tuple[Any, ...]:
+        result = run_search(bots, bot_name, msg, strat, _values(control_names, args), history_lines(earlier))
         return result.figure, result.baseline, result.table, result.status
 
-    run.click(on_run, [bot, message, strategy, *inputs], [tree, baseline, table, status], api_name="search",
+    run.click(on_run, [bot, message, strategy, history, *inputs], [tree, baseline, table, status], api_name="search",
               concurrency_id="models")
