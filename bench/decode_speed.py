@@ -13,7 +13,9 @@ Targets: beam <= 2x greedy, anti-LM <= 1.4x beam; the per-hypothesis reference i
 other strategy is reported next to beam ("vs beam"), and trace on against trace off on the same beam search. Two
 model-only rows (encoder + the same decoder steps on 1 and on K rows, no search; like the engine, the first step
 runs on one row) give the floor of beam / greedy that the model itself sets on this machine: the ratio if the search
-itself cost nothing.
+itself cost nothing. Conversations: greedy, beam and anti-LM answer the same message after a conversation that
+fills the model's window (its context_turns earlier turns, at least 2, cut to its max_src_len tokens): target
+<= 1.5x the same decoder's reply to the message alone (p50).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.bots import load_model  # noqa: E402
+from core.checkpoint import read_config  # noqa: E402
+from core.context import window_ids, window_of  # noqa: E402
 from core.decoding import DecodeConfig, generate, tile_memory  # noqa: E402
 from core.model import (  # noqa: E402
     LanguageModel,
@@ -42,27 +46,38 @@ from core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: E402
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 PROMPT = "hey, how are you doing today? did you do anything fun this weekend?"
+HISTORY = ["i went hiking in the mountains with my brother, it was cold but the views were amazing",
+           "that sounds great! i stayed home and watched movies all weekend, i needed the rest",
+           "what movies did you watch? i have been looking for something good to see lately",
+           "mostly old comedies, nothing new. i love the ones from the nineties, they make me laugh every time"]
 
 
-def build_models(device: torch.device, vocab: int) -> tuple[Seq2Seq, LanguageModel, list[int], str]:
-    """(seq2seq, anti-LM, prompt ids, description): the shipped checkpoints if present, else random init."""
+def build_models(device: torch.device, vocab: int) -> tuple[Seq2Seq, LanguageModel, list[int], list[int], str]:
+    """(seq2seq, anti-LM, prompt ids, ids of the prompt after a conversation that fills the window,
+    description): the shipped checkpoints if present, else random init."""
     if (CHECKPOINTS / "mle" / "config.json").exists():
         model, tok, _ = load_model(CHECKPOINTS / "mle", device)
         lm = load_model(CHECKPOINTS / "lm", device)[0] if (CHECKPOINTS / "lm" / "config.json").exists() else None
-        src, what = tok.encode(PROMPT)[-40:], "checkpoints/mle"
+        win = window_of(read_config(CHECKPOINTS / "mle"))
+        turns = [tok.encode(t) for t in [*HISTORY, PROMPT]]
+        src = tok.encode(PROMPT)[-win["max_src_len"]:]
+        full = window_ids(turns, context_turns=max(2, win["context_turns"]), max_src_len=max(80, win["max_src_len"]),
+                          speaker_markers=win["speaker_markers"])
+        what = f"checkpoints/mle (window: {win['context_turns']} earlier turns, {win['max_src_len']} tokens)"
     else:
-        model, lm, src, what = None, None, None, "random init"
+        model, lm, src, full, what = None, None, None, None, "random init"
     cfg = model.cfg if model is not None else ModelConfig(vocab_size=vocab, emb_dim=256, hidden=256,
                                                          enc_layers=2, dec_layers=2)
     torch.manual_seed(0)
     if model is None:
         model = Seq2Seq(cfg).to(device).eval()
         src = torch.randint(4, cfg.vocab_size, (16,)).tolist()
+        full = torch.randint(4, cfg.vocab_size, (80,)).tolist()
     if lm is None:
         lm = LanguageModel(ModelConfig(**{**cfg.to_dict(), "kind": "lm"})).to(device).eval()
     desc = (f"{what}: V={cfg.vocab_size}, E={cfg.emb_dim}, H={cfg.hidden}, {cfg.enc_layers}+{cfg.dec_layers} "
             f"{cfg.cell.upper()} layers, attention {cfg.attention}, prompt of {len(src)} tokens")
-    return model, lm, src, desc
+    return model, lm, src, full, desc
 
 
 @torch.inference_mode()
@@ -109,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    model, lm, src, desc = build_models(device, args.vocab)
+    model, lm, src, full, desc = build_models(device, args.vocab)
     fixed = dict(max_len=args.steps, min_len=args.steps)
     configs = {
         "greedy": DecodeConfig(strategy="greedy", **fixed),
@@ -132,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {name: (lambda c=c: generate(model, [src], c, lm=lm)[0].tokens) for name, c in configs.items()}
     runs[f"reference beam K={args.beam} (Python loop)"] = lambda: reference_beam(model, src, args.beam, args.steps)
     runs.update({name: (lambda c=c: generate(model, [src], c, lm=lm)[0].tokens) for name, c in others.items()})
+    for name, c in configs.items():  # the same decoders after a conversation that fills the window
+        runs[f"{name}, full window"] = lambda c=c: generate(model, [full], c, lm=lm)[0].tokens
     beam_cfg = configs[f"beam K={K}"]
     runs[f"beam K={K}, trace on"] = lambda: generate(model, [src], beam_cfg, lm=lm, trace=True)[0].tokens
 
@@ -169,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
           f"on {args.beam} rows vs 1 row; no search: beam / greedy if the search itself cost nothing)")
     print(f"reference / beam    = {p50[names[3]] / p50[names[1]]:.2f}x  (engine and reference agree on the reply: "
           f"{'yes' if same else 'NO'})")
+    print(f"full window ({len(full)} source tokens vs {len(src)}) / message alone:")
+    for name in configs:
+        ratio = p50[f"{name}, full window"] / p50[name]
+        print(f"  {name:<28} = {ratio:.2f}x  (target <= 1.5: {'ok' if ratio <= 1.5 else 'MISSED'})")
     return 0
 
 
