@@ -7,6 +7,7 @@
     python bench/load.py --device cuda --users 1 32 64       # on a GPU machine
     python bench/load.py --modes on --json dist/load-on.json # batching on only
     python bench/load.py --client gradio --threads 2         # gradio_client users; the server with 2 torch threads
+    python bench/load.py --turns 8 --modes on                # conversations that grow turn by turn (8, then anew)
 
 For each mode (``on``: the default server; ``off``: ``chatbot-arena serve --no-batching``, every request decoded
 alone) it starts ``chatbot-arena serve`` from this checkout's .venv on a free loopback port with the given
@@ -15,8 +16,10 @@ each ``--users`` count, that many closed-loop users run for ``--duration`` secon
 session; ``--client browser``, the default: ``queue/join`` and the event stream, as the browser does, see
 :class:`BrowserUser`) or one ``gradio_client.Client`` (``--client gradio``), sends a prompt to the ``/chat``
 endpoint (parameter ``message``: every bot replies), waits for the final update, thinks for ``--think`` seconds
-(uniformly 0.5x to 1.5x, seeded), and sends the next. No request starts after the deadline; those under way are
-waited for (at most ``--request-timeout`` s each).
+(uniformly 0.5x to 1.5x, seeded), and sends the next. With ``--turns N`` (browser client) a user keeps its
+conversation: each message goes with the columns' chats of the previous answer (as the page sends them), so
+every bot reads a window that grows turn by turn; after N turns the user starts a new conversation. No request
+starts after the deadline; those under way are waited for (at most ``--request-timeout`` s each).
 
 Reported per mode and user count: completed requests, errors (an exception or a timeout), throughput (requests/s
 over the window from the first send to the last answer), latency p50 / p95 / max of one ``/chat`` call (all the
@@ -215,10 +218,12 @@ class BrowserUser:
     which ``gradio_client`` (one heartbeat and one stream thread per client, diffs applied in Python) would share
     with the server here. The inputs are the /chat endpoint's defaults with ``message`` set."""
 
-    def __init__(self, url: str, template: dict[str, Any]) -> None:
+    def __init__(self, url: str, template: dict[str, Any], turns: int = 0) -> None:
         import httpx
 
-        self.url, self.template = url.rstrip("/") + "/gradio_api/", template
+        self.url, self.template, self.turns = url.rstrip("/") + "/gradio_api/", template, turns
+        self.chats: list[Any] | None = None  # the columns' chats after the last answer (with --turns)
+        self.turn = 0
         self.http = httpx.Client(timeout=httpx.Timeout(120.0))
         self.session = uuid.uuid4().hex  # one page, one session: its state lives on the server until it leaves
 
@@ -231,13 +236,19 @@ class BrowserUser:
             data = [p.get("parameter_default") for p in info["parameters"]]
             names = [p["parameter_name"] for p in info["parameters"]]
             return {"fn_index": client._infer_fn_index("/chat", None), "data": data,
-                    "message_at": names.index("message")}
+                    "message_at": names.index("message"),
+                    "history_at": [i for i, n in enumerate(names) if n.endswith("_history")]}
         finally:
             client.close()
 
     def chat(self, message: str, timeout: float) -> None:
         data = list(self.template["data"])
         data[self.template["message_at"]] = message
+        if self.turns and self.chats is not None and self.turn < self.turns:  # the conversation goes on
+            for i, chat_value in zip(self.template["history_at"], self.chats):
+                data[i] = chat_value
+        else:
+            self.chats, self.turn = None, 0
         r = self.http.post(self.url + "queue/join", json={"data": data, "event_data": None, "trigger_id": None,
                                                           "fn_index": self.template["fn_index"],
                                                           "session_hash": self.session})
@@ -256,6 +267,12 @@ class BrowserUser:
                 if msg.get("msg") == "process_completed":
                     if not msg.get("success", False):
                         raise RuntimeError(f"the server answered with an error: {str(msg.get('output'))[:200]}")
+                    if self.turns:  # outputs: message, last prompt, then one chat per column (what /chat takes)
+                        out = msg["output"]["data"]
+                        self.chats = out[2: 2 + len(self.template["history_at"])]
+                        self.turn += 1
+                        if any(len(c) != 2 * self.turn for c in self.chats):  # the conversation must have grown
+                            raise RuntimeError(f"turn {self.turn}: chats of {[len(c) for c in self.chats]} messages")
                     return
                 if msg.get("msg") == "close_stream":
                     break
@@ -266,12 +283,13 @@ class BrowserUser:
 
 
 def run_users(url: str, users: int, *, think: float, duration: float, timeout: float, seed: int,
-              client: str = "browser") -> tuple[list[float], list[str], float]:
+              client: str = "browser", turns: int = 0) -> tuple[list[float], list[str], float]:
     """Closed loop of ``users`` users for ``duration`` s: (latencies of completed calls, errors, window in s).
-    ``client``: ``browser`` (:class:`BrowserUser`) or ``gradio`` (``gradio_client``)."""
+    ``client``: ``browser`` (:class:`BrowserUser`) or ``gradio`` (``gradio_client``); ``turns``: conversations
+    of that many turns (browser client)."""
     if client == "browser":
         template = BrowserUser.template(url)
-        clients: list[Any] = [BrowserUser(url, template) for _ in range(users)]
+        clients: list[Any] = [BrowserUser(url, template, turns) for _ in range(users)]
     else:
         clients = [GradioUser(url) for _ in range(users)]  # connected before the clock starts
     latencies: list[float] = []
@@ -327,7 +345,8 @@ def bench_mode(mode: str, args: argparse.Namespace, port: int) -> list[Row]:
             before = rss_mb(server.proc.pid)
             cpu0, own0, t0 = cpu_s(server.proc.pid), sum(os.times()[:2]), time.perf_counter()
             lat, errs, window = run_users(server.url, users, think=args.think, duration=args.duration,
-                                          timeout=args.request_timeout, seed=args.seed, client=args.client)
+                                          timeout=args.request_timeout, seed=args.seed, client=args.client,
+                                          turns=args.turns)
             after = rss_mb(server.proc.pid)
             wall = time.perf_counter() - t0
             server_cores = (cpu_s(server.proc.pid) - cpu0) / wall
@@ -403,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="the server's --device (cpu, cuda, auto)")
     ap.add_argument("--client", choices=("browser", "gradio"), default="browser",
                     help="browser: queue/join + the event stream, as a page does (default); gradio: gradio_client")
+    ap.add_argument("--turns", type=int, default=0,
+                    help="browser client: each user keeps its conversation for N turns, then starts anew (0: every "
+                         "message alone)")
     ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0: its default)")
     ap.add_argument("--workers", type=int, default=0, help="the server's --workers (0: its default)")
     ap.add_argument("--decode-process", action=argparse.BooleanOptionalAction, default=True,

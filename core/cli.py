@@ -5,8 +5,9 @@
     chatbot-arena train-rl --policy runs/mle/best --backward runs/backward/best --out runs/rl
     chatbot-arena export runs/mle checkpoints/mle           # fp16 + model card, ready to ship
     chatbot-arena evaluate                                  # the evaluation table of the shipped bots
-    chatbot-arena chat --bot antilm                         # talk to a bot in the terminal
+    chatbot-arena chat --bot antilm                         # talk to a bot in the terminal (/reset: start over)
     chatbot-arena respond --file prompts.txt --format csv   # one reply per line, every bot
+    chatbot-arena respond --file chats.jsonl                # one reply per conversation (JSON lines)
     chatbot-arena serve                                     # the app (installed with the app extra)
     chatbot-arena --help                                    # every subcommand, each with its own --help
 """
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 EXAMPLES = {
     "train": """examples:
@@ -49,11 +52,21 @@ Run the same command again to resume from <out>/last.""",
   chatbot-arena chat                                         # the beam bot of the shipped checkpoints
   chatbot-arena chat --bot antilm --antilm 0.3 --gamma 4
   chatbot-arena chat --checkpoint runs/mle/best --strategy greedy
-Type a message and press Enter; an empty line or Ctrl-D quits.""",
+Type a message and press Enter. The bot answers after the conversation so far (your messages and its replies;
+it reads its last context_turns of them). /reset starts a new conversation; an empty line or Ctrl-D quits.""",
     "respond": """examples:
   chatbot-arena respond --file prompts.txt                   # CSV: prompt, bot, reply, score, latency_ms
   chatbot-arena respond --file prompts.txt --bots beam,rl --format json > replies.json
-  chatbot-arena respond --file prompts.txt --checkpoint runs/mle/best --beam-size 5""",
+  chatbot-arena respond --file prompts.txt --checkpoint runs/mle/best --beam-size 5
+  chatbot-arena respond --file chats.jsonl --format json     # one reply per conversation
+  chatbot-arena respond --file chats.txt --input jsonl       # JSON lines whatever the file is called
+Input: a plain file is one prompt per line, each answered alone (blank lines skipped). A .jsonl file (or
+--input jsonl) is one conversation per line, a JSON object with "message" (the turn answered) and optional
+"history" (the turns before it, oldest first, the bot's own replies included; at most 64 of at most 4000
+characters), e.g.
+  {"history": ["want to go hiking?", "no"], "message": "why not?"}
+Its rows add "line" (the line number in the file) and "history" (in CSV a JSON list). A bad line is an error
+naming its line number and field.""",
 }
 
 
@@ -132,11 +145,19 @@ def _pick_bots(args: argparse.Namespace, default: list[str] | None) -> dict:
     return {n: bots[n] for n in names}
 
 
+RESET = "/reset"  # the chat command that starts a new conversation
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
+    """``chatbot-arena chat --bot antilm``: a conversation in the terminal; each message is answered after the
+    earlier turns (the user's and the bot's, the last ``context_turns`` kept); ``/reset`` starts over."""
     bot = next(iter(_pick_bots(args, [args.bot]).values()))
     overrides = _decoder_overrides(args)
     bot.settings(**overrides)  # bad settings fail here, before the first prompt
-    print(f"{bot.label}: {bot.description}\n(empty line or Ctrl-D to quit)")
+    keep = max(0, bot.context_turns)  # the bot reads no more than this many earlier turns
+    print(f"{bot.label}: {bot.description}\n(reads the last {keep} turns with each message; {RESET} starts a new "
+          "conversation; empty line or Ctrl-D to quit)")
+    history: list[str] = []
     while True:
         try:
             prompt = input("you> ")
@@ -144,30 +165,112 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             break
         if not prompt.strip():
             break
+        if prompt.strip() == RESET:
+            history = []
+            print("(new conversation: the earlier turns are forgotten)")
+            continue
         try:
-            reply = bot.respond(prompt, **overrides)
+            reply = bot.respond(prompt, history=history, **overrides)
         except ValueError as e:
             print(f"({e})")
             continue
+        history = [*history, prompt, reply.text][-keep:] if keep else []
         print(f"{bot.name}> {reply.text}    [score {reply.score:.2f}, {1000 * reply.latency_s:.0f} ms]")
     return 0
 
 
-def _cmd_respond(args: argparse.Namespace) -> int:
-    import json
+class Conversation(NamedTuple):
+    """One line of a conversations file: its line number, the earlier turns (oldest first), the message."""
 
+    line: int
+    history: list[str]
+    message: str
+
+
+CONVERSATION_FIELDS = ("history", "message")
+
+
+def read_conversations(data: bytes | str, *, source: str = "input") -> list[Conversation]:
+    """Conversations from JSON lines, one object a line: ``{"history": ["...", "..."], "message": "..."}``
+    (``history`` optional). Blank lines are skipped; bytes are decoded as UTF-8 (bad bytes replaced). A bad line
+    is a ValueError naming ``source``, the line number and the field:
+
+        >>> read_conversations('{"history": ["hi", "hello"], "message": "how are you?"}')
+        [Conversation(line=1, history=['hi', 'hello'], message='how are you?')]
+        >>> read_conversations('{"message": 3}', source="chats.jsonl")
+        Traceback (most recent call last):
+        ValueError: chats.jsonl line 1: message must be a string, got int
+    """
+    from core.context import check_history
+    from core.corpora import MAX_PROMPTS, normalize_text
+
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    out: list[Conversation] = []
+    for n, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):  # JSON strings hold no raw \n
+        if not line.strip():
+            continue
+        where = f"{source} line {n}"
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{where}: not JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f'{where}: expected an object like {{"history": ["..."], "message": "..."}}, got '
+                             f"{type(obj).__name__}")
+        unknown = [k for k in obj if k not in CONVERSATION_FIELDS]
+        if unknown:
+            raise ValueError(f'{where}: unknown field {unknown[0]!r} (the fields are "message" and optionally '
+                             f'"history")')
+        if "message" not in obj:
+            raise ValueError(f"{where}: message is missing")
+        message = obj["message"]
+        if not isinstance(message, str):
+            raise ValueError(f"{where}: message must be a string, got {type(message).__name__}")
+        if not normalize_text(message):
+            raise ValueError(f"{where}: message is empty (nothing left after removing whitespace and control "
+                             "characters)")
+        try:
+            history = check_history(obj.get("history"), field="history")
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        out.append(Conversation(n, history, message))
+        if len(out) > MAX_PROMPTS:
+            raise ValueError(f"{source}: more than {MAX_PROMPTS} conversations; at most {MAX_PROMPTS} at a time")
+    return out
+
+
+def _cmd_respond(args: argparse.Namespace) -> int:
+    """``chatbot-arena respond --file prompts.txt`` (one prompt a line, each answered alone) or ``--file
+    chats.jsonl`` (one conversation a line, see :func:`read_conversations`): a row per input and bot."""
     import pandas as pd
 
     from core.corpora import read_prompts
 
-    prompts = read_prompts(Path(args.file).read_bytes())
+    path = Path(args.file)
+    jsonl = args.input == "jsonl" or (args.input == "auto" and path.suffix.lower() == ".jsonl")
+    data = path.read_bytes()
+    convs = read_conversations(data, source=path.name) if jsonl else None
+    prompts = [c.message for c in convs] if convs is not None else read_prompts(data)
+    histories = [c.history for c in convs] if convs is not None else None
     bots = _pick_bots(args, None)
     overrides = _decoder_overrides(args)
     rows = []
     for name, bot in bots.items():
-        for prompt, reply in zip(prompts, bot.respond_batch(prompts, **overrides)):
-            rows.append({"prompt": prompt, "bot": name, "reply": reply.text, "score": round(reply.score, 4),
-                         "latency_ms": round(1000 * reply.latency_s, 1)})
+        bot.settings(**overrides)  # a bad setting is named before any line is blamed
+        for c in convs or []:  # a line the bot cannot read is named before anything is decoded
+            try:
+                bot.encode_prompt(c.message, c.history)
+            except ValueError as e:
+                raise ValueError(f"{path.name} line {c.line}: {e}") from None
+        for i, reply in enumerate(bot.respond_batch(prompts, histories=histories, **overrides)):
+            row = {"prompt": prompts[i], "bot": name, "reply": reply.text, "score": round(reply.score, 4),
+                   "latency_ms": round(1000 * reply.latency_s, 1)}
+            if convs is not None:
+                turns = convs[i].history
+                row = {"line": convs[i].line, "prompt": prompts[i],
+                       "history": turns if args.format == "json" else json.dumps(turns, ensure_ascii=False),
+                       **{k: v for k, v in row.items() if k != "prompt"}}
+            rows.append(row)
     if args.format == "json":
         print(json.dumps(rows, indent=1, ensure_ascii=False))
     else:
@@ -295,10 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, DecodeConfig, only_given=True)
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("respond", help="one reply per input line, as CSV or JSON", epilog=EXAMPLES["respond"],
+    p = sub.add_parser("respond", help="one reply per input line (a prompt, or a conversation as JSON), as CSV or "
+                       "JSON", epilog=EXAMPLES["respond"],
                        formatter_class=fmt)
     bot_args(p, many=True)
-    p.add_argument("--file", required=True, help="text file, one prompt per line (blank lines skipped)")
+    p.add_argument("--file", required=True, help="text file, one prompt per line (blank lines skipped), or a .jsonl "
+                   'file, one conversation per line: {"history": [...], "message": "..."}')
+    p.add_argument("--input", choices=["auto", "lines", "jsonl"], default="auto",
+                   help="how --file is read: auto (jsonl when it ends in .jsonl, else lines), lines or jsonl "
+                   "(default: auto)")
     p.add_argument("--format", choices=["csv", "json"], default="csv", help="output format (default: csv)")
     add_dataclass_args(p, DecodeConfig, only_given=True)
     p.set_defaults(func=_cmd_respond)

@@ -12,7 +12,20 @@
 or missing signature is a 403), answers 200 at once and replies in the background: a small thread pool with a
 bounded number of waiting messages, each reply decoded through ``ctx.scheduler`` and sent with a timeout, so a
 slow or failing Send API never holds up other requests. Tokens and secrets come from the environment only and
-are never logged (nor is the sender id).
+are never logged (nor is the sender id, nor any message or reply text).
+
+Each sender has a conversation, in memory only: the bot answers every message after the sender's recent turns
+(their messages and the bot's replies, oldest first). The bridge keeps no more than the bot reads: its last
+``context_turns`` turns (``MessengerConfig.keep_turns`` to change it; a single-turn bot keeps none). A turn enters
+the conversation once its reply was sent (a dropped, failed or unanswerable message leaves it as it was), a
+message is kept to its last 4,000 characters, and a conversation is forgotten after ``forget_after_s`` (30 min) with
+no message. At most ``max_conversations`` senders are remembered; past that the least recently active one is
+forgotten first. A sender's messages are answered one at a time, in the order they came, each after the reply to
+the one before (a queue per sender, so one busy sender holds at most one worker):
+
+    bridge = ctx.extra["messenger"]
+    bridge.history("<sender id>")    # the turns the next message of that sender is answered after
+    bridge.remembered()              # how many senders have a conversation now
 """
 
 from __future__ import annotations
@@ -23,16 +36,20 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
+from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from core.serving import Busy
 from demo_app.context import AppContext
 from demo_app.errors import ApiError
@@ -55,6 +72,9 @@ class MessengerConfig:
     max_pending: int = 64  # replies waiting or in flight; past it a message is dropped (and counted)
     send_timeout_s: float = 10.0
     reply_timeout_s: float = 60.0
+    forget_after_s: float = 30 * 60.0  # a conversation with no message for this long is forgotten
+    max_conversations: int = 10_000  # senders remembered at once; past it the least recently active is forgotten
+    keep_turns: int | None = None  # earlier turns kept per sender (None: the bot's context_turns, what it reads)
 
     def __repr__(self) -> str:  # never show the secrets
         return f"MessengerConfig(bot={self.bot!r}, send_api={urllib.parse.urlsplit(self.send_api).netloc!r})"
@@ -95,51 +115,154 @@ def text_messages(payload: Any) -> list[tuple[str, str]]:
     return out
 
 
-class MessengerBridge:
-    """Decodes and sends replies in the background; ``stats`` counts sent, failed and dropped replies."""
+@dataclass
+class _Conversation:
+    """One sender's recent turns (oldest first) and the messages waiting for a reply; guarded by the bridge's
+    lock."""
 
-    def __init__(self, ctx: AppContext, config: MessengerConfig) -> None:
-        self.ctx, self.config = ctx, config
+    turns: deque[str]
+    last_active: float
+    pending: deque[str] = field(default_factory=deque)
+    busy: bool = False  # a job of the pool is answering this sender's pending messages
+
+
+class MessengerBridge:
+    """Decodes and sends replies in the background, each after the sender's conversation so far (see the module
+    docstring); ``stats`` counts sent, failed and dropped replies. ``clock`` (seconds, monotonic) is for tests.
+
+        bridge = MessengerBridge(ctx, MessengerConfig.from_env(list(ctx.bots)))
+        bridge.enqueue("<sender id>", "hi there")   # answered through the Send API in the background
+    """
+
+    def __init__(self, ctx: AppContext, config: MessengerConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ctx, self.config, self.clock = ctx, config, clock
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="messenger")
-        self.slots = threading.BoundedSemaphore(config.max_pending)
         self.stats = {"sent": 0, "failed": 0, "dropped": 0}
-        self._lock = threading.Lock()
+        bot = ctx.bots.get(config.bot)
+        window = int(getattr(bot, "context_turns", 0) or 0)
+        keep = window if config.keep_turns is None else config.keep_turns
+        self.keep_turns = min(max(0, keep), MAX_HISTORY_TURNS)  # what one request may carry at most
+        self._conversations: OrderedDict[str, _Conversation] = OrderedDict()  # least recently active first
+        self._in_flight = 0  # messages accepted and not yet answered (at most max_pending)
+        self._lock = threading.Lock()  # guards stats, the counter and every conversation
 
     def _count(self, key: str) -> None:
         with self._lock:
             self.stats[key] += 1
 
+    # ------------------------------------------------------------------------- conversations
+
+    def history(self, sender: str) -> list[str]:
+        """The turns (oldest first) the sender's next message would be answered after; [] when forgotten."""
+        with self._lock:
+            conv = self._conversations.get(sender)
+            if conv is None or self.clock() - conv.last_active > self.config.forget_after_s:
+                return []
+            return list(conv.turns)
+
+    def remembered(self) -> int:
+        """How many senders have a conversation in memory now (idle ones are dropped as messages arrive)."""
+        with self._lock:
+            return len(self._conversations)
+
+    def pending(self) -> int:
+        """Messages accepted and not yet answered (waiting, decoding or being sent)."""
+        with self._lock:
+            return self._in_flight
+
+    def _conversation(self, sender: str, now: float) -> _Conversation:
+        """The sender's conversation, made the most recently active (under the lock): an idle one starts over.
+        Idle conversations are dropped, and the least recently active ones past ``max_conversations``."""
+        conv = self._conversations.get(sender)
+        if conv is None:
+            conv = self._conversations[sender] = _Conversation(turns=deque(maxlen=self.keep_turns), last_active=now)
+        elif now - conv.last_active > self.config.forget_after_s:
+            conv.turns.clear()
+        conv.last_active = now
+        self._conversations.move_to_end(sender)
+        forgotten = 0
+        for key, other in list(self._conversations.items()):  # least recently active first
+            idle = now - other.last_active > self.config.forget_after_s
+            if not idle and len(self._conversations) <= self.config.max_conversations:
+                break
+            if other is not conv and not other.busy:  # one being answered is dropped once it is done
+                del self._conversations[key]
+                forgotten += 1
+        if forgotten:
+            log.debug("messenger: %d conversations forgotten (idle, or past %d senders)", forgotten,
+                      self.config.max_conversations)
+        return conv
+
+    # ------------------------------------------------------------------------- replies
+
     def enqueue(self, sender: str, text: str) -> bool:
         """Queue one reply; False (and counted as dropped) when ``max_pending`` replies are already waiting."""
-        if not self.slots.acquire(blocking=False):
-            self._count("dropped")
+        with self._lock:
+            if self._in_flight >= self.config.max_pending:
+                self.stats["dropped"] += 1
+                full = True
+            else:
+                full = False
+                self._in_flight += 1
+                conv = self._conversation(sender, self.clock())
+                conv.pending.append(text)
+                if conv.busy:  # the job answering this sender takes it after the messages before it
+                    return True
+                conv.busy = True
+        if full:
             log.warning("messenger: %d replies pending, a message was dropped", self.config.max_pending)
             return False
         try:
-            self.pool.submit(self._answer, sender, text)
+            self.pool.submit(self._drain, sender, conv)
         except RuntimeError:  # the pool is shut down
-            self.slots.release()
-            self._count("dropped")
+            with self._lock:
+                dropped, conv.busy = len(conv.pending), False
+                conv.pending.clear()
+                self._in_flight -= dropped
+                self.stats["dropped"] += dropped
             return False
         return True
 
-    def _answer(self, sender: str, text: str) -> None:
+    def _drain(self, sender: str, conv: _Conversation) -> None:
+        """Answer the sender's pending messages one by one, in order, each after the turns before it."""
+        said: tuple[str, str] | None = None
+        answered = False
+        while True:
+            with self._lock:
+                if answered:
+                    self._in_flight -= 1
+                    if said:
+                        conv.turns.extend(said)
+                        conv.last_active = self.clock()
+                        if self._conversations.get(sender) is conv:
+                            self._conversations.move_to_end(sender)
+                if not conv.pending:
+                    conv.busy = False
+                    return
+                text = conv.pending.popleft()
+                history = list(conv.turns)
+            said, answered = self._answer(sender, text, history), True
+
+    def _answer(self, sender: str, text: str, history: list[str]) -> tuple[str, str] | None:
+        """Decode and send one reply; the (message, reply) turns to remember, or None when nothing was said."""
         try:
             try:
-                reply = self.ctx.scheduler.respond(self.config.bot, text, {},
+                reply = self.ctx.scheduler.respond(self.config.bot, text, {}, history=history,
                                                    timeout=self.config.reply_timeout_s).text or "..."
-            except ValueError:
-                reply = FALLBACK
+                remember = True
+            except ValueError:  # nothing to answer (e.g. emoji or control characters only)
+                reply, remember = FALLBACK, False
             except Busy:
                 self._count("dropped")
                 log.warning("messenger: the scheduler is busy, a message was dropped")
-                return
+                return None
             self.send(sender, reply)
+            return (text[-MAX_TURN_CHARS:], reply[:MAX_TEXT]) if remember else None
         except Exception as e:  # noqa: BLE001 - a background job: count and log, never raise into the pool
             self._count("failed")
             log.warning("messenger: a reply could not be sent (%s)", type(e).__name__)
-        finally:
-            self.slots.release()
+            return None
 
     def send(self, recipient: str, text: str) -> None:
         """POST one text message to the Send API (the page token goes in the query, as the Graph API expects)."""
@@ -161,6 +284,13 @@ class MessengerBridge:
         self._count("sent")
 
     def close(self, wait: bool = False) -> None:
+        """Stop answering: messages still waiting are dropped (a reply being decoded or sent may finish); every
+        conversation is forgotten."""
+        with self._lock:
+            for conv in self._conversations.values():
+                self._in_flight -= len(conv.pending)
+                conv.pending.clear()
+            self._conversations.clear()
         self.pool.shutdown(wait=wait, cancel_futures=True)
 
 

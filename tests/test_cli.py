@@ -1,7 +1,11 @@
-"""The chatbot-arena command line end to end on tiny checkpoints: respond, chat, evaluate, export, help."""
+"""The chatbot-arena command line end to end on tiny checkpoints: respond, chat, evaluate, export, help.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_cli.py
+"""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.cli import build_parser
+from core.cli import Conversation, build_parser, read_conversations
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -56,6 +60,94 @@ def test_chat_answers_until_an_empty_line(tiny_checkpoints):
               stdin="hello\n\x00\x01\nhow are you\n\nnever read\n")
     assert out.stdout.count("antilm> ") == 2
     assert "(prompt is empty" in out.stdout  # control characters only: a message, not a crash
+
+
+def chat_replies(stdout: bytes, bot: str) -> list[str]:
+    """The reply texts of a chat session, in order (a reply may hold any character but the score suffix)."""
+    return re.findall(rf"{bot}> (.*?)    \[score -?[\d.]+, \d+ ms\]\n", stdout.decode("utf-8"), flags=re.DOTALL)
+
+
+def test_chat_keeps_the_conversation_until_reset(tiny_checkpoints, tiny_bots):
+    bot = tiny_bots["greedy"]
+    assert bot.context_turns == 2
+    session = "hello\nhow are you\nwhere do you live\n/reset\nhow are you\n\n"
+    out = subprocess.run([sys.executable, "-m", "core.cli", "chat", "--checkpoints", str(tiny_checkpoints), "--bot",
+                          "greedy"], input=session.encode(), capture_output=True, timeout=300,
+                         env={**ENV, "PYTHONIOENCODING": "utf-8"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    r1, r2, r3, r4 = chat_replies(out.stdout, "greedy")
+    assert r1 == bot.respond("hello").text
+    assert r2 == bot.respond("how are you", history=["hello", r1]).text  # the first exchange was read
+    assert r2 != bot.respond("how are you").text
+    assert r3 == bot.respond("where do you live", history=["how are you", r2]).text  # the last 2 turns
+    assert r4 == bot.respond("how are you").text  # after /reset: a new conversation
+    text = out.stdout.decode("utf-8")
+    assert "/reset starts a new conversation" in text and text.count("(new conversation") == 1
+
+
+def test_chat_help_lists_reset_and_respond_help_the_jsonl_layout(capsys):
+    for command, words in (("chat", ["/reset"]), ("respond", [".jsonl", '"history"', '"message"', "--input"])):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        shown = capsys.readouterr().out
+        assert all(w in shown for w in words), command
+
+
+def test_respond_answers_jsonl_conversations_after_their_history(tiny_checkpoints, tiny_bots, tmp_path):
+    convs = [{"history": ["hello", "hi, how are you?"], "message": "i am fine, and you?"},
+             {"message": "where are you from?", "history": []},
+             {"message": "what do you do?"}]
+    text = "\n".join(json.dumps(c) for c in convs[:2]) + "\n\n" + json.dumps(convs[2]) + "\n"
+    (tmp_path / "chats.jsonl").write_text(text)
+    out = cli("respond", "--file", str(tmp_path / "chats.jsonl"), "--checkpoints", str(tiny_checkpoints),
+              "--bots", "greedy,antilm", "--format", "json")
+    rows = json.loads(out.stdout)
+    assert [(r["bot"], r["line"]) for r in rows] == [("greedy", 1), ("greedy", 2), ("greedy", 4),
+                                                     ("antilm", 1), ("antilm", 2), ("antilm", 4)]
+    for row, conv in zip(rows, convs * 2):
+        history = conv.get("history", [])
+        assert row["prompt"] == conv["message"] and row["history"] == history
+        assert row["reply"] == tiny_bots[row["bot"]].respond(conv["message"], history=history).text
+    assert rows[0]["reply"] != tiny_bots["greedy"].respond(convs[0]["message"]).text  # the history was read
+    # any file name with --input jsonl; CSV rows carry the history as a JSON list
+    (tmp_path / "chats.txt").write_text(text)
+    out = cli("respond", "--file", str(tmp_path / "chats.txt"), "--input", "jsonl", "--checkpoints",
+              str(tiny_checkpoints), "--bots", "greedy")
+    df = pd.read_csv(pd.io.common.StringIO(out.stdout), keep_default_na=False)
+    assert list(df.columns) == ["line", "prompt", "history", "bot", "reply", "score", "latency_ms"]
+    assert [json.loads(h) for h in df["history"]] == [c.get("history", []) for c in convs]
+    assert list(df["reply"]) == [r["reply"] for r in rows[:3]]
+
+
+def test_respond_names_the_line_and_field_of_a_bad_conversation(tiny_checkpoints, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"message": "hello"}\n\n{"history": ["hi", 3], "message": "hey"}\n')
+    out = cli("respond", "--file", str(tmp_path / "bad.jsonl"), "--checkpoints", str(tiny_checkpoints),
+              check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "bad.jsonl line 3: history[1] must be a string, got int" in out.stderr
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    ('{"message": "hi"', "line 2: not JSON"),
+    ('["hi"]', "line 2: expected an object"),
+    ('{"messages": ["hi"]}', "line 2: unknown field 'messages'"),
+    ('{"history": ["hi"]}', "line 2: message is missing"),
+    ('{"message": null}', "line 2: message must be a string, got NoneType"),
+    ('{"message": " \\u0000 "}', "line 2: message is empty"),
+    ('{"message": "hi", "history": "hello"}', "line 2: history must be a list"),
+    ('{"message": "hi", "history": ["' + "x" * 4001 + '"]}', "line 2: history[0] has 4001 characters"),
+    ('{"message": "hi", "history": ' + json.dumps(["a"] * 65) + "}", "line 2: history has 65 turns"),
+])
+def test_read_conversations_rejects_a_bad_line_by_number_and_field(line, error):
+    with pytest.raises(ValueError, match=re.escape(f"chats.jsonl {error}")):
+        read_conversations('{"message": "fine"}\n' + line + "\n", source="chats.jsonl")
+
+
+def test_read_conversations_reads_bytes_bom_and_blank_lines():
+    data = '\ufeff{"message": "caf\u00e9", "history": null}\r\n\n  \n{"message": "a\\nb", "history": ["x"]}'
+    assert read_conversations(data.encode("utf-8")) == [Conversation(1, [], "caf\u00e9"),
+                                                        Conversation(4, ["x"], "a\nb")]
 
 
 def test_bad_settings_give_a_clear_error_and_exit_code(tiny_checkpoints):
