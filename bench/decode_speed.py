@@ -1,6 +1,6 @@
 """Decoding latency: greedy, beam K=10, beam K=10 + anti-LM, every other strategy of the registry (diverse beam,
-contrastive, sampling with typical-p / min-p, beam with repetition and length penalties), beam with the search
-trace on, and a beam search that loops over hypotheses.
+contrastive, sampling with typical-p / min-p, delayed beam, beam with repetition and length penalties), beam with
+the search trace on, and a beam search that loops over hypotheses.
 
     python bench/decode_speed.py                         # 1 thread, 20 tokens per reply, 30 timed rounds
     python bench/decode_speed.py --threads 2 --steps 30 --rounds 50 --device cpu
@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "contrastive top-k=4 alpha=0.6": DecodeConfig(strategy="contrastive", top_k=4, penalty_alpha=0.6, **fixed),
         f"sample x{K} typical-p=0.9 min-p=0.05": DecodeConfig(strategy="sample", beam_size=K, nbest=1, typical_p=0.9,
                                                              min_p=0.05, seed=0, **fixed),
+        f"delayed beam K={K}, first 2 sampled (top-k 10)": DecodeConfig(strategy="delayed_beam", beam_size=K, nbest=1,
+                                                                        delay_tokens=2, top_k=10, seed=0, **fixed),
         f"beam K={K} + repetition 1.2, length penalty 0.6": DecodeConfig(strategy="beam", beam_size=K, nbest=1,
                                                                         repetition_penalty=1.2, length_penalty=0.6,
                                                                         **fixed),

@@ -144,6 +144,9 @@ class DecodeConfig:
                                             "the history; 0: off)", lo=0, hi=10,
                                             label="No-repeat context n-gram", step=1, group="search", ui_hi=4)
     seed: int | None = _setting(None, "seed of the sampler (None: torch's global generator)", label="Seed")
+    delay_tokens: int = _setting(2, "delayed_beam: the first tokens of the reply are sampled (with the sampling "
+                                 "settings), the rest is beam search", lo=0, hi=100,
+                                 label="Delayed beam: sampled tokens", step=1, group="sampling", ui_hi=10)
     num_groups: int = _setting(1, "diverse_beam: groups the beams are split into (beam_size must be a multiple)",
                                lo=1, hi="beam_size", label="Diverse beam groups", step=1, group="search", ui_hi=20)
     diversity_penalty: float = _setting(0.0, "diverse_beam: score lost per earlier group that chose the same "

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from core.bots import Bot
-from core.decoding import Reply
+from core.decoding import STRATEGIES, Reply
 
 _log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class BatchScheduler:
         cfg = self.bots[bot].settings(**overrides)  # ValueError naming the setting and its range
         self.bots[bot].encode_prompt(prompt, history)  # ValueError for an empty prompt or a bad history
         key: GroupKey = (bot, tuple(sorted(cfg.to_dict().items())))
-        if not self.batching or (cfg.strategy == "sample" and cfg.seed is not None):
+        if not self.batching or (STRATEGIES[cfg.strategy].random and cfg.seed is not None):
             key += (next(self._alone),)  # a group of its own
         return key, overrides
 

@@ -137,6 +137,7 @@ class Strategy:
     name: ClassVar[str] = ""
     reads: ClassVar[tuple[str, ...]] = ()
     groups: int = 1  # independent blocks of candidates (see the module docstring)
+    random: ClassVar[bool] = False  # draws from the generator: a seeded request is decoded alone (its draws)
     needs_hidden: bool = False  # the engine passes StepContext.hidden and .lookahead
 
     def __init__(self, cfg: DecodeConfig, generator: torch.Generator | None = None) -> None:
@@ -226,7 +227,7 @@ class Sampler(Strategy):
     """Draws from softmax(step_scores / temperature), restricted by top-k, top-p, min-p then typical-p: K draws
     from the one row of each prompt at the first step, then one draw per row; the best score wins."""
 
-    name = "sample"
+    name, random = "sample", True
     reads = ("beam_size", "temperature", "top_k", "top_p", "typical_p", "min_p", "seed")
 
     def __init__(self, cfg: DecodeConfig, generator: torch.Generator | None = None) -> None:
@@ -255,6 +256,31 @@ class Sampler(Strategy):
         picked = flat.gather(1, tok).view(B, K)  # (B, K) step score of each draw
         beams = torch.arange(R, device=flat.device).repeat_interleave(K // R).expand(B, K)
         return Candidates(scores.repeat_interleave(K // R, dim=1) + picked, tok.view(B, K), beams)
+
+
+@register
+class DelayedBeamSearch(Strategy):
+    """Delayed beam search (ParlAI's ``delayedbeam``; Massarelli et al. 2020): the first ``delay_tokens`` tokens
+    are drawn as :class:`Sampler` draws them (K draws from the one row at the first step, then one per row, with
+    the sampling settings), then the K rows go on as beam search. The sampled start varies the reply; the beam
+    keeps the rest fluent. delay_tokens=0 is beam search."""
+
+    name, random = "delayed_beam", True
+    reads = ("beam_size", "delay_tokens", "temperature", "top_k", "top_p", "typical_p", "min_p", "seed")
+
+    def __init__(self, cfg: DecodeConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg)
+        self.sampler = Sampler(cfg, generator)
+
+    @classmethod
+    def describe(cls, cfg: DecodeConfig) -> str:
+        sampling = Sampler.describe(cfg).split(" ", 2)[2]  # "sample xK T=.. top-k=.." without "sample xK"
+        return f"delayed beam K={cfg.beam_size}, first {cfg.delay_tokens} tokens sampled ({sampling})"
+
+    def __call__(self, scores: Tensor, step_scores: Tensor, K: int, ctx: StepContext) -> Candidates:
+        if ctx.t < self.cfg.delay_tokens:
+            return self.sampler(scores, step_scores, K, ctx)
+        return beam_candidates(scores, step_scores, K)
 
 
 @register

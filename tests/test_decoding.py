@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from core.corpora import normalize_text
 from core.decoding import (
+    STRATEGIES,
     AntiLM,
     BanTokens,
     DecodeConfig,
@@ -611,7 +612,7 @@ def real_parts():
 def decode_configs(draw):
     beam = draw(st.integers(1, 50))
     max_len = draw(st.integers(1, 100))
-    strategy = draw(st.sampled_from(["greedy", "beam", "sample", "diverse_beam", "contrastive"]))
+    strategy = draw(st.sampled_from(sorted(STRATEGIES)))
     length_norm = draw(st.booleans())
     return DecodeConfig(
         strategy=strategy, beam_size=beam,
@@ -624,6 +625,7 @@ def decode_configs(draw):
         length_norm=length_norm, mmi_lambda=draw(st.floats(0, 1)),
         temperature=draw(st.floats(0.05, 5)), top_k=draw(st.integers(1 if strategy == "contrastive" else 0, 1000)),
         top_p=draw(st.floats(0.01, 1)), no_repeat_ngram=draw(st.integers(0, 10)),
+        delay_tokens=draw(st.integers(0, 100)),
         seed=draw(st.none() | st.integers(0, 2**31)),
     )
 

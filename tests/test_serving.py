@@ -17,6 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import pytest
 import torch
 
+from core.decoding import STRATEGIES
 from core.serving import BatchScheduler, Busy, Ticket, usable_cpus
 
 PROMPTS = [
@@ -189,18 +190,20 @@ def test_a_failing_request_fails_alone(tiny_bots, scheduler_factory, monkeypatch
     assert not any(p in warning for p in PROMPTS[1:4])
 
 
-def test_seeded_sampling_is_never_batched_but_unseeded_sampling_is(tiny_bots, scheduler_factory, monkeypatch):
+@pytest.mark.parametrize("strategy", [name for name, cls in STRATEGIES.items() if cls.random])
+def test_seeded_sampling_is_never_batched_but_unseeded_sampling_is(tiny_bots, scheduler_factory, monkeypatch,
+                                                                   strategy):
     gate = Gate(monkeypatch, tiny_bots["greedy"])
     scheduler = scheduler_factory(tiny_bots, max_wait_s=0)
     gate.hold(scheduler, "greedy")
-    seeded = {"strategy": "sample", "seed": 7, "beam_size": 3, "max_len": 8}
+    seeded = {"strategy": strategy, "seed": 7, "beam_size": 3, "max_len": 8}
     with_seed = [scheduler.submit("beam", p, seeded) for p in PROMPTS[:3]]
     without = [scheduler.submit("beam", p, {**seeded, "seed": None}) for p in PROMPTS[:3]]
     gate.release()
     for p, t in zip(PROMPTS[:3], with_seed):
         assert t.result(60).tokens == tiny_bots["beam"].respond(p, **seeded).tokens  # the same draws as alone
         assert t.batch_size == 1
-    assert {t.result(60).settings["strategy"] for t in without} == {"sample"}
+    assert {t.result(60).settings["strategy"] for t in without} == {strategy}
     assert {t.batch_size for t in without} == {3}
 
 
