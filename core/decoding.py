@@ -84,6 +84,7 @@ NEG_INF = float("-inf")
 NEVER_GENERATED = (PAD_ID, BOS_ID, UNK_ID)  # special ids a reply never contains
 SPACE_MARK = "\u0120"  # "Ġ": how byte-level BPE writes the space that begins a word
 UI_GROUPS = ("main", "search", "sampling")
+MAX_PREFIX_CHARS = 400  # the longest forced reply prefix, in characters
 
 # ----------------------------------------------------------------------------- settings
 
@@ -144,6 +145,9 @@ class DecodeConfig:
                                             "the history; 0: off)", lo=0, hi=10,
                                             label="No-repeat context n-gram", step=1, group="search", ui_hi=4)
     seed: int | None = _setting(None, "seed of the sampler (None: torch's global generator)", label="Seed")
+    prefix: str = _setting("", "text the reply must start with: the search goes on from it, and the score counts "
+                           "its tokens (log p and every part) like any other; '' (off)", hi=MAX_PREFIX_CHARS,
+                           label="Reply starts with")
     delay_tokens: int = _setting(2, "delayed_beam: the first tokens of the reply are sampled (with the sampling "
                                  "settings), the rest is beam search", lo=0, hi=100,
                                  label="Delayed beam: sampled tokens", step=1, group="sampling", ui_hi=10)
@@ -237,6 +241,12 @@ def _check_field(cfg: DecodeConfig, name: str, v: Any) -> None:
     if typ is bool:
         if not isinstance(v, bool):
             raise ValueError(f"{where}: must be True or False")
+        return
+    if typ is str:
+        if not isinstance(v, str):
+            raise ValueError(f"{where}: must be a string ({type(v).__name__} given)")
+        if len(v) > meta["hi"]:
+            raise ValueError(f"DecodeConfig.{name}: {len(v)} characters; at most {meta['hi']}")
         return
     if typ == (int | None):
         if v is not None and not _is_int(v):
@@ -513,12 +523,60 @@ def _repetition_delta(logp: float, theta: float) -> float:
     return logp * theta - logp if logp < 0 else logp / theta - logp
 
 
+class ForcePrefix:
+    """The reply starts with ``ids``: at step t < len(ids) every token but ids[t] is blocked. The forced token keeps
+    the score every other modifier gave it, so its log p, anti-LM and bonus parts count as for any token. Applied
+    last."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self.ids = list(ids)
+
+    def __call__(self, scores: Tensor, step: Step) -> Tensor:
+        if step.t >= len(self.ids):
+            return scores
+        keep = self.ids[step.t]
+        out = torch.full_like(scores, NEG_INF)
+        out[:, keep] = scores[:, keep]
+        return out
+
+
+def encode_prefix(prefix: str, tokenizer: Tokenizer | None, max_len: int) -> list[int]:
+    """Token ids of a forced reply prefix (normalised as a prompt is; without a tokenizer, ids written as
+    space-separated integers, the way replies are written without one). ValueError naming ``prefix`` if it has
+    nothing to encode, holds a token the tokenizer cannot represent, or is longer than ``max_len`` tokens."""
+    from core.corpora import normalize_text
+
+    text = normalize_text(prefix)
+    if not text:
+        raise ValueError("DecodeConfig.prefix: nothing left after removing whitespace and control characters")
+    if tokenizer is None:
+        try:
+            ids = [int(x) for x in text.split()]
+        except ValueError:
+            raise ValueError(f"DecodeConfig.prefix={prefix!r}: without a tokenizer, give token ids separated by "
+                             "spaces") from None
+    else:
+        ids = tokenizer.encode(text)
+    if UNK_ID in ids:
+        raise ValueError(f"DecodeConfig.prefix={prefix!r}: the tokenizer cannot encode part of it (it becomes "
+                         "<unk>); leave that part out")
+    if any(i in NEVER_GENERATED or i == EOS_ID for i in ids):
+        raise ValueError(f"DecodeConfig.prefix={prefix!r}: it holds a special token (<s>, </s>, <pad>) that no "
+                         "reply can contain")
+    if len(ids) > max_len:
+        raise ValueError(f"DecodeConfig.prefix: {len(ids)} tokens, longer than max_len={max_len}; shorten it or "
+                         "raise max_len")
+    return ids
+
+
 def build_modifiers(cfg: DecodeConfig, starts: Tensor | None = None,
-                    own_turns: Sequence[Sequence[Sequence[int]]] | None = None) -> list[Modifier]:
+                    own_turns: Sequence[Sequence[Sequence[int]]] | None = None,
+                    prefix: Sequence[int] | None = None) -> list[Modifier]:
     """The modifiers ``cfg`` asks for; zero weights add none, so antilm=0 / n_bonus=0 is plain beam search.
     The repetition penalty comes first, so it acts on the model's own log-probs. ``starts``: the word-start
     table (:func:`word_starts`) the anti-LM needs with ``gamma_words``; ``own_turns``: per prompt, the bot's own
-    earlier turns (token ids) that ``no_repeat_context_ngram`` blocks."""
+    earlier turns (token ids) that ``no_repeat_context_ngram`` blocks; ``prefix``: the forced reply start's ids
+    (:func:`encode_prefix`)."""
     mods: list[Modifier] = [BanTokens()]
     if cfg.min_len > 0:
         mods.append(MinLength(cfg.min_len))
@@ -534,6 +592,8 @@ def build_modifiers(cfg: DecodeConfig, starts: Tensor | None = None,
         mods.append(AntiLM(cfg.antilm, cfg.gamma, starts if cfg.gamma_words else None, cfg.antilm_min_p))
     if cfg.n_bonus > 0:
         mods.append(LengthBonus(cfg.n_bonus))
+    if prefix:
+        mods.append(ForcePrefix(prefix))
     return mods
 
 
@@ -724,13 +784,14 @@ def _lookahead(model: Any, state: State, mem: Memory, tokens: Tensor) -> Tensor:
 
 def _search(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, strategy: Strategy,
             tracer: _Tracer | None = None, starts: Tensor | None = None,
-            own_turns: Sequence[Sequence[Sequence[int]]] | None = None) -> list[list[tuple[_Final, _Path]]]:
+            own_turns: Sequence[Sequence[Sequence[int]]] | None = None,
+            prefix: Sequence[int] | None = None) -> list[list[tuple[_Final, _Path]]]:
     """The search loop. Returns, per prompt, the n-best (finished hypothesis, its path), best first."""
     device = _device(model)
     B = len(src)
     K, G = strategy.width(cfg), strategy.groups
     nbest = min(cfg.nbest, K)
-    modifiers = build_modifiers(cfg, starts, own_turns)
+    modifiers = build_modifiers(cfg, starts, own_turns, prefix)
     need_prompts = any(getattr(m, "needs_prompts", False) for m in modifiers)
     prompt_ids = list(range(B))  # the call's index of each prompt still in the batch
     anti = next((m for m in modifiers if isinstance(m, AntiLM)), None)
@@ -1026,7 +1087,8 @@ def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = N
             raise ValueError(f"the tokenizer has {len(starts)} tokens but the model's vocab_size is {V}")
     if own_turns is not None and len(own_turns) != len(src):
         raise ValueError(f"own_turns: {len(own_turns)} for {len(src)} prompts; give one list per prompt")
-    results = _search(model, src, cfg, lm, strategy, tracer, starts, own_turns)
+    prefix = encode_prefix(cfg.prefix, tokenizer, cfg.max_len) if cfg.prefix else None
+    results = _search(model, src, cfg, lm, strategy, tracer, starts, own_turns, prefix)
     replies = []
     for b, (s, found) in enumerate(zip(src, results)):
         hyps, attention = [], {}
@@ -1051,7 +1113,7 @@ def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = N
 # ----------------------------------------------------------------------------- settings for people
 
 # the settings every strategy reads
-COMMON_FIELDS = ("nbest", "max_len", "min_len", "antilm", "gamma", "gamma_words", "antilm_min_p", "n_bonus",
+COMMON_FIELDS = ("prefix", "nbest", "max_len", "min_len", "antilm", "gamma", "gamma_words", "antilm_min_p", "n_bonus",
                  "length_norm", "mmi_lambda", "no_repeat_ngram", "no_repeat_context_ngram", "repetition_penalty",
                  "length_penalty")
 
@@ -1087,6 +1149,8 @@ def describe_settings(settings: Mapping[str, Any] | DecodeConfig) -> str:
         parts.append(f"length penalty {cfg.length_penalty:g}")
     if cfg.length_norm:
         parts.append("length-normalised")
+    if cfg.prefix:
+        parts.append(f"starts with {cfg.prefix!r}")
     parts.append(f"max {cfg.max_len}")
     return " · ".join(parts)
 

@@ -61,7 +61,17 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    create_model,
+)
 from starlette.concurrency import run_in_threadpool
 
 from core.bots import Bot, read_bots_json
@@ -126,6 +136,8 @@ def _setting_field(name: str) -> tuple[Any, Any]:
     help_text = str(meta.get("help", name))
     lo, hi = meta.get("lo"), _static_bound(meta.get("hi"))
     bounds: dict[str, Any] = {}
+    if typ is str and not meta.get("choices"):  # free text (the reply prefix): hi is its most characters
+        return StrictStr, Field(None, description=help_text, max_length=hi, json_schema_extra=_no_default)
     if lo is not None:
         bounds["gt" if meta.get("lo_open") else "ge"] = lo
     if hi is not None:
