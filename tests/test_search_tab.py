@@ -2,6 +2,7 @@
 plain-beam baseline, the table, and clear messages for bad requests; and the tab builds into a Blocks."""
 
 import html
+from collections import Counter
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -95,8 +96,11 @@ def test_the_tab_builds_with_its_search_event(tiny_bots, tiny_checkpoints):
     api = [d.get("api_name") for d in demo.config["dependencies"]]
     assert "search" in api
     fn = next(f for f in demo.fns.values() if f.api_name == "search")
-    outputs = fn.fn("antilm", "hello there", search.BOT_SETTINGS, *[c.default for c in search.controls()])
+    defaults = [c.default for c in search.controls()]
+    outputs = fn.fn("antilm", "hello there", search.BOT_SETTINGS, "", search.PRUNED_PER_STEP, *defaults)
     assert isinstance(outputs[0], go.Figure) and len(outputs[2]) > 0
+    none_drawn = fn.fn("antilm", "hello there", search.BOT_SETTINGS, "", 0, *defaults)  # the slider is wired
+    assert len(points(none_drawn[0], "pruned")) == 0 and "pruned" in set(none_drawn[2]["status"])
 
 
 def test_the_search_reads_the_conversation_typed_before_the_message(tiny_bots):
@@ -107,3 +111,99 @@ def test_the_search_reads_the_conversation_typed_before_the_message(tiny_bots):
     assert f"*{html.escape(reply.text) or '(empty reply)'}*" in result.status
     assert "⏎" in result.status and "why green" in result.status.split("The bot read:")[1]
     assert len(result.table) == len(reply.trace)  # the traced search is the one after the conversation
+
+
+@pytest.fixture(scope="module")
+def k10_reply(tiny_bots):
+    """A beam search K=10 over 20 steps, traced (the tiny models never say </s> early)."""
+    reply = tiny_bots["antilm"].respond("hello there, how are you?", trace=True, strategy="beam", beam_size=10,
+                                        max_len=20)
+    assert max(x["step"] for x in reply.trace) == 19 and Counter(x["status"] for x in reply.trace)["pruned"] > 60
+    return reply
+
+
+def points(fig: go.Figure, name: str) -> list[tuple[float, float, str | None]]:
+    """(x, y, label) of each point of the figure's trace named ``name``."""
+    t = next(t for t in fig.data if t.name == name)
+    return list(zip(t.x, t.y, t.text if t.text is not None else [None] * len(t.x)))
+
+
+def test_pruned_candidates_are_unlabelled_and_the_best_path_is_labelled(k10_reply):
+    fig = search.tree_figure(k10_reply, pruned_per_step=25)
+    pruned = next(t for t in fig.data if t.name == "pruned")
+    assert pruned.mode == "markers" and pruned.text is None  # hover only
+    assert len(pruned.x) == sum(x["status"] == "pruned" for x in k10_reply.trace)  # 25 per step: all drawn
+    assert len(pruned.hovertext) == len(pruned.x) and all("(pruned)" in h for h in pruned.hovertext)
+    limit = search.label_chars(20)
+    best = search.best_path(k10_reply)
+    for status in ("kept", "finished"):  # drawn in trace order: kept ones labelled on the best path only
+        nodes = [x for x in k10_reply.trace if x["status"] == status]
+        labels = [text for _, _, text in points(fig, status)]
+        expected = [search._label(x["text"], limit) if x["id"] in best or status == "finished" else ""
+                    for x in nodes]
+        assert labels == expected
+    path = [search._label(x["text"], limit) for x in k10_reply.trace if x["id"] in best]
+    assert len(path) == 20 and all(path)  # the reply, token by token
+    assert points(fig, "start")[0][2] == "&lt;s&gt;"  # shown as text, not read as a strike-through tag
+    sides = next(t for t in fig.data if t.name == "kept").textposition  # neighbouring steps: opposite sides
+    assert {(x % 2, side) for (x, _, _), side in zip(points(fig, "kept"), sides)} == {(0, "top center"),
+                                                                                      (1, "bottom center")}
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 25])
+def test_pruned_per_step_draws_the_best_scored_pruned_candidates_of_each_step(k10_reply, n):
+    fig = search.tree_figure(k10_reply, pruned_per_step=n)
+    pruned = [x for x in k10_reply.trace if x["status"] == "pruned"]
+    per_step = Counter(x["step"] for x in pruned)
+    drawn = Counter(int(x) - 1 for x, _, _ in points(fig, "pruned"))  # x = step + 1
+    assert drawn == Counter({step: min(n, count) for step, count in per_step.items() if n})
+    best_scored = [x for x in pruned if sum(y["step"] == x["step"] and y["score"] > x["score"] for y in pruned) < n]
+    assert set(next(t for t in fig.data if t.name == "pruned").hovertext) == {search._hover(x) for x in best_scored}
+    for name in ("kept", "finished"):  # always all drawn
+        assert len(points(fig, name)) == sum(x["status"] == name for x in k10_reply.trace)
+
+
+def test_the_table_lists_every_candidate_whatever_is_drawn(tiny_bots):
+    result = search.run_search(tiny_bots, "beam", "hello there", "beam", {"beam_size": 10, "max_len": 6},
+                               pruned_per_step=0)
+    reply = tiny_bots["beam"].respond("hello there", trace=True, strategy="beam", beam_size=10, max_len=6)
+    assert len(result.table) == len(reply.trace) and (result.table["status"] == "pruned").sum() > 0
+    for fig in (result.figure, result.baseline):
+        assert len(points(fig, "pruned")) == 0
+
+
+def test_the_figure_grows_with_the_ranks_drawn(k10_reply):
+    heights = {}
+    for n in (0, 3, 10):
+        fig = search.tree_figure(k10_reply, pruned_per_step=n)
+        ranks = max(-y for name in ("kept", "pruned", "finished") for _, y, _ in points(fig, name)) + 1
+        assert ranks == 10 + n  # ten kept (or finished) and n pruned at every step
+        lo, hi = fig.layout.yaxis.range
+        plot_px = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+        assert plot_px / (hi - lo) >= search.ROW_PX and lo < -(ranks - 1) and hi > 0  # each rank its ROW_PX
+        heights[n] = fig.layout.height
+    assert heights[0] < heights[3] < heights[10]
+
+
+def test_labels_fit_two_steps_of_the_narrowest_plot():
+    """Labels on one side of their markers are two steps apart: at most label_chars(n) characters of CHAR_PX
+    (and a gap) fit in two step widths of a MIN_PLOT_PX wide plot; and a label and the one below it fit in a
+    row."""
+    for n in (1, 5, 10, 20, 30):
+        step_px = search.MIN_PLOT_PX / (n + 2 * search.X_PAD)
+        assert search.label_chars(n) * search.CHAR_PX + search.LABEL_GAP_PX <= 2 * step_px
+    assert search.label_chars(20) >= 5 and search.label_chars(10) >= 10
+    assert search.ROW_PX >= 2 * (1.3 * search.LABEL_FONT["size"] + 11 / 2 + 4)  # two lines and marker + pad
+
+
+@pytest.mark.parametrize("text, limit, expected", [
+    (" hello", 6, "hello"),
+    ("wonderful", 6, "wonde…"),
+    ("wonderful", 9, "wonderful"),
+    ("日本語です", 6, "日本…"),  # wide characters count two
+    (" ", 6, "␣"),
+    ("\x11", 6, "·"),
+    ("</s>", 6, "&lt;/s&gt;"),
+])
+def test_a_label_is_the_token_cut_to_its_width(text, limit, expected):
+    assert search._label(text, limit) == expected
