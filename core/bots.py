@@ -33,6 +33,7 @@ from core.checkpoint import CheckpointError, load_checkpoint, resolve
 from core.context import history_turns, window_ids, window_of
 from core.corpora import normalize_text
 from core.decoding import DecodeConfig, Reply, generate
+from core.errors import SettingError
 from core.model import LanguageModel, Seq2Seq, pick_device
 from core.tokenizer import Tokenizer
 
@@ -78,22 +79,26 @@ class Bot:
     speaker_markers: bool = False
 
     def settings(self, **overrides: Any) -> DecodeConfig:
-        """The defaults with ``overrides`` applied and validated (ValueError names the setting and its range)."""
+        """The defaults with ``overrides`` applied and validated: a bad one raises SettingError carrying the
+        setting's ``field`` (and ``range``)."""
         cfg = self.defaults.with_overrides(**overrides)
         if cfg.antilm > 0 and cfg.gamma > 0 and self.lm is None:
-            raise ValueError(f"bot {self.name!r} has no language model, so antilm must be 0 (got {cfg.antilm})")
+            raise SettingError(f"bot {self.name!r} has no language model, so antilm must be 0 (got {cfg.antilm})",
+                               field="antilm")
         if cfg.mmi_lambda > 0 and self.backward is None:
-            raise ValueError(f"bot {self.name!r} has no backward model, so mmi_lambda must be 0 "
-                             f"(got {cfg.mmi_lambda})")
+            raise SettingError(f"bot {self.name!r} has no backward model, so mmi_lambda must be 0 "
+                               f"(got {cfg.mmi_lambda})", field="mmi_lambda")
         return cfg
 
     def encode_prompt(self, prompt: str, history: Sequence[str] | None = None) -> list[int]:
         """Token ids of the window the model reads: the message and the last ``context_turns`` turns of
         ``history`` (oldest first), joined by the turn separator, cut to the last ``max_src_len`` tokens.
-        ValueError if the message has nothing left to answer, or ``history`` is not a list of strings."""
+        SettingError (field ``prompt``, ``history`` or ``history[i]``) if the message has nothing left to answer,
+        or ``history`` is not a list of strings."""
         message = self._encode_turn(prompt, "prompt")
         if not message:
-            raise ValueError("prompt is empty (nothing left after removing whitespace and control characters)")
+            raise SettingError("prompt is empty (nothing left after removing whitespace and control characters)",
+                               field="prompt")
         earlier = [self._encode_turn(t, f"history[{i}]") for i, t in
                    enumerate(history_turns(history, limit=self.context_turns))]
         return window_ids([*earlier, message], context_turns=self.context_turns, max_src_len=self.max_src_len,
@@ -103,7 +108,7 @@ class Bot:
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8", errors="replace")
         if not isinstance(text, str):
-            raise ValueError(f"{what} must be a string, got {type(text).__name__}")
+            raise SettingError(f"{what} must be a string, got {type(text).__name__}", field=what)
         text = normalize_text(text.encode("utf-8", errors="replace").decode("utf-8"))  # lone surrogates -> "?"
         return self.tokenizer.encode(text[-self.max_src_len * CHARS_PER_TOKEN :])[-self.max_src_len :] if text else []
 

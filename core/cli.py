@@ -263,7 +263,8 @@ def _cmd_respond(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise ValueError(f"{path.name} line {c.line}: {e}") from None
         for i, reply in enumerate(bot.respond_batch(prompts, histories=histories, **overrides)):
-            row = {"prompt": prompts[i], "bot": name, "reply": reply.text, "score": round(reply.score, 4),
+            data = reply.to_json(digits=4)  # the one JSON form of a reply: a -inf score is null (an empty cell)
+            row = {"prompt": prompts[i], "bot": name, "reply": data["text"], "score": data["score"],
                    "latency_ms": round(1000 * reply.latency_s, 1)}
             if convs is not None:
                 turns = convs[i].history

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.batching import Example
+from core.errors import SettingError
 from core.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 SEP_ID = EOS_ID  # between two turns of the window
@@ -104,25 +105,27 @@ MAX_TURN_CHARS = 4000  # and each of at most this many characters
 
 def check_history(history: Any, *, field: str = "history", max_turns: int = MAX_HISTORY_TURNS,
                   max_chars: int = MAX_TURN_CHARS) -> list[str]:
-    """``history`` as a list of strings (None: no history); ValueError naming ``field`` (and the turn) when it
-    is not a list of strings, has more than ``max_turns`` turns or a turn longer than ``max_chars`` characters."""
+    """``history`` as a list of strings (None: no history); :class:`SettingError` (a ValueError) whose ``field``
+    is ``field`` or the turn (``"history[3]"``) when it is not a list of strings, has more than ``max_turns`` turns
+    or a turn longer than ``max_chars`` characters."""
     if history is None:
         return []
     if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
-        raise ValueError(f"{field} must be a list of earlier turns (strings, oldest first), got "
-                         f"{type(history).__name__}")
+        raise SettingError(f"{field} must be a list of earlier turns (strings, oldest first), got "
+                           f"{type(history).__name__}", field=field)
     if len(history) > max_turns:
-        raise ValueError(f"{field} has {len(history)} turns; at most {max_turns} (a bot reads only the last few)")
+        raise SettingError(f"{field} has {len(history)} turns; at most {max_turns} (a bot reads only the last "
+                           "few)", field=field)
     for i, turn in enumerate(history):
         if not isinstance(turn, str):
-            raise ValueError(f"{field}[{i}] must be a string, got {type(turn).__name__}")
+            raise SettingError(f"{field}[{i}] must be a string, got {type(turn).__name__}", field=f"{field}[{i}]")
         if len(turn) > max_chars:
-            raise ValueError(f"{field}[{i}] has {len(turn)} characters; at most {max_chars}")
+            raise SettingError(f"{field}[{i}] has {len(turn)} characters; at most {max_chars}", field=f"{field}[{i}]")
     return list(history)
 
 
 def history_turns(history: Sequence[str] | None, *, limit: int) -> list[str]:
-    """The last ``limit`` turns of ``history`` (a list of strings, oldest first); ValueError naming the field
+    """The last ``limit`` turns of ``history`` (a list of strings, oldest first); SettingError naming the field
     for anything else (any length is accepted here: only the window is read)."""
     turns = check_history(history, max_turns=len(history) if isinstance(history, Sequence) else 0,
                           max_chars=10**12)

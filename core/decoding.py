@@ -44,6 +44,7 @@ number the candidates of one prompt from 1 (``parent`` 0 is the start, <s>), ``l
     >>> [reply] = generate(model, [tokenizer.encode("hi there")], cfg, lm=lm, tokenizer=tokenizer)
     >>> reply.text, reply.score, [(h.text, h.parts) for h in reply.nbest]
     >>> describe_settings(reply.settings)        # 'beam K=10 · anti-LM 0.5 (gamma 5) · max 30'
+    >>> reply.to_json()                          # the reply as JSON-safe data: a -inf score or log p is None
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ import torch
 from torch import Tensor
 
 from core.batching import collate
+from core.errors import SettingError
 from core.model import Memory, Seq2Seq, State, map_state
 from core.strategies import (
     STRATEGIES,
@@ -102,7 +104,8 @@ def _setting(default: Any, help: str, *, lo: Any = None, hi: Any = None, lo_open
 
 @dataclass
 class DecodeConfig:
-    """How to decode. Constructing one validates it; bad values raise ValueError naming field, value and range.
+    """How to decode. Constructing one validates it; a bad value raises :class:`SettingError` (a ValueError)
+    carrying its ``field`` and, for a numeric setting, its allowed ``range``; the message names both too.
     Each field's metadata is the one source of its default, range, help and UI control (:func:`ui_controls`)."""
 
     strategy: str = _setting("beam", "decoder: " + ", ".join(STRATEGIES), choices=STRATEGIES, label="Decoder")
@@ -176,13 +179,13 @@ class DecodeConfig:
         self.validate()
 
     def validate(self) -> DecodeConfig:
-        """Raise ValueError on the first field with a wrong type or an out-of-range value, or on settings that
+        """Raise SettingError on the first field with a wrong type or an out-of-range value, or on settings that
         do not fit together; return self."""
         for f in fields(self):
             _check_field(self, f.name, getattr(self, f.name))
         if self.length_norm and self.length_penalty > 0:
-            raise ValueError(f"length_norm=True and length_penalty={self.length_penalty} both rank by length: "
-                             "use one of them")
+            raise SettingError(f"length_norm=True and length_penalty={self.length_penalty} both rank by length: "
+                               "use one of them", field="length_norm")
         STRATEGIES[self.strategy].check(self)
         return self
 
@@ -199,7 +202,7 @@ class DecodeConfig:
         known = [f.name for f in fields(self)]
         unknown = sorted(set(overrides) - set(known))
         if unknown:
-            raise ValueError(f"unknown decoding setting(s) {unknown}; known settings: {known}")
+            raise SettingError(f"unknown decoding setting(s) {unknown}; known settings: {known}", field=unknown[0])
         values = {**asdict(self), **overrides}
         for name in known:
             bound = _FIELDS[name].metadata["hi"]
@@ -232,36 +235,63 @@ def _range(values: Any, name: str) -> tuple[Any, Any, str]:
 
 
 def _check_field(cfg: DecodeConfig, name: str, v: Any) -> None:
+    """SettingError naming ``name`` (and, for a numeric field, its range) unless ``v`` fits the field."""
     meta, typ = _FIELDS[name].metadata, _TYPES[name]
     where = f"DecodeConfig.{name}={v!r}"
+    numeric = typ in (int, float) and (meta["lo"] is not None or meta["hi"] is not None)
+    bounds = _range(cfg, name) if numeric else None
+
+    def fail(problem: str) -> SettingError:
+        return SettingError(problem, field=name, range=bounds[:2] if bounds else None)
+
     if meta["choices"]:
         if v not in meta["choices"]:
-            raise ValueError(f"{where}: choose one of {tuple(meta['choices'])}")
+            raise fail(f"{where}: choose one of {tuple(meta['choices'])}")
         return
     if typ is bool:
         if not isinstance(v, bool):
-            raise ValueError(f"{where}: must be True or False")
+            raise fail(f"{where}: must be True or False")
         return
     if typ is str:
         if not isinstance(v, str):
-            raise ValueError(f"{where}: must be a string ({type(v).__name__} given)")
+            raise fail(f"{where}: must be a string ({type(v).__name__} given)")
         if len(v) > meta["hi"]:
-            raise ValueError(f"DecodeConfig.{name}: {len(v)} characters; at most {meta['hi']}")
+            raise fail(f"DecodeConfig.{name}: {len(v)} characters; at most {meta['hi']}")
         return
     if typ == (int | None):
         if v is not None and not _is_int(v):
-            raise ValueError(f"{where}: must be an int or None")
+            raise fail(f"{where}: must be an int or None")
         return
     if typ is int and not _is_int(v):
-        raise ValueError(f"{where}: must be an int ({type(v).__name__} given)")
+        raise fail(f"{where}: must be an int ({type(v).__name__} given)")
     if typ is float and not (_is_number(v) and math.isfinite(v)):
-        raise ValueError(f"{where}: must be a finite number")
-    lo, hi, text = _range(cfg, name)
+        raise fail(f"{where}: must be a finite number")
+    lo, hi, text = bounds or _range(cfg, name)
     if (v <= lo if meta["lo_open"] else v < lo) or v > hi:
-        raise ValueError(f"{where} is out of range: allowed {text}")
+        raise fail(f"{where} is out of range: allowed {text}")
 
 
 # ----------------------------------------------------------------------------- results
+
+
+def _json_number(x: float, digits: int | None) -> float | None:
+    """JSON has no -inf, inf or NaN: a non-finite number becomes None (null); ``digits`` rounds the others."""
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return round(x, digits) if digits is not None else x
+
+
+def _json_data(value: Any, digits: int | None) -> Any:
+    """``value`` (floats, ints, strings, None, in dicts, lists and tuples) with every float through
+    :func:`_json_number`; dict keys become strings."""
+    if isinstance(value, float):
+        return _json_number(value, digits)
+    if isinstance(value, Mapping):
+        return {str(k): _json_data(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_data(v, digits) for v in value]
+    return value
 
 
 @dataclass
@@ -271,6 +301,16 @@ class Hypothesis:
     score: float  # search score (after MMI rerank: the rerank score)
     logprobs: list[float]  # log p(token | prefix, source) from the seq2seq model, one per token
     parts: dict[str, float] = field(default_factory=dict)  # what the score is made of (module docstring)
+    token_strs: list[str] = field(default_factory=list)  # readable piece of each token ([]: not known)
+
+    def to_json(self, *, digits: int | None = None) -> dict[str, Any]:
+        """JSON-safe data: ``{"text", "score", "tokens" (pieces), "token_ids", "logprobs", "parts"}``; every
+        non-finite number (a blocked score, a -inf log p or part) is None, ``parts`` None when there are none,
+        ``digits`` rounds the floats. Without ``token_strs`` the pieces are the ids written as strings."""
+        return {"text": self.text, "score": _json_number(self.score, digits),
+                "tokens": list(self.token_strs) if self.token_strs else [str(i) for i in self.tokens],
+                "token_ids": list(self.tokens), "logprobs": _json_data(self.logprobs, digits),
+                "parts": _json_data(self.parts, digits) if self.parts else None}
 
 
 @dataclass
@@ -286,6 +326,27 @@ class Reply:
     latency_s: float  # wall time of the generate() call that produced this reply
     settings: dict[str, Any]  # the effective DecodeConfig
     trace: list[dict[str, Any]] | None = None  # every candidate of every step, with generate(..., trace=True)
+
+    def to_json(self, *, digits: int | None = None) -> dict[str, Any]:
+        """The one JSON form of a reply, JSON-safe (strict JSON: ``json.dumps(..., allow_nan=False)`` works):
+
+            {"text", "score", "parts" (the best hypothesis's), "tokens" (pieces), "token_ids", "logprobs",
+             "nbest": [Hypothesis.to_json(), ...], "source_tokens", "attention", "latency_s", "settings",
+             "trace" (only when the reply has one)}
+
+        One policy for numbers JSON cannot hold: every non-finite float (a score no reply could reach, a -inf
+        log p, score part, n-best score or trace score) is None (null). ``digits`` rounds the measured floats
+        (scores, parts, log p, attention, latency); the settings are never rounded."""
+        out = {"text": self.text, "score": _json_number(self.score, digits),
+               "parts": _json_data(self.nbest[0].parts, digits) if self.nbest and self.nbest[0].parts else None,
+               "tokens": list(self.token_strs), "token_ids": list(self.tokens),
+               "logprobs": _json_data(self.logprobs, digits),
+               "nbest": [h.to_json(digits=digits) for h in self.nbest],
+               "source_tokens": list(self.source_tokens), "attention": _json_data(self.attention, digits),
+               "latency_s": _json_number(self.latency_s, digits), "settings": _json_data(self.settings, None)}
+        if self.trace is not None:
+            out["trace"] = _json_data(self.trace, digits)
+        return out
 
 
 # ----------------------------------------------------------------------------- beam reshapes
@@ -542,30 +603,31 @@ class ForcePrefix:
 
 def encode_prefix(prefix: str, tokenizer: Tokenizer | None, max_len: int) -> list[int]:
     """Token ids of a forced reply prefix (normalised as a prompt is; without a tokenizer, ids written as
-    space-separated integers, the way replies are written without one). ValueError naming ``prefix`` if it has
+    space-separated integers, the way replies are written without one). SettingError naming ``prefix`` if it has
     nothing to encode, holds a token the tokenizer cannot represent, or is longer than ``max_len`` tokens."""
     from core.corpora import normalize_text
 
     text = normalize_text(prefix)
     if not text:
-        raise ValueError("DecodeConfig.prefix: nothing left after removing whitespace and control characters")
+        raise SettingError("DecodeConfig.prefix: nothing left after removing whitespace and control characters",
+                           field="prefix")
     if tokenizer is None:
         try:
             ids = [int(x) for x in text.split()]
         except ValueError:
-            raise ValueError(f"DecodeConfig.prefix={prefix!r}: without a tokenizer, give token ids separated by "
-                             "spaces") from None
+            raise SettingError(f"DecodeConfig.prefix={prefix!r}: without a tokenizer, give token ids separated by "
+                               "spaces", field="prefix") from None
     else:
         ids = tokenizer.encode(text)
     if UNK_ID in ids:
-        raise ValueError(f"DecodeConfig.prefix={prefix!r}: the tokenizer cannot encode part of it (it becomes "
-                         "<unk>); leave that part out")
+        raise SettingError(f"DecodeConfig.prefix={prefix!r}: the tokenizer cannot encode part of it (it becomes "
+                           "<unk>); leave that part out", field="prefix")
     if any(i in NEVER_GENERATED or i == EOS_ID for i in ids):
-        raise ValueError(f"DecodeConfig.prefix={prefix!r}: it holds a special token (<s>, </s>, <pad>) that no "
-                         "reply can contain")
+        raise SettingError(f"DecodeConfig.prefix={prefix!r}: it holds a special token (<s>, </s>, <pad>) that no "
+                           "reply can contain", field="prefix")
     if len(ids) > max_len:
-        raise ValueError(f"DecodeConfig.prefix: {len(ids)} tokens, longer than max_len={max_len}; shorten it or "
-                         "raise max_len")
+        raise SettingError(f"DecodeConfig.prefix: {len(ids)} tokens, longer than max_len={max_len}; shorten it or "
+                           "raise max_len", field="prefix")
     return ids
 
 
@@ -1041,9 +1103,10 @@ def _check_inputs(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, 
         if any(not _is_int(t) or t < 0 or (V is not None and t >= V) for t in s):
             raise ValueError(f"source sequence {i} has ids outside 0..{V - 1 if V else 'V-1'}")
     if cfg.antilm > 0 and cfg.gamma > 0 and lm is None:
-        raise ValueError(f"antilm={cfg.antilm} needs a language model (lm=None); set antilm=0")
+        raise SettingError(f"antilm={cfg.antilm} needs a language model (lm=None); set antilm=0", field="antilm")
     if cfg.mmi_lambda > 0 and backward is None:
-        raise ValueError(f"mmi_lambda={cfg.mmi_lambda} needs a backward model (backward=None); set mmi_lambda=0")
+        raise SettingError(f"mmi_lambda={cfg.mmi_lambda} needs a backward model (backward=None); set mmi_lambda=0",
+                           field="mmi_lambda")
     for name, other in (("lm", lm), ("backward", backward)):
         W = getattr(getattr(other, "cfg", None), "vocab_size", None)
         if other is not None and V is not None and W is not None and W != V:
@@ -1093,7 +1156,8 @@ def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = N
     for b, (s, found) in enumerate(zip(src, results)):
         hyps, attention = [], {}
         for final, path in found:
-            h = Hypothesis(path.tokens, text_of(path.tokens), final.score, path.logps, _parts(path, final, cfg))
+            h = Hypothesis(path.tokens, text_of(path.tokens), final.score, path.logps, _parts(path, final, cfg),
+                           [piece(i) for i in path.tokens])
             hyps.append(h)
             attention[id(h)] = path.attention  # (T, S_max)
         if cfg.mmi_lambda > 0:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.errors import SettingError
 from core.tokenizer import EOS_ID
 
 if TYPE_CHECKING:
@@ -150,7 +151,8 @@ class Strategy:
 
     @classmethod
     def check(cls, cfg: DecodeConfig) -> None:
-        """Raise ValueError when settings that are each in range do not fit together for this strategy."""
+        """Raise :class:`core.errors.SettingError` (naming the setting to change) when settings that are each in
+        range do not fit together for this strategy."""
 
     @classmethod
     def describe(cls, cfg: DecodeConfig) -> str:
@@ -298,8 +300,8 @@ class DiverseBeamSearch(Strategy):
     @classmethod
     def check(cls, cfg: DecodeConfig) -> None:
         if cfg.beam_size % cfg.num_groups:
-            raise ValueError(f"diverse_beam splits beam_size={cfg.beam_size} into num_groups={cfg.num_groups} "
-                             f"equal groups: make beam_size a multiple of num_groups")
+            raise SettingError(f"diverse_beam splits beam_size={cfg.beam_size} into num_groups={cfg.num_groups} "
+                               f"equal groups: make beam_size a multiple of num_groups", field="num_groups")
 
     @classmethod
     def describe(cls, cfg: DecodeConfig) -> str:
@@ -345,8 +347,8 @@ class ContrastiveSearch(Strategy):
     @classmethod
     def check(cls, cfg: DecodeConfig) -> None:
         if cfg.top_k < 1:
-            raise ValueError("contrastive search picks among the top_k most likely tokens: set top_k >= 1 "
-                             "(4 to 10 is usual)")
+            raise SettingError("contrastive search picks among the top_k most likely tokens: set top_k >= 1 "
+                               "(4 to 10 is usual)", field="top_k")
 
     @classmethod
     def describe(cls, cfg: DecodeConfig) -> str:

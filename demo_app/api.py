@@ -77,6 +77,7 @@ from starlette.concurrency import run_in_threadpool
 from core.bots import Bot, read_bots_json
 from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from core.decoding import DecodeConfig, Reply
+from core.errors import SettingError
 from core.serving import Busy
 from core.tokenizer import EOS_ID
 from demo_app.context import AppContext
@@ -203,10 +204,6 @@ class ReplyRequest(BaseModel):
 Score = float | None  # JSON has no -inf: a score no reply can reach (every continuation blocked) is null
 
 
-def _num(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
 class HypothesisOut(BaseModel):
     text: str
     score: Score
@@ -231,6 +228,11 @@ class ReplyResponse(BaseModel):
     latency_s: float = Field(description="wall time of the batched search that produced this reply")
     wall_s: float = Field(description="wall time of this request on the server (queue + search)")
     settings: dict[str, Any] = Field(description="the effective decoder settings")
+
+
+# what /api/v1/reply returns of Reply.to_json() (the attention matrix and the trace stay out)
+REPLY_FIELDS = ("text", "score", "parts", "tokens", "token_ids", "logprobs", "nbest", "source_tokens", "latency_s",
+                "settings")
 
 
 class ContentPart(BaseModel):
@@ -304,24 +306,22 @@ def _find_bot(ctx: AppContext, name: str, param: str) -> Bot:
     return bot
 
 
-def _param_of(message: str, settings_prefix: str, message_param: str) -> str | None:
-    """Which request field a core ValueError is about."""
-    m = re.search(r"DecodeConfig\.(\w+)=", message) or re.search(r"so (\w+) must be", message)
-    if m:
-        return settings_prefix + m.group(1)
-    m = re.match(r"(history(?:\[\d+\])?)\W", message)
-    if m:
-        return m.group(1)
-    if "prompt" in message:
-        return message_param
-    return None
+def _param_of(error: ValueError, settings_prefix: str, message_param: str) -> str | None:
+    """The request field a core error is about, from its ``field`` (:class:`SettingError`): a decoder setting
+    under ``settings_prefix``, the prompt as ``message_param``, any other field (``history[3]``) as it is; None
+    for an error that names no field."""
+    if not isinstance(error, SettingError):
+        return None
+    if error.field in _DC_FIELDS:
+        return settings_prefix + error.field
+    return message_param if error.field == "prompt" else error.field
 
 
 async def decode(ctx: AppContext, bot: str, prompt: str, overrides: Mapping[str, Any], *,
                  history: list[str] | None = None, settings_prefix: str = "settings.",
                  message_param: str = "message") -> Reply:
-    """One reply to ``prompt`` after ``history`` (oldest first) through the scheduler; ValueError -> 422,
-    Busy -> 503, no answer in time -> 504."""
+    """One reply to ``prompt`` after ``history`` (oldest first) through the scheduler; ValueError -> 422 (its
+    ``param`` a SettingError's field, :func:`_param_of`), Busy -> 503, no answer in time -> 504."""
     timeout = float(ctx.extra.get("api_timeout_s", TIMEOUT_S))
     future = None
     try:
@@ -333,20 +333,11 @@ async def decode(ctx: AppContext, bot: str, prompt: str, overrides: Mapping[str,
                        headers={"Retry-After": "1"}) from e
     except ValueError as e:
         text = str(e).replace("DecodeConfig.", settings_prefix)
-        raise ApiError(422, text, param=_param_of(str(e), settings_prefix, message_param)) from e
+        raise ApiError(422, text, param=_param_of(e, settings_prefix, message_param)) from e
     except asyncio.TimeoutError as e:
         if future is not None:
             future.cancel()
         raise ApiError(504, f"no reply within {timeout:g} s; retry later", headers={"Retry-After": "5"}) from e
-
-
-def _pieces(bot: Bot, ids: list[int]) -> list[str]:
-    return [bot.tokenizer.id_to_token(i) for i in ids]
-
-
-def _parts(h: Any) -> dict[str, float | None] | None:
-    parts = getattr(h, "parts", None)
-    return {str(k): _num(float(v)) for k, v in dict(parts).items()} if parts else None
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -431,7 +422,7 @@ def _settings_or_422(bot: Bot, overrides: Mapping[str, Any]) -> DecodeConfig:
     try:
         return bot.settings(**overrides)
     except ValueError as e:
-        raise ApiError(422, str(e).replace("DecodeConfig.", ""), param=_param_of(str(e), "", "messages")) from e
+        raise ApiError(422, str(e).replace("DecodeConfig.", ""), param=_param_of(e, "", "messages")) from e
 
 
 def _bots_json_folders(ctx: AppContext) -> dict[str, dict[str, str | None]]:
@@ -466,7 +457,7 @@ def api_router(ctx: AppContext) -> APIRouter:
     @router.post("/api/v1/reply", tags=["bots"], response_model=ReplyResponse, responses=ERROR_RESPONSES,
                  summary="One reply of one bot, with its n-best list, tokens and per-token log p")
     async def reply(req: ReplyRequest) -> ReplyResponse:
-        bot = _find_bot(ctx, req.bot, "bot")
+        _find_bot(ctx, req.bot, "bot")
         overrides = req.settings.model_dump(exclude_unset=True)
         if req.nbest is not None:
             if overrides.get("nbest", req.nbest) != req.nbest:
@@ -475,13 +466,9 @@ def api_router(ctx: AppContext) -> APIRouter:
             overrides["nbest"] = req.nbest
         start = time.perf_counter()
         r = await decode(ctx, req.bot, req.message, overrides, history=list(req.history))
-        nbest = [HypothesisOut(text=h.text, score=_num(h.score), tokens=_pieces(bot, h.tokens), token_ids=h.tokens,
-                               logprobs=[_num(x) for x in h.logprobs], parts=_parts(h)) for h in r.nbest]
-        return ReplyResponse(bot=req.bot, text=r.text, score=_num(r.score),
-                             parts=_parts(r.nbest[0]) if r.nbest else None, tokens=r.token_strs, token_ids=r.tokens,
-                             logprobs=[_num(x) for x in r.logprobs], nbest=nbest,
-                             source_tokens=r.source_tokens, latency_s=r.latency_s,
-                             wall_s=time.perf_counter() - start, settings=r.settings)
+        data = r.to_json()  # the one JSON form of a reply: a -inf score or log p is null
+        return ReplyResponse(bot=req.bot, wall_s=time.perf_counter() - start,
+                             **{k: data[k] for k in REPLY_FIELDS})
 
     @router.get("/v1/models", tags=["openai"], summary="The bots, as OpenAI models")
     def list_models() -> dict[str, Any]:
@@ -508,16 +495,17 @@ def api_router(ctx: AppContext) -> APIRouter:
         r = await decode(ctx, req.model, prompt, overrides, history=history, settings_prefix="",
                          message_param="messages")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        hyps = list(r.nbest[:n]) if n > 1 else [None]
+        data = r.to_json()  # the one JSON form of a reply: a -inf log p is null
+        hyps = data["nbest"][:n] if n > 1 else [data]  # each: text, tokens (pieces), token_ids, logprobs
         choices = []
         for i, h in enumerate(hyps):
-            ids, text, lps = (r.tokens, r.text, r.logprobs) if h is None else (h.tokens, h.text, h.logprobs)
-            text, stopped = _cut_at_stop(text, stop)
+            ids = h["token_ids"]
+            text, stopped = _cut_at_stop(h["text"], stop)
             finish = "stop" if stopped or (ids and ids[-1] == EOS_ID) else "length"
             logprobs = None
             if req.logprobs:
-                logprobs = {"content": [{"token": t, "logprob": _num(lp), "bytes": list(t.encode("utf-8")),
-                                         "top_logprobs": []} for t, lp in zip(_pieces(bot, ids), lps)]}
+                logprobs = {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8")),
+                                         "top_logprobs": []} for t, lp in zip(h["tokens"], h["logprobs"])]}
             choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
                             "logprobs": logprobs, "finish_reason": finish, "n_tokens": len(ids)})
         completion_tokens = sum(c.pop("n_tokens") for c in choices)

@@ -201,26 +201,7 @@ def reply_record(bot: Bot, future: Future) -> dict[str, Any]:
     except Exception as e:  # a failing bot must not take the others (or the page) down
         log.exception("bot %s failed", bot.name)
         return {**record, "error": f"{type(e).__name__}: {e}"}
-    return {
-        **record,
-        "text": reply.text,
-        "score": _finite(reply.score),
-        "latency_s": round(reply.latency_s, 4),
-        "settings": reply.settings,
-        "nbest": [{"text": h.text, "score": _finite(h.score),
-                   "parts": {k: _finite(v) for k, v in (getattr(h, "parts", None) or {}).items()}}
-                  for h in reply.nbest],
-        "tokens": reply.tokens,
-        "token_strs": reply.token_strs,
-        "logprobs": [_finite(x) for x in reply.logprobs],
-        "attention": [[round(a, 4) for a in row] for row in reply.attention],
-        "source_tokens": reply.source_tokens,
-    }
-
-
-def _finite(x: float) -> float | None:
-    """JSON has no -inf: an impossible score becomes None."""
-    return round(float(x), 4) if math.isfinite(x) else None
+    return {**record, **reply.to_json(digits=4)}  # the one JSON form of a reply: a -inf score is None
 
 
 def _failed(error: Exception) -> Future:
@@ -368,7 +349,7 @@ class Turn:
                 self.records)
 
 
-HEAVY_FIELDS = ("attention", "source_tokens", "token_strs")  # kept server-side (records), not sent as details
+HEAVY_FIELDS = ("attention", "source_tokens", "token_ids")  # kept server-side (records), not sent as details
 
 
 @dataclass
@@ -546,17 +527,17 @@ def attention_view(details: Mapping[str, Any] | None, bot_name: str) -> Attentio
         return AttentionView(None, [], "Send a message in the **Side by side** tab first; its replies show here.")
     if "error" in record:
         return AttentionView(None, [], f"This bot gave no reply: {escape_text(str(record['error']))}")
-    if not all(isinstance(record.get(k), list) for k in ("token_strs", "logprobs", "attention", "source_tokens")):
+    if not all(isinstance(record.get(k), list) for k in ("tokens", "logprobs", "attention", "source_tokens")):
         return AttentionView(None, [], "These reply details have no attention weights to draw.")
     tokens = [(t, round(math.exp(lp), 3) if lp is not None else 0.0)
-              for t, lp in zip(record["token_strs"], record["logprobs"])]
+              for t, lp in zip(record["tokens"], record["logprobs"])]
     known = [lp for lp in record["logprobs"] if lp is not None]
     mean_lp = sum(known) / len(known) if known else float("nan")
     caption = (f"**{html.escape(record['label'])}** answered *{escape_text(record['text']) or '(empty)'}*: "
                f"{len(tokens)} tokens, mean log p {mean_lp:.2f}, score {record['score']}. "
                "Colour = probability of each token given the prompt and the tokens before it.")
     try:
-        figure = attention_figure(record["attention"], record["source_tokens"], record["token_strs"])
+        figure = attention_figure(record["attention"], record["source_tokens"], record["tokens"])
     except (KeyError, TypeError, ValueError):
         return AttentionView(None, [], "These reply details have no attention weights to draw.")
     return AttentionView(figure, tokens, caption)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import gradio as gr
 
 from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS, check_history
+from core.decoding import Reply
 from core.serving import Busy
 from demo_app.context import AppContext
 
@@ -48,7 +49,8 @@ Args:
     history: {HISTORY_HELP}
 
 Returns:
-    JSON with the reply text, its search score, the n-best alternatives and the settings used
+    JSON with the reply text, its search score (null when no reply was possible under these settings), the
+    n-best alternatives and the settings used
 """
 
 
@@ -71,12 +73,19 @@ def make_reply_tool(ctx: AppContext) -> Callable[..., str]:
             raise gr.Error(str(e).replace("DecodeConfig.", "settings.")) from e
         except Busy as e:
             raise gr.Error("the server is busy; try again in a second") from e
-        return json.dumps({"bot": bot, "text": r.text, "score": r.score,
-                           "nbest": [{"text": h.text, "score": h.score} for h in r.nbest], "settings": r.settings},
-                          ensure_ascii=False)
+        return tool_answer(bot, r)
 
     reply.__doc__ = tool_docstring(ctx)
     return reply
+
+
+def tool_answer(bot: str, reply: Reply) -> str:
+    """The tool's answer, strict JSON (no Infinity or NaN): the bot, the reply text, its score, the n-best texts and
+    scores and the settings, as :meth:`Reply.to_json` writes them (a score no reply could reach is null)."""
+    data = reply.to_json()
+    return json.dumps({"bot": bot, "text": data["text"], "score": data["score"],
+                       "nbest": [{"text": h["text"], "score": h["score"]} for h in data["nbest"]],
+                       "settings": data["settings"]}, ensure_ascii=False, allow_nan=False)
 
 
 def add_mcp_tools(ctx: AppContext) -> None:

@@ -8,6 +8,7 @@ test_fuzz_api): the API routers and error handling on a FastAPI app, run by uvic
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -146,6 +147,19 @@ def test_reply_with_history_reads_the_conversation_over_the_launched_app(launche
     assert r.status_code == 422 and error_of(r)["param"] == "history"
 
 
+def test_a_reply_no_search_could_reach_has_a_null_score_in_strict_json(client, tiny_bots):
+    blocked = {"prefix": "hi hi", "no_repeat_ngram": 1}  # the forced start repeats a token the setting blocks
+    assert tiny_bots["beam"].respond("hello", **blocked).score == float("-inf")
+    r = client.post("/api/v1/reply", json={"bot": "beam", "message": "hello", "settings": blocked})
+    assert r.status_code == 200, r.text
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    body = json.loads(r.text, parse_constant=refuse)
+    assert body["score"] is None and body["parts"] is None and body["nbest"] == [] and body["text"] == ""
+
+
 def test_reply_history_is_the_bots_history(client, tiny_bots):
     conversations = [(["where are you from?", "paris"], "do you have any pets?"),
                      (["i love dogs", "me too"], "what about cats?"),
@@ -197,6 +211,12 @@ NASTY: list[tuple[str, dict[str, Any], int, str | None, tuple[str, ...]]] = [
      ("greedy",)),
     ("nbest above beam_size", dict(json={**HI, "nbest": 20}), 422, "settings.nbest", ("beam_size",)),
     ("nbest disagrees", dict(json={**HI, "nbest": 2, "settings": {"nbest": 3}}), 422, "nbest", ("disagree",)),
+    ("groups do not divide the beam", dict(json={**HI, "settings": {"strategy": "diverse_beam", "beam_size": 5,
+                                                                  "num_groups": 2}}), 422, "settings.num_groups",
+     ("multiple",)),
+    ("both length rankings", dict(json={**HI, "settings": {"length_norm": True, "length_penalty": 1.0}}), 422,
+     "settings.length_norm", ("length",)),
+    ("blank prefix", dict(json={**HI, "settings": {"prefix": "   "}}), 422, "settings.prefix", ("nothing left",)),
     ("anti-LM without LM", dict(json={"bot": "greedy", "message": "hi", "settings": {"antilm": 0.5}}), 422,
      "settings.antilm", ("language model",)),
     ("empty message", dict(json={"bot": "beam", "message": ""}), 422, "message", ("empty",)),

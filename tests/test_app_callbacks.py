@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import json
+from concurrent.futures import Future
 from pathlib import Path
 
 import pandas as pd
@@ -282,6 +283,19 @@ def test_rerun_without_a_message_explains(tiny_bots):
     assert "Nothing to re-run" in turn.status and turn.histories == [[]] * len(NAMES)
 
 
+def test_a_reply_record_is_the_replys_json_and_a_score_no_reply_reached_is_none(tiny_bots):
+    bot = tiny_bots["beam"]
+    reply = bot.respond("hello", prefix="hi hi", no_repeat_ngram=1)  # the prefix repeats a token that is blocked
+    assert reply.score == float("-inf")
+    done: Future = Future()
+    done.set_result(reply)
+    record = cb.reply_record(bot, done)
+    assert record == {"bot": "beam", "label": bot.label, **reply.to_json(digits=4)}
+    assert record["score"] is None and record["nbest"] == []
+    json.dumps(record, allow_nan=False)  # strict JSON
+    assert "score -inf" in cb.bot_message(record)["content"]
+
+
 def test_clear_empties_everything(tiny_bots):
     turn = cb.clear(tiny_bots)
     assert turn.histories == [[]] * len(NAMES) and turn.last_prompt is None and turn.details == {}
@@ -297,7 +311,7 @@ def test_attention_view_of_a_reply(tiny_bots):
     record = details["bots"]["antilm"]
     ax = view.figure.axes[0]
     assert ax.images[0].get_array().shape == (len(record["tokens"]), len(record["source_tokens"]))
-    assert [t for t, _ in view.tokens] == record["token_strs"]
+    assert [t for t, _ in view.tokens] == record["tokens"]
     assert all(0.0 <= p <= 1.0 for _, p in view.tokens)
     assert "Beam + anti-LM" in view.caption
 

@@ -55,6 +55,21 @@ def test_respond_csv_from_a_single_checkpoint(tiny_checkpoints, tmp_path):
     assert list(df.columns) == ["prompt", "bot", "reply", "score", "latency_ms"] and len(df) == 2
 
 
+def test_respond_writes_a_score_no_reply_reached_as_null(tiny_checkpoints, tmp_path):
+    (tmp_path / "p.txt").write_text("hello\n")
+    blocked = ["--prefix", "hi hi", "--no-repeat-ngram", "1"]  # the forced start repeats a token the setting blocks
+    common = ["respond", "--file", str(tmp_path / "p.txt"), "--checkpoints", str(tiny_checkpoints), "--bots", "beam",
+              *blocked]
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    [row] = json.loads(cli(*common, "--format", "json").stdout, parse_constant=refuse)
+    assert row["reply"] == "" and row["score"] is None
+    df = pd.read_csv(pd.io.common.StringIO(cli(*common).stdout))
+    assert df["score"].isna().all()  # an empty cell, not -inf
+
+
 def test_chat_answers_until_an_empty_line(tiny_checkpoints):
     out = cli("chat", "--checkpoints", str(tiny_checkpoints), "--bot", "antilm", "--antilm", "0.2",
               stdin="hello\n\x00\x01\nhow are you\n\nnever read\n")

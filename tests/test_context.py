@@ -18,6 +18,7 @@ from core.context import (
     window_of,
 )
 from core.corpora import load_corpus, make_pairs, normalize_text
+from core.errors import SettingError
 from core.metrics import ngrams
 from core.tokenizer import train_tokenizer
 
@@ -72,6 +73,28 @@ def test_histories_are_checked_field_by_field():
                        (["a"] * 65, "history has 65 turns"), (["x" * 4001], "history[0] has 4001 characters")):
         with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
             check_history(bad)
+
+
+@pytest.mark.parametrize("bad, field", [
+    ("text", "history"), ({"0": "hello"}, "history"), (["a", "b", "c", 4], "history[3]"), ([None], "history[0]"),
+    (["a"] * 65, "history"), (["ok", "x" * 4001], "history[1]"),
+])
+def test_a_bad_history_raises_a_setting_error_naming_the_turn(bad, field):
+    with pytest.raises(SettingError) as e:
+        check_history(bad)
+    assert (e.value.field, e.value.range) == (field, None) and isinstance(e.value, ValueError)
+
+
+def test_a_bots_input_errors_name_their_field(tiny_bots):
+    bot = tiny_bots["beam"]
+    for prompt, history, field in (("  \x00 ", None, "prompt"), (3, None, "prompt"), ("hi", ["a", 4], "history[1]"),
+                                   ("hi", "a", "history")):
+        with pytest.raises(SettingError) as e:
+            bot.respond(prompt, history=history)
+        assert e.value.field == field
+    with pytest.raises(SettingError) as e:
+        tiny_bots["greedy"].respond("hi", antilm=0.5)  # no language model
+    assert e.value.field == "antilm"
 
 
 def test_a_bot_reads_its_window_and_an_old_checkpoint_the_message_only(tiny_bots):

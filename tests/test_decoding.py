@@ -3,7 +3,10 @@ on tiny random models (invariants: K=1 beam == greedy, large-K beam == exhaustiv
 
 import copy
 import itertools
+import json
 import math
+import typing
+from dataclasses import fields
 
 import pytest
 import torch
@@ -16,17 +19,21 @@ from core.decoding import (
     AntiLM,
     BanTokens,
     DecodeConfig,
+    Hypothesis,
     LengthBonus,
     MinLength,
     NoRepeatNGram,
+    Reply,
     Step,
     build_modifiers,
+    encode_prefix,
     generate,
     sequence_logprobs,
     top_k_filter,
     top_p_filter,
     wide_topk,
 )
+from core.errors import SettingError
 from core.model import _PACKED, PACK_MIN_NUMEL, Decoder, LanguageModel, Memory, ModelConfig, Seq2Seq, packed_linear
 from core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, train_tokenizer
 
@@ -141,6 +148,70 @@ def test_a_search_with_every_token_blocked_ends_with_an_empty_reply(strategy):
     cfg = DecodeConfig(strategy=strategy, beam_size=3, nbest=3, max_len=6, min_len=6, no_repeat_ngram=1, seed=0)
     [r] = decode(Scripted(flat_table), cfg)  # 4 words, each usable once, </s> blocked for 6 tokens
     assert (r.tokens, r.text, r.nbest, r.score) == ([], "", [], -math.inf)
+
+
+# ----------------------------------------------------------------------------- the JSON form of a reply
+
+
+def strict_json(data):
+    """``data`` through strict JSON: dumping refuses NaN and infinities, loading refuses their spellings."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(json.dumps(data, allow_nan=False), parse_constant=refuse)
+
+
+def numbers_in(data):
+    """Every int and float in nested dicts and lists."""
+    if isinstance(data, dict):
+        return [x for v in data.values() for x in numbers_in(v)]
+    if isinstance(data, list):
+        return [x for v in data for x in numbers_in(v)]
+    return [data] if isinstance(data, (int, float)) and not isinstance(data, bool) else []
+
+
+def test_to_json_writes_every_non_finite_number_as_null():
+    inf, nan = math.inf, math.nan
+    parts = {"logp": -inf, "antilm": 0.25, "bonus": nan, "mmi": inf}
+    best = Hypothesis([A, B, E], "a b", -inf, [-0.5, -inf, -1.0], parts, ["a", "b", "</s>"])
+    other = Hypothesis([A], "a", nan, [nan])  # no parts, no pieces
+    r = Reply(text="a b", tokens=[A, B, E], token_strs=["a", "b", "</s>"], logprobs=[-0.5, -inf, -1.0], score=-inf,
+              nbest=[best, other], attention=[[1.0], [nan], [0.5]], source_tokens=["x"], latency_s=0.01234,
+              settings=DecodeConfig().to_dict(), trace=[{"step": 0, "score": -inf, "parts": {"logp": -inf}}])
+    data = r.to_json()
+    assert strict_json(data) == data
+    assert all(math.isfinite(x) for x in numbers_in(data))
+    assert data["score"] is None and data["logprobs"] == [-0.5, None, -1.0]
+    assert data["parts"] == {"logp": None, "antilm": 0.25, "bonus": None, "mmi": None}
+    assert data["nbest"][0] == {"text": "a b", "score": None, "tokens": ["a", "b", "</s>"], "token_ids": [A, B, E],
+                                "logprobs": [-0.5, None, -1.0], "parts": data["parts"]}
+    assert data["nbest"][1] == {"text": "a", "score": None, "tokens": [str(A)], "token_ids": [A], "logprobs": [None],
+                                "parts": None}
+    assert data["attention"] == [[1.0], [None], [0.5]] and data["trace"] == [{"step": 0, "score": None,
+                                                                             "parts": {"logp": None}}]
+    assert data["tokens"] == ["a", "b", "</s>"] and data["token_ids"] == [A, B, E]
+    assert data["settings"] == DecodeConfig().to_dict() and data["latency_s"] == 0.01234
+    rounded = r.to_json(digits=2)
+    assert rounded["latency_s"] == 0.01 and rounded["logprobs"] == [-0.5, None, -1.0]
+    assert "trace" not in Reply(**{**r.__dict__, "trace": None}).to_json()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_a_reply_no_search_could_reach_is_strict_json_with_a_null_score(strategy):
+    cfg = DecodeConfig(strategy=strategy, beam_size=3, nbest=3, max_len=6, min_len=6, no_repeat_ngram=1)
+    [r] = decode(Scripted(flat_table), cfg)  # every continuation blocked: the score is -inf
+    assert r.score == -math.inf
+    data = strict_json(r.to_json())
+    assert data["score"] is None and data["parts"] is None and data["nbest"] == [] and data["text"] == ""
+
+
+def test_a_real_reply_to_json_keeps_its_numbers():
+    [r] = decode(Scripted(classic_table), DecodeConfig(beam_size=3, nbest=3, max_len=3), src=[[A, B, C]])
+    data = strict_json(r.to_json())
+    assert data["score"] == pytest.approx(r.score) and data["logprobs"] == pytest.approx(r.logprobs)
+    assert [h["score"] for h in data["nbest"]] == pytest.approx([h.score for h in r.nbest])
+    assert data["parts"] == pytest.approx(r.nbest[0].parts)
+    assert [h["tokens"] for h in data["nbest"]] == [[str(t) for t in h.tokens] for h in r.nbest]
 
 
 # ----------------------------------------------------------------------------- modifiers on a hand-made distribution
@@ -576,6 +647,47 @@ def test_decode_config_rejects_bad_values(kw, message):
         DecodeConfig(**kw)
     with pytest.raises(ValueError, match=message):
         DecodeConfig().with_overrides(**kw)
+
+
+_TYPES = typing.get_type_hints(DecodeConfig)
+# the numeric settings with a fixed range: (name, lo, hi) from the field metadata
+RANGED = [(f.name, f.metadata["lo"], f.metadata["hi"]) for f in fields(DecodeConfig)
+          if _TYPES[f.name] in (int, float) and f.metadata["lo"] is not None
+          and isinstance(f.metadata["hi"], (int, float))]
+
+
+@pytest.mark.parametrize("name, lo, hi", RANGED, ids=[r[0] for r in RANGED])
+def test_a_bad_numeric_setting_raises_a_setting_error_with_its_field_and_range(name, lo, hi):
+    for bad in (hi + 1, "1"):  # out of range, wrong type
+        with pytest.raises(SettingError) as e:
+            DecodeConfig().with_overrides(**{name: bad})
+        assert isinstance(e.value, ValueError)
+        assert (e.value.field, e.value.range) == (name, (lo, hi))
+
+
+@pytest.mark.parametrize("kw, field, bounds", [
+    (dict(beam_size=4, nbest=5), "nbest", (1, 4)),  # a bound naming another field: its value
+    (dict(max_len=5, min_len=6), "min_len", (0, 5)),
+    (dict(strategy="nucleus"), "strategy", None),
+    (dict(length_norm=1), "length_norm", None),
+    (dict(seed=1.5), "seed", None),
+    (dict(length_norm=True, length_penalty=1.0), "length_norm", None),
+    (dict(strategy="diverse_beam", beam_size=5, num_groups=2), "num_groups", None),
+    (dict(strategy="contrastive", top_k=0), "top_k", None),
+    (dict(beam=3), "beam", None),
+    (dict(prefix="x" * 401), "prefix", None),
+])
+def test_setting_errors_name_the_setting_to_change(kw, field, bounds):
+    with pytest.raises(SettingError) as e:
+        DecodeConfig().with_overrides(**kw)
+    assert (e.value.field, e.value.range) == (field, bounds)
+
+
+@pytest.mark.parametrize("prefix", ["   ", "2", "4 " * 11])
+def test_a_prefix_that_cannot_be_forced_names_the_prefix(prefix):
+    with pytest.raises(SettingError) as e:
+        encode_prefix(prefix, None, 10)
+    assert e.value.field == "prefix"
 
 
 def test_overrides_unknown_keys_and_dependent_bounds():

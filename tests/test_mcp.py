@@ -118,3 +118,25 @@ def test_reply_function_is_plain(ctx, tiny_bots):
         reply("greedy", "hi", None, ["a" * 4001])
     with pytest.raises(gr.Error, match="history must be a list"):
         reply("greedy", "hi", None, "hello")
+
+
+# settings under which the tiny beam bot has no reply at all: the forced start "hi hi" repeats a token that
+# no_repeat_ngram=1 blocks, so every continuation is blocked and the score is -inf
+BLOCKED = {"prefix": "hi hi", "no_repeat_ngram": 1}
+
+
+def strict_json(text: str) -> Any:
+    """``text`` parsed as strict JSON: Infinity, -Infinity and NaN are refused."""
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_reply_tool_answers_strict_json_with_null_for_a_score_no_reply_reached(mcp_url, tiny_bots):
+    assert tiny_bots["beam"].respond("hello", **BLOCKED).score == float("-inf")
+    _, (blocked,) = over_mcp(mcp_url, ("reply", {"bot": "beam", "message": "hello", "settings": BLOCKED}))
+    assert not blocked.isError, blocked.content[0].text
+    body = strict_json(blocked.content[0].text)
+    assert body["score"] is None and body["text"] == "" and body["nbest"] == []
+    assert body["settings"]["prefix"] == "hi hi"

@@ -202,6 +202,9 @@ def test_stream_ends_with_done(url):
     (dict(messages=[{"role": "user", "content": "   "}]), "messages", ("empty",)),
     (dict(presence_penalty=0.5), "presence_penalty", ("0",)),
     (dict(extra_body={"max_len": 5}, max_tokens=6), "max_tokens", ("disagree",)),
+    (dict(extra_body={"strategy": "diverse_beam", "beam_size": 5, "num_groups": 2}), "num_groups", ("multiple",)),
+    (dict(extra_body={"prefix": "   "}), "prefix", ("nothing left",)),
+    (dict(model="greedy", extra_body={"antilm": 0.5}), "antilm", ("language model",)),
 ])
 def test_bad_requests_raise_client_errors_naming_the_field(client, kwargs, param, words):
     kwargs = {"model": "beam", "messages": HI, **kwargs}

@@ -127,11 +127,10 @@ def send(ctx: Any, session_id: str | None, message: Any, state: dict[str, Any] |
         log.exception("arena: a bot failed to answer")
         return _view(state, "⚠ A bot failed to answer: try again, or start a new battle.", message=message)
 
+    stored = [r.to_json() for r in (reply_a, reply_b)]  # the one JSON form of a reply: a -inf score is null
     try:
-        turn = ctx.arena.record_turn(
-            battle.id, session, message,
-            {"text": reply_a.text, "score": reply_a.score, "latency_s": reply_a.latency_s},
-            {"text": reply_b.text, "score": reply_b.score, "latency_s": reply_b.latency_s})
+        turn = ctx.arena.record_turn(battle.id, session, message,
+                                     *({k: d[k] for k in ("text", "score", "latency_s")} for d in stored))
     except ArenaError as e:
         return _view(state, f"⚠ {e}", message=message)
     state = {**state, "turns": turn + 1,
