@@ -62,14 +62,15 @@ def model_card(name: str, model_cfg: dict[str, Any], meta: dict[str, Any], log_r
     evals = [(int(r["step"]), float(r["valid_ppl"])) for r in log_rows if r.get("valid_ppl")]
     curve = "\n".join(f"| {s} | {p:.2f} |" for s, p in evals) or "| - | - |"
     hours = meta.get("train_seconds", 0) / 3600
-    kind = {"seq2seq": "p(reply | message)", "backward": "p(message | reply), trained on swapped pairs",
-            "lm": "p(reply), a language model for the anti-LM penalty"}.get(model_cfg["kind"], model_cfg["kind"])
     layout = encoder_layout(model_cfg)
     arch = ("GRU language model" if model_cfg["kind"] == "lm" else
             f"bidirectional {model_cfg['cell'].upper()} encoder{f' ({layout})' if layout else ''}"
             f" + {model_cfg['cell'].upper()} decoder with Luong "
             f"`{model_cfg['attention']}` attention")
     turns = int(train.get("context_turns") or 0) if model_cfg["kind"] == "seq2seq" else 0
+    kind = {"seq2seq": (f"p(reply | message and up to {turns} earlier turns)" if turns else "p(reply | message)"),
+            "backward": "p(message | reply), trained on swapped pairs",
+            "lm": "p(reply), a language model for the anti-LM penalty"}.get(model_cfg["kind"], model_cfg["kind"])
     window = (f"the message with up to {turns} earlier turns of its conversation, joined by `</s>`"
               f"{' (the replier’s own turns marked by `<s>`)' if train.get('speaker_markers') else ''}"
               if turns else "the message alone")

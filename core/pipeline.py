@@ -105,24 +105,25 @@ STANDARD_BOTS: list[dict[str, Any]] = [
      "checkpoint": "mle", "lm": None, "backward": None, "decoder": {"strategy": "greedy"}},
     {"name": "beam", "label": "Beam search (K=10)",
      "description": "Keeps the 10 most likely partial replies at every step and returns the best whole reply, with a "
-                    "length bonus of 0.5 per token (without it, beam search prefers two-word replies).",
+                    "length bonus of 1.0 per token (without it, beam search prefers two-word replies).",
      "checkpoint": "mle", "lm": None, "backward": "backward",
-     "decoder": {"strategy": "beam", "beam_size": 10, "n_bonus": 0.5}},
+     "decoder": {"strategy": "beam", "beam_size": 10, "n_bonus": 1.0}},
     {"name": "antilm", "label": "Beam + anti-LM",
      "description": "Beam search (K=10) that subtracts a language model's log-probability from the first gamma "
                     "tokens, so replies that any prompt would get lose (Li et al. 2016, MMI-antiLM); the penalty "
-                    "only acts on tokens the model finds plausible, plus a length bonus of 0.25 per token.",
+                    "only acts on tokens the model finds plausible, plus a length bonus of 0.5 per token. It never "
+                    "says again three words in a row that it said earlier in the conversation.",
      "checkpoint": "mle", "lm": "lm", "backward": "backward",
-     "decoder": {"strategy": "beam", "beam_size": 10, "antilm": 0.4, "gamma": 4, "n_bonus": 0.25,
-                 "antilm_min_p": 0.05}},
+     "decoder": {"strategy": "beam", "beam_size": 10, "antilm": 0.5, "gamma": 4, "n_bonus": 0.5,
+                 "antilm_min_p": 0.05, "no_repeat_context_ngram": 3}},
     {"name": "rl", "label": "RL policy",
-     "description": "The MLE model fine-tuned by policy gradient on simulated dialogues (ease of answering, "
-                    "information flow, coherence; Li et al. 2016), decoded as the anti-LM bot is (beam K=10, "
-                    "anti-LM 0.4 on the first 4 tokens with the same plausibility floor) with a length bonus of "
-                    "0.75 per token: without the anti-LM, one reply in ten was its favourite question.",
+     "description": "The MLE model fine-tuned by policy gradient on simulated dialogues that read the conversation "
+                    "(ease of answering, information flow, coherence; Li et al. 2016), decoded as the anti-LM bot "
+                    "is (beam K=10, anti-LM 0.5 on the first 4 tokens with the same plausibility floor, no "
+                    "three words of its own earlier turns again) with a length bonus of 1.0 per token.",
      "checkpoint": "rl", "lm": "lm", "backward": "backward",
-     "decoder": {"strategy": "beam", "beam_size": 10, "antilm": 0.4, "gamma": 4, "n_bonus": 0.75,
-                 "antilm_min_p": 0.05}},
+     "decoder": {"strategy": "beam", "beam_size": 10, "antilm": 0.5, "gamma": 4, "n_bonus": 1.0,
+                 "antilm_min_p": 0.05, "no_repeat_context_ngram": 3}},
 ]
 
 
