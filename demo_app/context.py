@@ -23,3 +23,14 @@ class AppContext:
     missing: Mapping[str, str] = field(default_factory=dict)  # bots of bots.json not served, and why
     arena: Any = None  # core.arena's battle service when the app keeps votes (None: no Arena tab)
     extra: dict[str, Any] = field(default_factory=dict)  # settings of optional parts (e.g. the API limits)
+
+    def close(self) -> None:
+        """Stop what the context started, in the order requests flow: the Messenger bridge's pool (its waiting
+        messages are dropped), the scheduler (its workers and decode processes; queued requests fail with Busy),
+        the vote store's connections. Safe to call more than once; the HTTP server calls it when it shuts down."""
+        bridge = self.extra.get("messenger")
+        if bridge is not None:
+            bridge.close()
+        self.scheduler.close()
+        if self.arena is not None:
+            self.arena.store.close()

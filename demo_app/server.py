@@ -11,12 +11,15 @@ beside it, on one FastAPI app run by uvicorn.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,11 +84,21 @@ def open_arena(bots: dict[str, Any], *, data_dir: str | Path | None = None, db: 
     return Arena(ArenaStore(resolve_db_url(db, data_dir)), bots, salt=salt)
 
 
-def create_server(ctx: AppContext, demo: gr.Blocks, *, mcp: bool = False) -> fastapi.FastAPI:
+def create_server(ctx: AppContext, demo: gr.Blocks, *, mcp: bool = False,
+                  close_context: bool = True) -> fastapi.FastAPI:
     """The FastAPI app: the API routers first (so ``/api/v1``, ``/v1`` and ``/webhook`` are theirs), the Gradio
-    Blocks mounted at ``/``."""
+    Blocks mounted at ``/``. Its lifespan closes ``ctx`` (:meth:`AppContext.close`: the Messenger pool, the
+    scheduler and its decode processes, the vote store) when the server shuts down, unless ``close_context`` is
+    False (a context shared by several servers)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: fastapi.FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_context:
+            await asyncio.to_thread(ctx.close)  # joins worker threads: off the event loop
+
     app = fastapi.FastAPI(title="Seq2Seq Chatbot Arena", description="JSON, OpenAI-compatible and webhook APIs of "
-                          "the arena's bots; the web app is at /.", version="1")
+                          "the arena's bots; the web app is at /.", version="1", lifespan=lifespan)
     install_error_handling(app)
     app.include_router(api_router(ctx))
     app.include_router(messenger_router(ctx))
@@ -102,10 +115,11 @@ class ServerHandle:
     thread: threading.Thread
 
     def close(self) -> None:
+        """Shut the server down as Ctrl-C does: open event streams (browsers) are cut after the config's
+        ``timeout_graceful_shutdown``, then the lifespan closes the context (see :func:`create_server`)."""
         logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # the streams it cuts are expected
         self.server.should_exit = True
-        self.server.force_exit = True  # do not wait for the browsers' open event streams
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=30)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -115,13 +129,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def start_server(ctx: AppContext, demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
-                 mcp: bool = False) -> ServerHandle:
-    """Run :func:`create_server` with uvicorn in a daemon thread; return once it accepts connections."""
-    port = port or free_port(host)
-    config = uvicorn.Config(create_server(ctx, demo, mcp=mcp), host=host, port=port, log_level="warning",
-                            timeout_graceful_shutdown=2)
+                 mcp: bool = False, close_context: bool = True) -> ServerHandle:
+    """Run :func:`create_server` with uvicorn in a daemon thread; return once it accepts connections. Without a
+    ``port``, the server's socket is bound to port 0 here (the system picks a free port; no probe-then-bind race)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port or 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_server(ctx, demo, mcp=mcp, close_context=close_context), host=host, port=port,
+                            log_level="warning", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="arena-server", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="arena-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:

@@ -356,7 +356,7 @@ def test_full_server_serves_the_api_beside_gradio_and_answers_bad_input_cleanly(
     from demo_app.app import build_app
     from demo_app.server import start_server
 
-    handle = start_server(ctx, build_app(ctx))
+    handle = start_server(ctx, build_app(ctx), close_context=False)  # ctx serves the module's other tests
     url = handle.url.rstrip("/")
     try:
         r = httpx.post(f"{url}/api/v1/reply", json={"bot": "beam", "message": "hi", "settings": {"beam_size": 99}})
