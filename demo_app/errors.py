@@ -70,6 +70,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, "A field is missing, of the wrong type, unknown, or out of range (the message names it)"),
         (429, "Too many requests from this client; see Retry-After"),
         (503, "The server is busy; see Retry-After"),
+        (504, "No reply within the server's time limit; see Retry-After"),
     )
 }
 
