@@ -113,15 +113,19 @@ class Bot:
         return self.tokenizer.encode(text[-self.max_src_len * CHARS_PER_TOKEN :])[-self.max_src_len :] if text else []
 
     def respond(self, prompt: str, *, history: Sequence[str] | None = None, trace: bool = False,
-                **overrides: Any) -> Reply:
+                prefix_ids: Sequence[int] | None = None, **overrides: Any) -> Reply:
         """One reply to ``prompt`` after ``history`` (the earlier turns, oldest first); ``overrides`` are
         DecodeConfig fields (beam_size=5, antilm=0.3, ...); ``trace``: the reply lists every candidate of the
-        search (see :mod:`core.decoding`)."""
-        return self.respond_batch([prompt], histories=[history], trace=trace, **overrides)[0]
+        search (see :mod:`core.decoding`); ``prefix_ids``: token ids the reply must start with (the ``prefix``
+        setting without the text round trip: a branch from a traced node)."""
+        return self.respond_batch([prompt], histories=[history], trace=trace, prefix_ids=prefix_ids,
+                                  **overrides)[0]
 
     def respond_batch(self, prompts: list[str], *, histories: Sequence[Sequence[str] | None] | None = None,
-                      trace: bool = False, **overrides: Any) -> list[Reply]:
-        """One reply per prompt (each after its own history, of any length), decoded together in one search."""
+                      trace: bool = False, prefix_ids: Sequence[int] | None = None,
+                      **overrides: Any) -> list[Reply]:
+        """One reply per prompt (each after its own history, of any length), decoded together in one search;
+        ``prefix_ids`` (every reply's forced start) as in :meth:`respond`."""
         cfg = self.settings(**overrides)
         if not prompts:
             return []
@@ -132,7 +136,7 @@ class Bot:
         src = [self.encode_prompt(p, h) for p, h in zip(prompts, histories)]
         own = [self.own_turns(h) for h in histories] if cfg.no_repeat_context_ngram > 0 else None
         return generate(self.model, src, cfg, lm=self.lm, backward=self.backward, tokenizer=self.tokenizer,
-                        trace=trace, own_turns=own)
+                        trace=trace, own_turns=own, prefix_ids=prefix_ids)
 
     def own_turns(self, history: Sequence[str] | None) -> list[list[int]]:
         """Token ids of the bot's own turns in ``history`` (every other turn back from the last one: the turn

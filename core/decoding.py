@@ -631,6 +631,26 @@ def encode_prefix(prefix: str, tokenizer: Tokenizer | None, max_len: int) -> lis
     return ids
 
 
+def check_prefix_ids(ids: Sequence[int], vocab_size: int | None, cfg: DecodeConfig) -> list[int]:
+    """Forced reply-start token ids given directly (a branch from a traced node: its path), checked as
+    :func:`encode_prefix` checks a text prefix: SettingError naming ``prefix`` unless every id is a token a reply can
+    hold (0 <= id < V, no <pad> <s> <unk>), </s> comes only last (then the whole reply is forced) and not before
+    ``min_len`` tokens, and there are at most ``max_len`` of them."""
+    ids = list(ids)
+    V = vocab_size if vocab_size is not None else math.inf
+    if any(not _is_int(i) or not 0 <= i < V for i in ids):
+        raise SettingError(f"prefix_ids={ids[:12]!r}: token ids must be ints in 0..{V - 1}", field="prefix")
+    if any(i in NEVER_GENERATED for i in ids) or EOS_ID in ids[:-1]:
+        raise SettingError("prefix_ids: a reply cannot hold <pad>, <s> or <unk>, nor </s> before its end",
+                           field="prefix")
+    if ids and ids[-1] == EOS_ID and len(ids) - 1 < cfg.min_len:
+        raise SettingError(f"prefix_ids: the reply would end after {len(ids) - 1} tokens, before "
+                           f"min_len={cfg.min_len}", field="prefix")
+    if len(ids) > cfg.max_len:
+        raise SettingError(f"prefix_ids: {len(ids)} tokens, longer than max_len={cfg.max_len}", field="prefix")
+    return ids
+
+
 def build_modifiers(cfg: DecodeConfig, starts: Tensor | None = None,
                     own_turns: Sequence[Sequence[Sequence[int]]] | None = None,
                     prefix: Sequence[int] | None = None) -> list[Modifier]:
@@ -1116,10 +1136,13 @@ def _check_inputs(model: Any, src: list[list[int]], cfg: DecodeConfig, lm: Any, 
 @torch.inference_mode()
 def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = None, backward: Any = None,
              tokenizer: Tokenizer | None = None, trace: bool = False,
-             own_turns: Sequence[Sequence[Sequence[int]]] | None = None) -> list[Reply]:
+             own_turns: Sequence[Sequence[Sequence[int]]] | None = None,
+             prefix_ids: Sequence[int] | None = None) -> list[Reply]:
     """Decode one reply per source sequence (token ids, no specials), all prompts in one batched search.
     ``trace``: fill each Reply's ``trace`` with every candidate of every step (see the module docstring);
-    ``own_turns``: per prompt, the bot's own earlier turns (token ids) for ``no_repeat_context_ngram``."""
+    ``own_turns``: per prompt, the bot's own earlier turns (token ids) for ``no_repeat_context_ngram``;
+    ``prefix_ids``: token ids every reply starts with, forced as ``cfg.prefix`` is but without a text round trip
+    (a branch from a traced node forces its path's ids; see :func:`check_prefix_ids`); not with ``cfg.prefix``."""
     t0 = time.perf_counter()
     cfg.validate()
     _check_inputs(model, src, cfg, lm, backward)
@@ -1151,6 +1174,10 @@ def generate(model: Any, src: list[list[int]], cfg: DecodeConfig, *, lm: Any = N
     if own_turns is not None and len(own_turns) != len(src):
         raise ValueError(f"own_turns: {len(own_turns)} for {len(src)} prompts; give one list per prompt")
     prefix = encode_prefix(cfg.prefix, tokenizer, cfg.max_len) if cfg.prefix else None
+    if prefix_ids is not None:
+        if cfg.prefix:
+            raise SettingError("give the reply's start as prefix (text) or as prefix_ids, not both", field="prefix")
+        prefix = check_prefix_ids(prefix_ids, getattr(getattr(model, "cfg", None), "vocab_size", None), cfg)
     results = _search(model, src, cfg, lm, strategy, tracer, starts, own_turns, prefix)
     replies = []
     for b, (s, found) in enumerate(zip(src, results)):
@@ -1222,7 +1249,7 @@ def describe_settings(settings: Mapping[str, Any] | DecodeConfig) -> str:
 @dataclass(frozen=True)
 class UIControl:
     """One control a UI generates from DecodeConfig: ``lo`` / ``hi`` are the slider's range (within the core
-    range), ``kind`` is ``int``, ``float``, ``bool`` or ``choice``."""
+    range), ``kind`` is ``int``, ``float``, ``bool``, ``choice`` or ``text`` (``hi``: its most characters)."""
 
     name: str
     label: str
@@ -1247,6 +1274,8 @@ def _control(f: Any) -> UIControl:
                          tuple(meta["choices"]))
     if typ is bool:
         return UIControl(f.name, meta["label"], meta["help"], 0, 1, 1, "bool", meta["group"], f.default)
+    if typ is str:  # free text (the reply prefix): hi is its most characters
+        return UIControl(f.name, meta["label"], meta["help"], 0, meta["hi"], 0, "text", meta["group"], f.default)
     hi = meta["hi"]
     if isinstance(hi, str):  # bounded by another field: its slider's maximum
         other = _FIELDS[hi].metadata

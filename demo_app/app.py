@@ -11,6 +11,8 @@ Gradio API (``gradio_client.Client(url).view_api()`` lists the parameters):
     /batch      prompts (text and/or file) -> replies table, metrics table, bar plot, CSV files, status
     /battle /vote /new_battle /leaderboard   the Arena and Leaderboard tabs
     /search     the Search tab (the search tree of one reply)
+    /search_branch, /search_branch_token   branch the session's traced search from a node, or from a token of
+                the token view (:mod:`demo_app.tabs.search_branch`)
 The JSON and OpenAI-compatible APIs live beside the app on the same server (:mod:`demo_app.server`).
 """
 

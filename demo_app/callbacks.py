@@ -56,7 +56,8 @@ KEEP = type("Keep", (), {"__repr__": lambda self: "KEEP"})()  # an output to lea
 @dataclass(frozen=True)
 class Control:
     """One decoder control of the side-by-side tab. ``name`` is a DecodeConfig field, or ``sample``;
-    ``group``: ``main`` (always shown), ``search`` or ``sampling`` (under "Advanced")."""
+    ``group``: ``main`` (always shown), ``search`` or ``sampling`` (under "Advanced"); ``text``: a text box (a
+    free-text setting such as the reply prefix; ``maximum`` is its most characters), else a slider or checkbox."""
 
     name: str
     label: str
@@ -67,11 +68,14 @@ class Control:
     integer: bool = False
     group: str = "main"
     checkbox: bool = False
+    text: bool = False
 
 
 CONTROLS: tuple[Control, ...] = tuple(  # generated from DecodeConfig: its defaults, ranges and help are the truth
-    Control(c.name, c.label, c.help, c.lo, c.hi, c.step, integer=c.kind == "int", group=c.group,
-            checkbox=c.kind == "bool") for c in ui_controls())
+    Control(c.name, c.label, c.help, c.lo, c.hi, c.step, integer=c.kind == "int", group=c.group or "main",
+            checkbox=c.kind == "bool", text=c.kind == "text")
+    # the shared controls, then the free-text settings (the reply prefix), which every strategy reads
+    for c in [*ui_controls(), *(c for c in ui_controls(every_field=True) if c.kind == "text")])
 CONTROL_NAMES = tuple(c.name for c in CONTROLS)
 # A moved control that switches a bot's strategy: control -> (the bot's strategy, the strategy it switches to)
 SWITCHES = {"sample": ("beam", "sample"), "num_groups": ("beam", "diverse_beam"),
@@ -132,7 +136,7 @@ def default_settings(bots: Mapping[str, Bot]) -> dict[str, Any]:
             continue
         owner = next((b for b in bots.values() if applies_to(b, c.name)), None)
         value = getattr(owner.defaults if owner else next(iter(bots.values())).defaults, c.name)
-        out[c.name] = min(max(value, c.minimum), c.maximum)
+        out[c.name] = value if c.text else min(max(value, c.minimum), c.maximum)
     return out
 
 
@@ -142,11 +146,17 @@ def resolve_settings(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> 
     Gradio has already refused values outside a slider's range and values that are not numbers, with its own
     message naming the bound ("Value 35 is greater than maximum value 20."), so what is left to do here: a
     fractional value of an integer control is rounded, and a checkbox value that is not true/false is replaced by
-    the default; each adds a note. A missing control keeps its default.
+    the default; each adds a note. A text box left blank (or only spaces) means the setting is off ("").
+    A missing control keeps its default.
     """
     settings, notes = {}, []
     for c in CONTROLS:
         v = values.get(c.name, defaults[c.name])
+        if c.text:
+            settings[c.name] = v if isinstance(v, str) and v.strip() else ""
+            if v is not None and not isinstance(v, str):
+                notes.append(f"{c.label}: {_show(v)} is not text; left empty")
+            continue
         if c.checkbox:
             settings[c.name] = v if isinstance(v, bool) else defaults[c.name]
             if not isinstance(v, bool):

@@ -185,3 +185,26 @@ def test_the_event_queue_looks_for_work_every_few_milliseconds_not_every_one(tin
     demo = build_app(tiny_ctx)
     assert demo._queue.sleep_when_free == QUEUE_POLL_S > 0.001
     assert "self.sleep_when_free" in inspect.getsource(gradio.queueing.Queue.start_processing)
+
+
+def test_the_reply_prefix_is_a_chat_parameter(client):
+    out = unpack(client.predict(message="what do you do for fun?", prefix="i like", api_name="/chat"))
+    assert all(r["text"].startswith("i like") for r in out["details"]["bots"].values())
+    bad = unpack(client.predict(message="hi", prefix="</s>", api_name="/chat"))  # each column says why
+    assert all("special token" in r["error"] for r in bad["details"]["bots"].values())
+
+
+def test_a_traced_search_branches_over_the_api(client):
+    """/search keeps the traced search in the client's session; /search_branch reruns it from a node of its
+    trace, /search_branch_token from a token of its token view; a stale request gets a message."""
+    _tree, _baseline, table, status = client.predict(bot="antilm", message="do you like cats?", api_name="/search")
+    assert "candidates in" in status
+    pruned = next(row for row in table["data"] if row[4] == "pruned")
+    status, parts, _tree = client.predict(bot="antilm", message="do you like cats?", node=pruned[1],
+                                          api_name="/search_branch")
+    assert status.startswith(f"**Branch from node {pruned[1]}") and parts["data"][-1][0] == "score"
+    status, _, _ = client.predict(bot="antilm", message="do you like cats?", step=0, token=10**7,
+                                  api_name="/search_branch_token")  # no such token in the token view
+    assert "Pick one of the tokens listed for step 0" in status
+    stale, _, _ = client.predict(bot="antilm", message="another message", node=pruned[1], api_name="/search_branch")
+    assert "changed since the search was traced" in stale

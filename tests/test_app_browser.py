@@ -99,9 +99,14 @@ def send(page, served, text: str) -> None:
 def keep_screenshot(page, tmp_path: Path, name: str) -> None:
     shot = tmp_path / name
     page.screenshot(path=str(shot), full_page=True)
+    keep_file(shot)
+
+
+def keep_file(shot: Path) -> None:
+    """Check a screenshot and copy it to $ARENA_SCREENSHOTS (the README's pictures) when that is set."""
     assert shot.stat().st_size > 10_000
     if os.environ.get(SCREENSHOTS_ENV):
-        target = Path(os.environ[SCREENSHOTS_ENV]) / name
+        target = Path(os.environ[SCREENSHOTS_ENV]) / shot.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
 
@@ -263,6 +268,50 @@ def test_the_search_trees_labels_never_overlap_at_beam_10(page, served):
     assert len(boxes) >= 2  # at least the start and the reply's last token
     assert overlapping(boxes) == []
     assert "<s>" in [text for text, _ in boxes]  # shown as text, not read as a strike-through tag
+
+
+def test_branch_from_a_pruned_node_and_from_the_token_view(page, served, tmp_path):
+    """Trace the anti-LM bot's search, click a pruned candidate's row: the search runs again from that node and the
+    branch's reply shows beside the original, with the score difference in parts; the token view lists the top
+    tokens of each step with the anti-LM score, and clicking one branches from it; a node id not in the trace and a
+    stale trace get a message. The branch view is the README's screenshot (docs/search-branch.png)."""
+    bot = next((n for n in served[1].bots if served[1].bots[n].lm is not None), None)
+    if bot is None:
+        pytest.skip("no bot with a language model in this registry")
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#search-bot input").click()
+    page.get_by_role("option", name=bot, exact=True).click()
+    page.locator("#search-message textarea").fill("what do you do for fun?")
+    page.locator("#search-run").click()
+    page.locator("#search-status").filter(has_text="candidates in").wait_for()
+    page.locator("#search-token-table [role=gridcell]").filter(has_text="✓").first.wait_for()
+    assert "anti-LM score" in page.locator("#search-token-table").inner_text()
+    # a click on a pruned candidate's row branches from it
+    row = page.locator("#search-table [role=row]").filter(has_text="pruned").nth(1)
+    node = row.locator("[data-col='1']").inner_text().strip()
+    row.locator("[data-col='3']").click()
+    status = page.locator("#search-branch-status")
+    status.filter(has_text=f"Branch from node {node} (step").wait_for()
+    text = status.inner_text()
+    assert "original" in text and "branch" in text and "Score difference" in text
+    assert "logp" in page.locator("#search-branch-parts").inner_text()
+    page.locator("#search-branch-tree .js-plotly-plot").first.wait_for()
+    shot = tmp_path / "search-branch.png"
+    page.locator("#search-branch").screenshot(path=str(shot))
+    keep_file(shot)
+    # the token view: a click on another token of step 0 branches with it
+    other = page.locator("#search-token-table [role=row]").filter(has_not_text="✓").nth(1)
+    piece = other.locator("[data-col='1']").inner_text().strip()
+    other.locator("[data-col='1']").click()
+    status.filter(has_text=f"Branch from step 0 with {piece}").wait_for()
+    # bad input: a node that is not in the trace, then a stale trace
+    page.locator("#search-branch-node input").fill("999999")
+    page.locator("#search-branch-run").click()
+    status.filter(has_text="is not in this trace").wait_for()
+    page.locator("#search-message textarea").fill("something else entirely")
+    page.locator("#search-branch-node input").fill(node)
+    page.locator("#search-branch-run").click()
+    status.filter(has_text="changed since the search was traced").wait_for()
 
 
 @pytest.mark.parametrize("size", [3, 5])

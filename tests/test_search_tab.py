@@ -97,9 +97,10 @@ def test_the_tab_builds_with_its_search_event(tiny_bots, tiny_checkpoints):
     assert "search" in api
     fn = next(f for f in demo.fns.values() if f.api_name == "search")
     defaults = [c.default for c in search.controls()]
-    outputs = fn.fn("antilm", "hello there", search.BOT_SETTINGS, "", search.PRUNED_PER_STEP, *defaults)
+    outputs = fn.fn("antilm", "hello there", search.BOT_SETTINGS, "", "", search.PRUNED_PER_STEP, *defaults)
     assert isinstance(outputs[0], go.Figure) and len(outputs[2]) > 0
-    none_drawn = fn.fn("antilm", "hello there", search.BOT_SETTINGS, "", 0, *defaults)  # the slider is wired
+    assert outputs[4].reply.text and outputs[4].steps  # the session's traced search, for branching
+    none_drawn = fn.fn("antilm", "hello there", search.BOT_SETTINGS, "", "", 0, *defaults)  # the slider is wired
     assert len(points(none_drawn[0], "pruned")) == 0 and "pruned" in set(none_drawn[2]["status"])
 
 

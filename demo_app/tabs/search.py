@@ -1,13 +1,16 @@
 """The "Search" tab: see why a decoder said it. One bot (or any strategy on a bot's checkpoint) answers one message
 with the search traced; the tab draws the search tree (steps left to right, kept paths strong, the best few pruned
 candidates of each step faint, finished replies marked, the best reply's tokens labelled, score parts on hover)
-beside the same message under plain beam search, and lists the trace as a table (every candidate).
+beside the same message under plain beam search, and lists the trace as a table (every candidate). "Reply starts
+with" forces the reply's start (the ``prefix`` setting) in both searches. Under them, :mod:`.search_branch` branches
+the traced search from any node and shows the reply's token view.
 
     chatbot-arena serve            # then open the "Search" tab
     >>> result = run_search(load_bots(), "antilm", "how are you?", "diverse_beam", {"num_groups": 2})
     >>> result.figure.show(); result.table.head()
 
-Callbacks are plain functions of plain values; :func:`build` only wires them to components (event ``search``).
+Callbacks are plain functions of plain values; :func:`build` only wires them to components (event ``search``, then
+the branching part's events).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import html
 import math
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -24,7 +27,7 @@ import plotly.graph_objects as go
 import torch
 
 from core.bots import Bot
-from core.decoding import STRATEGIES, Reply, describe_settings, fields_for, ui_controls
+from core.decoding import STRATEGIES, DecodeConfig, Reply, describe_settings, fields_for, ui_controls
 
 TITLE = "Search"
 ID = "search"
@@ -34,6 +37,7 @@ TABLE_COLUMNS = ["step", "id", "parent", "token", "status", "step log p", "score
 PLAIN_BEAM = dict(strategy="beam", antilm=0.0, n_bonus=0.0, mmi_lambda=0.0, no_repeat_ngram=0,
                   repetition_penalty=1.0, length_penalty=0.0, length_norm=False)
 STYLE = {"kept": ("#1f77b4", 2.5, 1.0), "pruned": ("#9aa5b1", 1.0, 0.35), "finished": ("#d62728", 2.5, 1.0)}
+PREFIX_FIELD = DecodeConfig.__dataclass_fields__["prefix"]  # the "Reply starts with" setting
 PRUNED_PER_STEP = 3  # pruned candidates drawn per step by default, best-scored first (the table lists them all)
 LABEL_FONT = dict(family="DejaVu Sans Mono, Menlo, Consolas, monospace", size=10)  # monospace: widths known
 CHAR_PX = 6.2  # the advance of one LABEL_FONT character (0.6 em, and a little spare)
@@ -50,6 +54,8 @@ class SearchResult:
     baseline: go.Figure  # the same message under plain beam search
     table: pd.DataFrame  # the trace, one row per candidate
     status: str
+    reply: Reply | None = None  # the traced reply (None after a bad request)
+    overrides: dict[str, Any] = field(default_factory=dict)  # the DecodeConfig overrides it was decoded with
 
 
 def controls() -> list[Any]:
@@ -85,13 +91,25 @@ def history_lines(text: Any) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def request_overrides(bot: Bot, strategy: str, values: Mapping[str, Any], prefix: Any = "") -> dict[str, Any]:
+    """:func:`overrides_for`, plus the reply ``prefix`` ("Reply starts with"; blank: none), which applies with the
+    bot's own settings and with any strategy."""
+    out = overrides_for(bot, strategy, values)
+    if prefix is not None and not isinstance(prefix, str):
+        raise ValueError(f"the reply's start must be text, not {type(prefix).__name__}")
+    if prefix and prefix.strip():
+        out["prefix"] = prefix
+    return out
+
+
 def run_search(bots: Mapping[str, Bot], bot_name: str, message: Any, strategy: str = BOT_SETTINGS,
                values: Mapping[str, Any] | None = None, history: Sequence[str] | None = None, *,
-               pruned_per_step: int = PRUNED_PER_STEP) -> SearchResult:
+               pruned_per_step: int = PRUNED_PER_STEP, prefix: Any = "") -> SearchResult:
     """Decode ``message`` after ``history`` (the earlier turns, oldest first) with the trace on, with
-    ``bot_name``'s settings or ``strategy`` and ``values`` applied, and under plain beam search; never raises (a
-    bad request gets its message in ``status``). The trace, like the reply, covers the whole window the bot read.
-    Both trees draw ``pruned_per_step`` pruned candidates per step; the table lists every candidate."""
+    ``bot_name``'s settings or ``strategy`` and ``values`` applied, and under plain beam search, both starting
+    with ``prefix`` when one is given; never raises (a bad request, a prefix that cannot be forced included, gets
+    its message in ``status``). The trace, like the reply, covers the whole window the bot read. Both trees draw
+    ``pruned_per_step`` pruned candidates per step; the table lists every candidate."""
     empty = SearchResult(tree_figure(None), tree_figure(None), pd.DataFrame(columns=TABLE_COLUMNS), "")
     if bot_name not in bots:
         empty.status = f"Unknown bot {html.escape(str(bot_name))!r}; pick one of {', '.join(bots)}."
@@ -101,11 +119,11 @@ def run_search(bots: Mapping[str, Bot], bot_name: str, message: Any, strategy: s
         return empty
     bot = bots[bot_name]
     try:
-        overrides = overrides_for(bot, strategy, values or {})
+        overrides = request_overrides(bot, strategy, values or {}, prefix)
         cfg = bot.settings(**overrides)
         with torch.inference_mode():
             reply = bot.respond(message, history=history, trace=True, **overrides)
-            plain = bot.respond(message, history=history, trace=True,
+            plain = bot.respond(message, history=history, trace=True, prefix=cfg.prefix,
                                 **{**PLAIN_BEAM, "beam_size": cfg.beam_size, "nbest": min(cfg.nbest, cfg.beam_size)})
     except ValueError as e:
         empty.status = f"⚠ {html.escape(str(e))}"
@@ -118,7 +136,7 @@ def run_search(bots: Mapping[str, Bot], bot_name: str, message: Any, strategy: s
     pruned = int(pruned_per_step)
     return SearchResult(tree_figure(reply, f"{bot.label}: {describe_settings(reply.settings)}", pruned_per_step=pruned),
                         tree_figure(plain, f"plain beam K={cfg.beam_size}", pruned_per_step=pruned),
-                        trace_table(reply), status)
+                        trace_table(reply), status, reply, overrides)
 
 
 def _window_text(reply: Reply) -> str:
@@ -275,7 +293,8 @@ def tree_figure(reply: Reply | None, title: str = "", *, pruned_per_step: int = 
     return fig
 
 
-def _values(names: Sequence[str], args: Sequence[Any]) -> dict[str, Any]:
+def control_values(names: Sequence[str], args: Sequence[Any]) -> dict[str, Any]:
+    """The controls' values by name, leaving out the empty ones (None, NaN)."""
     return {n: v for n, v in zip(names, args) if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
 
@@ -283,17 +302,22 @@ def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
     """The tab's components and its ``search`` event (called inside ``with gr.Tab(TITLE, id=ID)``)."""
     import gradio as gr
 
+    from demo_app.tabs import search_branch  # it imports this module's helpers
+
     bots = ctx.bots
     names = list(bots)
     gr.Markdown("See why a decoder said it: every candidate the search considered, kept, pruned or finished. "
                 "Hover a node for its score parts (log p, anti-LM penalty, bonus, ...).")
     with gr.Row():
-        bot = gr.Dropdown(names, value=names[0] if names else None, label="Bot (its checkpoint and models)")
+        bot = gr.Dropdown(names, value=names[0] if names else None, label="Bot (its checkpoint and models)",
+                          elem_id="search-bot")
         strategy = gr.Dropdown([BOT_SETTINGS, *STRATEGIES], value=BOT_SETTINGS, label="Decoder",
                                elem_id="search-strategy")
         message = gr.Textbox(label="Message", value="hi, how are you today?", scale=2, elem_id="search-message")
-        history = gr.Textbox(label="Conversation before it (one turn per line, oldest first; optional)", lines=2,
-                             scale=2, elem_id="search-history")
+        history = gr.Textbox("", label="Conversation before it (one turn per line, oldest first; optional)",
+                             lines=2, scale=2, elem_id="search-history")
+        prefix = gr.Textbox("", label=PREFIX_FIELD.metadata["label"], elem_id="search-prefix", max_lines=1,
+                            info="optional: the reply (and the plain beam search) must start with this text")
         pruned = gr.Slider(0, 20, value=PRUNED_PER_STEP, step=1, label="Pruned candidates drawn per step",
                            info="best-scored first; the table lists them all", elem_id="search-pruned")
         run = gr.Button("Trace the search", variant="primary", elem_id="search-run")
@@ -311,14 +335,23 @@ def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
     with gr.Row():
         tree = gr.Plot(label="Search tree", elem_id="search-tree")
         baseline = gr.Plot(label="Plain beam search, same message")
-    table = gr.Dataframe(label="Trace", headers=TABLE_COLUMNS, wrap=True, elem_id="search-table")
+    table = gr.Dataframe(label="Trace (click a row to branch from that node)", headers=TABLE_COLUMNS, wrap=True,
+                         elem_id="search-table")
     control_names = [c.name for c in controls()]
+    traced = gr.State(None)  # the session's last traced search (search_branch.TracedSearch), for branching
 
-    def on_run(bot_name: str, msg: str, strat: str, earlier: str, n_pruned: float | None,
+    def on_run(bot_name: str, msg: str, strat: str, earlier: str, start: str, n_pruned: float | None,
                *args: Any) -> tuple[Any, ...]:
-        result = run_search(bots, bot_name, msg, strat, _values(control_names, args), history_lines(earlier),
+        values, turns = control_values(control_names, args), history_lines(earlier)
+        result = run_search(bots, bot_name, msg, strat, values, turns, prefix=start,
                             pruned_per_step=PRUNED_PER_STEP if n_pruned is None else int(n_pruned))
-        return result.figure, result.baseline, result.table, result.status
+        state = search_branch.traced_search(bots, bot_name, msg, strat, values, turns, start, result.reply) \
+            if result.reply is not None else None
+        return result.figure, result.baseline, result.table, result.status, state
 
-    run.click(on_run, [bot, message, strategy, history, pruned, *inputs], [tree, baseline, table, status],
-              api_name="search", concurrency_id="models")
+    search_branch.named(on_run, ["bot", "message", "strategy", "history", "prefix", "pruned_per_step",
+                                 *control_names])
+    event = run.click(on_run, [bot, message, strategy, history, prefix, pruned, *inputs],
+                      [tree, baseline, table, status, traced], api_name="search", concurrency_id="models")
+    search_branch.build(bots, [bot, message, strategy, history, prefix, *inputs], control_names, traced, event,
+                        table)

@@ -64,7 +64,7 @@ def build(ctx: AppContext, shared: dict[str, Any], tab: gr.Tab) -> None:
     gr.on([ui["send"].click, ui["message"].submit], on_chat, [ui["message"], *state], outputs,
           api_name="chat", **events)
     ui["rerun"].click(on_rerun, [ui["last_prompt"], *state], outputs, api_name="rerun", **events)
-    releases = [w.release if isinstance(w, gr.Slider) else w.input for w in [*controls, *ui["pickers"]]]
+    releases = [_moved(w) for w in [*controls, *ui["pickers"]]]
     gr.on(releases, on_release, [ui["last_prompt"], *state], outputs, api_name="live_rerun",
           api_visibility="undocumented", trigger_mode="multiple", **events)
     ui["clear"].click(lambda: send(cb.clear(bots)), None, outputs, api_name="clear",
@@ -166,9 +166,9 @@ def _layout(ctx: AppContext) -> dict:
         controls_row("search")
         controls_row("sampling")
     ui["controls"] = [widgets[name] for name in cb.CONTROL_NAMES]  # the order the callbacks unpack
-    gr.Markdown("Move a slider and the last message is answered again with it (or press **Re-run**). A moved "
-                "slider acts on the bots it fits (listed under it); while a slider is where it started, each bot "
-                "keeps its own bots.json setting.")
+    gr.Markdown("Move a slider (or press Enter in a text box) and the last message is answered again with it (or "
+                "press **Re-run**). A moved slider acts on the bots it fits (listed under it); while a slider is "
+                "where it started, each bot keeps its own bots.json setting.")
     with gr.Accordion("Reply details (JSON)", open=False):
         ui["details"] = gr.JSON(label="last turn", elem_id="details")
     ui["last_prompt"] = gr.State(None)
@@ -176,9 +176,20 @@ def _layout(ctx: AppContext) -> dict:
     return ui
 
 
+def _moved(widget: gr.components.Component):
+    """The event of a control that answers the last message again: a slider released, a text box's Enter, any
+    other control's input."""
+    if isinstance(widget, gr.Slider):
+        return widget.release
+    return widget.submit if isinstance(widget, gr.Textbox) else widget.input
+
+
 def _control(c: cb.Control, ctx: AppContext, value) -> gr.components.Component:
     fits = [b.label for b in ctx.bots.values() if cb.applies_to(b, c.name)]
     info = f"{c.info}. Acts on: {', '.join(fits) if fits else 'no bot (none has the model it needs)'}"
+    if c.text:
+        return gr.Textbox(value=value, label=c.label, info=f"{info}. Press Enter to answer again with it",
+                          elem_id=f"ctl-{c.name}", min_width=200, max_lines=1)
     if c.checkbox:
         return gr.Checkbox(value=value, label=c.label, info=info, elem_id=f"ctl-{c.name}")
     return gr.Slider(c.minimum, c.maximum, value=value, step=c.step, label=c.label, info=info,
