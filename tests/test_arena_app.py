@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import pytest
 from sqlalchemy import select
 
 from core.arena import WINNERS, Arena, ArenaStore
+from core.arena.crowd import Crowd
 from core.arena.store import BattleRecord, battles, votes
 
 MESSAGE = "hi"
@@ -64,33 +65,6 @@ def before_vote(output: tuple) -> str:
     chat_a, chat_b, *rest = output
     chats = [[m if m["role"] == "user" else {**m, "content": None} for m in chat] for chat in (chat_a, chat_b)]
     return json.dumps([chats, rest])
-
-
-class Crowd:
-    """Voters who judge by Bradley–Terry: P(x beats y) = 1 / (1 + 10^((R_y - R_x) / 400)), with a tie or "both
-    bad" ``tie_rate`` of the time and the wins scaled so that a voter's expected score (ties half) is still that
-    probability. The k-th battle of a pair gets the k-th judgement of that pair's seeded stream, so the votes do
-    not depend on how the client threads interleave."""
-
-    def __init__(self, ratings: Mapping[str, float], *, tie_rate: float, seed: int) -> None:
-        self.ratings, self.tie_rate, self.seed = dict(ratings), tie_rate, seed
-        self._streams: dict[tuple[str, str], random.Random] = {}
-        self._lock = threading.Lock()
-
-    def p_beats(self, x: str, y: str) -> float:
-        return 1.0 / (1.0 + 10.0 ** ((self.ratings[y] - self.ratings[x]) / 400.0))
-
-    def judge(self, model_a: str, model_b: str) -> str:
-        """The vote (one of WINNERS) on a battle of ``model_a`` (shown as A) against ``model_b``."""
-        x, y = sorted((model_a, model_b))
-        with self._lock:
-            rng = self._streams.setdefault((x, y), random.Random(f"{self.seed}:{x}:{y}"))
-            u_tie, u_win = rng.random(), rng.random()
-        t = self.tie_rate
-        if u_tie < t:
-            return "tie" if u_win < 0.5 else "tie (bothbad)"
-        x_wins = u_win < (self.p_beats(x, y) - t / 2) / (1 - t)
-        return "model_a" if (model_a == x) == x_wins else "model_b"
 
 
 def chatbot_arena() -> list[str]:

@@ -117,7 +117,8 @@ def test_export_jsonl_and_csv_round_trip(tmp_path, capsys):
     code, _, err = run(capsys, "votes", "export", "--format", "jsonl", "--out", str(out), "--db", url)
     assert code == 0 and "wrote 5 votes" in err
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert [list(r) for r in records] == [FIELDS] * 5
+    assert [list(r) for r in records] == [FIELDS[:-1]] * 5  # pair_weight: only for actively drawn pairs
+    assert {r["kind"] for r in records} == {"single"}
     two_turns = records[1]
     assert two_turns["turn"] == 2 and two_turns["anony"] is True and two_turns["judge"].startswith("arena_user_")
     assert two_turns["conversation_b"] == [{"role": "user", "content": "message 0"},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+import pandas as pd
 import pytest
 from postgres import postgres_cluster, postgres_url  # noqa: F401  (fixtures)
 from sqlalchemy import create_engine, text
@@ -68,8 +69,8 @@ def played(arena: Arena, session: str = "session-1"):
 
 
 def test_new_store_is_at_the_current_schema(store, db_url):
-    assert store.schema_version() == SCHEMA_VERSION == 2
-    assert store.counts() == {"battles": 0, "turns": 0, "votes": 0}
+    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.counts() == {"battles": 0, "turns": 0, "votes": 0, "dialogues": 0}
     if store.backend == "sqlite":
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -97,30 +98,56 @@ V1_SCHEMA = [  # the first released layout, written out by hand
 ]
 
 
-def test_migrates_a_version_1_database_to_the_current_schema(db_url):
+V2_STEPS = [  # the second release's migration, written out by hand, and an imported battle
+    "ALTER TABLE battles ADD COLUMN source VARCHAR(16) NOT NULL DEFAULT 'arena'",
+    "ALTER TABLE battles ADD COLUMN language VARCHAR(64)",
+    "ALTER TABLE votes ADD COLUMN judge VARCHAR(200)",
+    "CREATE INDEX ix_votes_tstamp ON votes (tstamp)",
+    "INSERT INTO schema_version VALUES (2, 1700000010.0)",
+    """INSERT INTO battles VALUES ('imp1', 1700000011.0, 'import', 'x', 'y', NULL, NULL, '{}', '{}', TRUE, 'import',
+        'English')""",
+    "INSERT INTO turns VALUES ('imp1', 0, 'q', 'a', 'b', '{}', '{}', 1700000011.0)",
+    "INSERT INTO votes VALUES ('imp1', 'tie', 1700000011.0, 1, 'import', 'fastchat_user')",
+]
+
+
+@pytest.mark.parametrize("old", [1, 2])
+def test_migrates_an_old_database_to_the_current_schema(db_url, old):
+    """A database of each earlier release opens: every old vote keeps its rows and is a 'single' battle's vote,
+    and the migrated tables take the new kinds."""
     if db_url.startswith("sqlite"):
         from pathlib import Path
         Path(db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
     engine = create_engine(db_url)
     with engine.begin() as conn:
-        for sql in V1_SCHEMA:
+        for sql in V1_SCHEMA + (V2_STEPS if old == 2 else []):
             conn.execute(text(sql))
     engine.dispose()
 
     store = ArenaStore(db_url)
     assert store.schema_version() == SCHEMA_VERSION
-    old = store.battle("old1")
-    assert (old.model_a, old.model_b, old.winner, old.turns, old.source, old.language) == \
+    old1 = store.battle("old1")
+    assert (old1.model_a, old1.model_b, old1.winner, old1.turns, old1.source, old1.language) == \
         ("greedy", "rl", "model_b", 1, "arena", None)
-    assert old.settings_b == {"strategy": "beam"}
+    assert (old1.kind, old1.series_id, old1.pair_weight, old1.has_dialogues) == ("single", None, None, False)
+    assert old1.settings_b == {"strategy": "beam"}
     frame = store.votes_frame()
-    assert frame.loc[0, "judge"] is None and frame.loc[0, "question_id"] == "old1"
+    assert pd.isna(frame.loc[0, "judge"]) and frame.loc[0, "question_id"] == "old1"
+    assert frame["kind"].tolist() == ["single"] * (1 if old == 1 else 2)
+    if old == 2:
+        assert store.battle("imp1").source == "import" and frame.loc[1, "judge"] == "fastchat_user"
     with store.engine.connect() as conn:
-        assert [r[0] for r in conn.execute(text("SELECT version FROM schema_version ORDER BY version"))] == [1, 2]
+        assert [r[0] for r in conn.execute(text("SELECT version FROM schema_version ORDER BY version"))] == [1, 2, 3]
     add_battle(store, "new1")  # the migrated tables take new rows with the new columns
     store.add_turn("new1", message="m", reply_a="a", reply_b="b", detail_a={}, detail_b={})
     store.add_vote("new1", winner="tie", session_hash="s", turns=1, judge="arena_user_x")
-    assert store.counts() == {"battles": 2, "turns": 2, "votes": 2}
+    store.add_battle(id="dia1", session_hash="s", model_a="x", model_b="y", checkpoint_a=None, checkpoint_b=None,
+                     settings_a={}, settings_b={}, kind="dialogue")
+    store.add_dialogues("dia1", opening="hi", opening_source="typed", turns_a=["hello"], turns_b=["hey", "you?"],
+                        end_a="dull", end_b="limit", max_turns=8)
+    assert store.battle("dia1").kind == "dialogue" and store.dialogue_of("dia1")["turns_b"] == ["hey", "you?"]
+    with pytest.raises(IntegrityError), store.engine.begin() as conn:  # the kind is checked by the database
+        conn.execute(text("UPDATE battles SET kind = 'duel' WHERE id = 'new1'"))
     store.close()
 
 

@@ -7,10 +7,16 @@
     >>> arena.record_turn(battle.id, session_id, "hi", {"text": "hello"}, {"text": "hey"})
     >>> arena.vote(battle.id, session_id, "model_a").model_a   # now revealed
     >>> compute_leaderboard(store.votes_frame(), bootstrap=1000).table
+    >>> compute_leaderboard(votes_with_style(store), category="dialogue", style_control=True).table
 
-Modules: :mod:`~core.arena.store` (tables, migrations), :mod:`~core.arena.battles` (the battle service),
-:mod:`~core.arena.leaderboard` (Bradley–Terry with bootstrap CIs), :mod:`~core.arena.interchange` (FastChat's
-clean-battle JSONL/CSV), :mod:`~core.arena.cli` (``chatbot-arena votes ...`` and ``chatbot-arena leaderboard``).
+Modules: :mod:`~core.arena.schema` (tables, migrations), :mod:`~core.arena.store` (the store),
+:mod:`~core.arena.battles` (the battle service: single, per-turn and whole-dialogue battles),
+:mod:`~core.arena.dialogues` (ACUTE-style battles: openings, both self-chats), :mod:`~core.arena.active` (active
+pairing), :mod:`~core.arena.bt` (the Bradley–Terry fit), :mod:`~core.arena.style` (style covariates),
+:mod:`~core.arena.leaderboard` (categories, style control, bootstrap CIs), :mod:`~core.arena.interchange`
+(FastChat's clean-battle JSONL/CSV), :mod:`~core.arena.crowd` (scripted voters), :mod:`~core.arena.cli`
+(``chatbot-arena votes ...`` and ``chatbot-arena leaderboard``). The package imports only core and its libraries
+(never gradio).
 """
 
 from core.arena.battles import (
@@ -24,10 +30,12 @@ from core.arena.battles import (
     UnknownBattle,
     VoteResult,
 )
-from core.arena.leaderboard import Leaderboard, compute_leaderboard
-from core.arena.store import WINNERS, ArenaStore, resolve_db_url
+from core.arena.interchange import votes_with_style
+from core.arena.leaderboard import CATEGORIES, Leaderboard, compute_leaderboard
+from core.arena.store import KINDS, WINNERS, ArenaStore, resolve_db_url
 
 __all__ = [
-    "WINNERS", "AlreadyVoted", "Arena", "ArenaError", "ArenaStore", "Battle", "Leaderboard", "NotReady",
-    "NotYourBattle", "RateLimited", "UnknownBattle", "VoteResult", "compute_leaderboard", "resolve_db_url",
+    "CATEGORIES", "KINDS", "WINNERS", "AlreadyVoted", "Arena", "ArenaError", "ArenaStore", "Battle", "Leaderboard",
+    "NotReady", "NotYourBattle", "RateLimited", "UnknownBattle", "VoteResult", "compute_leaderboard",
+    "resolve_db_url", "votes_with_style",
 ]

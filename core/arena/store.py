@@ -1,20 +1,13 @@
-"""The vote store: battles, their turns and votes in SQLite (default) or PostgreSQL, with SQLAlchemy Core.
+"""The vote store: battles, their turns, dialogues and votes in SQLite (default) or PostgreSQL, with SQLAlchemy Core.
 
     >>> store = ArenaStore(resolve_db_url(None, None))                 # ./arena_data/arena.sqlite3
     >>> store = ArenaStore("postgresql+psycopg://arena@db.internal/arena")  # several app replicas, one store
     >>> store.votes_frame()                                            # one row per vote, for the leaderboard
 
-Tables (schema version 2):
-    schema_version  one row per applied migration step (version, applied)
-    battles         id, created, session_hash, model_a/b, checkpoint_a/b, settings_a/b (JSON), anony,
-                    source ('arena' | 'import'), language
-    turns           battle_id, turn_index, message, reply_a/b, detail_a/b (JSON), tstamp
-    votes           battle_id (UNIQUE: one vote per battle, across every replica), winner, tstamp, turns,
-                    session_hash, judge
-
-Sessions are stored as salted hashes only (see :mod:`core.arena.battles`); no IP address is ever stored.
-SQLite runs in WAL mode with ``synchronous=FULL``, so a committed vote is on disk before ``add_vote`` returns;
-every SQLite transaction starts with ``BEGIN IMMEDIATE`` (writers queue instead of failing half-way).
+The tables and their migrations are in :mod:`core.arena.schema` (a database of any earlier version is migrated
+when it is opened). Sessions are stored as salted hashes only (see :mod:`core.arena.battles`); no IP address is
+ever stored. SQLite runs in WAL mode with ``synchronous=FULL``, so a committed vote is on disk before ``add_vote``
+returns; every SQLite transaction starts with ``BEGIN IMMEDIATE`` (writers queue instead of failing half-way).
 """
 
 from __future__ import annotations
@@ -22,32 +15,33 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import (
-    Boolean,
-    Column,
-    Connection,
-    Engine,
-    Float,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    func,
-    select,
-    text,
-)
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
+
+from core.arena.schema import (
+    KINDS,
+    MAX_ID_LEN,
+    MAX_NAME_LEN,
+    OPENING_SOURCES,
+    SCHEMA_VERSION,
+    battles,
+    current_version,
+    dialogues,
+    migrate,
+    turns,
+    votes,
+)
+
+__all__ = ["KINDS", "MAX_ID_LEN", "MAX_NAME_LEN", "SCHEMA_VERSION", "SOURCES", "WINNERS", "AlreadyVoted",
+           "ArenaError", "ArenaStore", "BattleRecord", "UnknownBattle", "battles", "dialogues", "resolve_db_url",
+           "turns", "votes"]
 
 WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 SOURCES = ("arena", "import")
@@ -55,8 +49,9 @@ ENV_DB_URL = "ARENA_DB_URL"
 DEFAULT_DATA_DIR = Path("arena_data")
 SPACE_DATA_DIR = Path("/data")  # the persistent disk of a Hugging Face Space, when it has one
 SQLITE_FILE = "arena.sqlite3"
-MAX_ID_LEN = 128  # battle ids: uuid4 hex here, FastChat's question_id on import
-MAX_NAME_LEN = 200
+SHARED = json.dumps({"shared": True})  # the details of a turn both sides share (a per-turn battle's context)
+VOTE_COLUMNS = ["question_id", "model_a", "model_b", "winner", "tstamp", "turn", "judge", "anony", "language",
+                "source", "kind", "series_id", "pair_weight"]
 
 
 class ArenaError(Exception):
@@ -111,112 +106,6 @@ def _safe(url: str) -> str:
         return url.split("@")[-1]
 
 
-# ----------------------------------------------------------------------------- tables (current schema)
-
-metadata = MetaData()
-schema_version = Table(
-    "schema_version", metadata,
-    Column("version", Integer, primary_key=True),
-    Column("applied", Float, nullable=False),
-)
-battles = Table(
-    "battles", metadata,
-    Column("id", String(MAX_ID_LEN), primary_key=True),
-    Column("created", Float, nullable=False),
-    Column("session_hash", String(64), nullable=False),
-    Column("model_a", String(MAX_NAME_LEN), nullable=False),
-    Column("model_b", String(MAX_NAME_LEN), nullable=False),
-    Column("checkpoint_a", String(64)),
-    Column("checkpoint_b", String(64)),
-    Column("settings_a", Text, nullable=False),
-    Column("settings_b", Text, nullable=False),
-    Column("anony", Boolean, nullable=False),
-    Column("source", String(16), nullable=False),  # v2
-    Column("language", String(64)),  # v2
-)
-turns = Table(
-    "turns", metadata,
-    Column("battle_id", String(MAX_ID_LEN), ForeignKey("battles.id"), primary_key=True),
-    Column("turn_index", Integer, primary_key=True),
-    Column("message", Text, nullable=False),
-    Column("reply_a", Text, nullable=False),
-    Column("reply_b", Text, nullable=False),
-    Column("detail_a", Text, nullable=False),
-    Column("detail_b", Text, nullable=False),
-    Column("tstamp", Float, nullable=False),
-)
-votes = Table(
-    "votes", metadata,
-    Column("battle_id", String(MAX_ID_LEN), ForeignKey("battles.id"), primary_key=True),  # one vote per battle
-    Column("winner", String(16), nullable=False),
-    Column("tstamp", Float, nullable=False),
-    Column("turns", Integer, nullable=False),
-    Column("session_hash", String(64), nullable=False),
-    Column("judge", String(MAX_NAME_LEN)),  # v2
-)
-
-# ----------------------------------------------------------------------------- migrations
-# Step n takes a database at version n-1 to version n. A new database runs every step, an old one the rest,
-# so both paths are the same code. Append steps; never edit a released one.
-
-_V1_DDL = (
-    """CREATE TABLE battles (
-        id VARCHAR(128) PRIMARY KEY, created FLOAT NOT NULL, session_hash VARCHAR(64) NOT NULL,
-        model_a VARCHAR(200) NOT NULL, model_b VARCHAR(200) NOT NULL, checkpoint_a VARCHAR(64),
-        checkpoint_b VARCHAR(64), settings_a TEXT NOT NULL, settings_b TEXT NOT NULL, anony BOOLEAN NOT NULL)""",
-    """CREATE TABLE turns (
-        battle_id VARCHAR(128) NOT NULL REFERENCES battles(id), turn_index INTEGER NOT NULL,
-        message TEXT NOT NULL, reply_a TEXT NOT NULL, reply_b TEXT NOT NULL, detail_a TEXT NOT NULL,
-        detail_b TEXT NOT NULL, tstamp FLOAT NOT NULL, PRIMARY KEY (battle_id, turn_index))""",
-    """CREATE TABLE votes (
-        battle_id VARCHAR(128) PRIMARY KEY REFERENCES battles(id),
-        winner VARCHAR(16) NOT NULL CHECK (winner IN ('model_a', 'model_b', 'tie', 'tie (bothbad)')),
-        tstamp FLOAT NOT NULL, turns INTEGER NOT NULL, session_hash VARCHAR(64) NOT NULL)""",
-)
-_V2_DDL = (  # FastChat interchange: imported battles, their language and judge
-    "ALTER TABLE battles ADD COLUMN source VARCHAR(16) NOT NULL DEFAULT 'arena'",
-    "ALTER TABLE battles ADD COLUMN language VARCHAR(64)",
-    "ALTER TABLE votes ADD COLUMN judge VARCHAR(200)",
-    "CREATE INDEX ix_votes_tstamp ON votes (tstamp)",
-)
-
-
-def _ddl(statements: tuple[str, ...]) -> Callable[[Connection], None]:
-    def step(conn: Connection) -> None:
-        for sql in statements:
-            conn.exec_driver_sql(sql)
-    return step
-
-
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_ddl(_V1_DDL), _ddl(_V2_DDL))
-SCHEMA_VERSION = len(MIGRATIONS)
-_PG_MIGRATION_LOCK = 0x41_52_45_4E_41  # pg_advisory_xact_lock key: replicas starting together migrate once
-
-
-def current_version(conn: Connection) -> int:
-    """The schema version of the database behind ``conn`` (0: empty)."""
-    if not conn.dialect.has_table(conn, "schema_version"):
-        return 0
-    return int(conn.execute(select(func.max(schema_version.c.version))).scalar() or 0)
-
-
-def migrate(engine: Engine) -> int:
-    """Apply the missing migration steps in order, in one transaction; return the version reached."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-        version = current_version(conn)
-        if version > SCHEMA_VERSION:
-            raise ValueError(f"the vote database is at schema version {version}, newer than this code "
-                             f"({SCHEMA_VERSION}): upgrade chatbot-arena")
-        if version == 0:
-            schema_version.create(conn)
-        for n in range(version + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[n - 1](conn)
-            conn.execute(schema_version.insert().values(version=n, applied=time.time()))
-    return SCHEMA_VERSION
-
-
 # ----------------------------------------------------------------------------- the store
 
 
@@ -238,6 +127,16 @@ class BattleRecord:
     language: str | None
     turns: int  # complete turns stored
     winner: str | None  # None: not voted yet
+    kind: str = "single"  # one of KINDS
+    series_id: str | None = None  # per-turn battles of one conversation share it (the first one's id)
+    pair_weight: float | None = None  # 1 / (P(pair) * number of pairs) of an actively drawn pair; None: 1
+    has_dialogues: bool = False  # a 'dialogue' battle whose two self-chats are stored
+
+
+def _dialogue(row: Any) -> dict[str, Any]:
+    return {"opening": row["opening"], "opening_source": row["opening_source"],
+            "turns_a": json.loads(row["turns_a"]), "turns_b": json.loads(row["turns_b"]), "end_a": row["end_a"],
+            "end_b": row["end_b"], "max_turns": int(row["max_turns"])}
 
 
 _READ_ONLY = "arena_read_only"  # execution option of read connections: a plain BEGIN on SQLite (no write lock)
@@ -306,13 +205,24 @@ class ArenaStore:
     def add_battle(self, *, id: str, session_hash: str, model_a: str, model_b: str, checkpoint_a: str | None,
                    checkpoint_b: str | None, settings_a: dict[str, Any], settings_b: dict[str, Any],
                    anony: bool = True, source: str = "arena", language: str | None = None,
-                   created: float | None = None) -> None:
+                   created: float | None = None, kind: str = "single", series_id: str | None = None,
+                   pair_weight: float | None = None, context: Iterable[tuple[str, str]] = ()) -> None:
+        """Store a served battle; ``context``: (message, reply) turns both sides share, stored as its first turns
+        with the same reply on both sides (a per-turn battle's conversation so far), in the same transaction."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+        now = time.time() if created is None else created
         with self.engine.begin() as conn:
             conn.execute(battles.insert().values(
-                id=id, created=time.time() if created is None else created, session_hash=session_hash,
+                id=id, created=now, session_hash=session_hash,
                 model_a=model_a, model_b=model_b, checkpoint_a=checkpoint_a, checkpoint_b=checkpoint_b,
                 settings_a=json.dumps(settings_a, sort_keys=True), settings_b=json.dumps(settings_b, sort_keys=True),
-                anony=anony, source=source, language=language))
+                anony=anony, source=source, language=language, kind=kind, series_id=series_id,
+                pair_weight=pair_weight))
+            rows = [dict(battle_id=id, turn_index=k, message=m, reply_a=r, reply_b=r, detail_a=SHARED,
+                         detail_b=SHARED, tstamp=now) for k, (m, r) in enumerate(context)]
+            if rows:
+                conn.execute(turns.insert(), rows)
 
     def add_turn(self, battle_id: str, *, message: str, reply_a: str, reply_b: str, detail_a: dict[str, Any],
                  detail_b: dict[str, Any], tstamp: float | None = None) -> int:
@@ -324,6 +234,24 @@ class ArenaStore:
                 detail_a=json.dumps(detail_a, default=str), detail_b=json.dumps(detail_b, default=str),
                 tstamp=time.time() if tstamp is None else tstamp))
         return int(n)
+
+    def add_dialogues(self, battle_id: str, *, opening: str, opening_source: str, turns_a: list[str],
+                      turns_b: list[str], end_a: str, end_b: str, max_turns: int, tstamp: float | None = None) -> None:
+        """Store the two self-chats of a 'dialogue' battle (each one's turns after the opening, and why it ended);
+        once per battle."""
+        if opening_source not in OPENING_SOURCES:
+            raise ValueError(f"opening_source must be one of {list(OPENING_SOURCES)}, got {opening_source!r}")
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(dialogues.insert().values(
+                    battle_id=battle_id, opening=opening, opening_source=opening_source,
+                    turns_a=json.dumps(list(turns_a), ensure_ascii=False),
+                    turns_b=json.dumps(list(turns_b), ensure_ascii=False), end_a=end_a, end_b=end_b,
+                    max_turns=max_turns, tstamp=time.time() if tstamp is None else tstamp))
+        except IntegrityError as e:
+            if self.battle(battle_id) is None:
+                raise UnknownBattle("this battle does not exist: start a new battle") from e
+            raise AlreadyVoted("this battle's dialogues are stored already: start a new battle") from e
 
     def add_vote(self, battle_id: str, *, winner: str, session_hash: str, turns: int, judge: str | None = None,
                  tstamp: float | None = None) -> float:
@@ -348,8 +276,9 @@ class ArenaStore:
         """The battle with its number of turns and its vote, or None."""
         n_turns = (select(func.count()).select_from(turns).where(turns.c.battle_id == battles.c.id)
                    .scalar_subquery())
-        q = (select(battles, n_turns.label("n_turns"), votes.c.winner)
-             .outerjoin(votes, votes.c.battle_id == battles.c.id).where(battles.c.id == battle_id))
+        q = (select(battles, n_turns.label("n_turns"), votes.c.winner, dialogues.c.battle_id.label("dialogue"))
+             .outerjoin(votes, votes.c.battle_id == battles.c.id)
+             .outerjoin(dialogues, dialogues.c.battle_id == battles.c.id).where(battles.c.id == battle_id))
         with self._read() as conn:
             row = conn.execute(q).mappings().first()
         if row is None:
@@ -359,7 +288,15 @@ class ArenaStore:
             model_b=row["model_b"], checkpoint_a=row["checkpoint_a"], checkpoint_b=row["checkpoint_b"],
             settings_a=json.loads(row["settings_a"]), settings_b=json.loads(row["settings_b"]),
             anony=bool(row["anony"]), source=row["source"], language=row["language"], turns=int(row["n_turns"]),
-            winner=row["winner"])
+            winner=row["winner"], kind=row["kind"], series_id=row["series_id"], pair_weight=row["pair_weight"],
+            has_dialogues=row["dialogue"] is not None)
+
+    def dialogue_of(self, battle_id: str) -> dict[str, Any] | None:
+        """The stored self-chats of a 'dialogue' battle (opening, opening_source, turns_a/b, end_a/b, max_turns),
+        or None."""
+        with self._read() as conn:
+            row = conn.execute(select(dialogues).where(dialogues.c.battle_id == battle_id)).mappings().first()
+        return None if row is None else _dialogue(row)
 
     def turns_of(self, battle_id: str) -> list[dict[str, Any]]:
         with self._read() as conn:
@@ -368,14 +305,15 @@ class ArenaStore:
         return [{**r, "detail_a": json.loads(r["detail_a"]), "detail_b": json.loads(r["detail_b"])} for r in rows]
 
     def counts(self) -> dict[str, int]:
-        """Rows per table: battles, turns, votes."""
+        """Rows per table: battles, turns, votes, dialogues."""
         with self._read() as conn:
             return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar())
-                    for t in (battles, turns, votes)}
+                    for t in (battles, turns, votes, dialogues)}
 
     def pair_counts(self, source: str = "arena") -> dict[tuple[str, str], int]:
-        """Battles served per unordered pair of bots (key: the two names sorted)."""
+        """Battles served per unordered pair of bots (key: the two names sorted); a per-turn series counts once."""
         q = (select(battles.c.model_a, battles.c.model_b, func.count()).where(battles.c.source == source)
+             .where(battles.c.series_id.is_(None) | (battles.c.series_id == battles.c.id))
              .group_by(battles.c.model_a, battles.c.model_b))
         out: dict[tuple[str, str], int] = {}
         with self._read() as conn:
@@ -385,38 +323,40 @@ class ArenaStore:
         return out
 
     def votes_frame(self) -> pd.DataFrame:
-        """One row per vote: question_id, model_a, model_b, winner, tstamp, turn, judge, anony, language, source."""
+        """One row per vote (:data:`VOTE_COLUMNS`): question_id, model_a, model_b, winner, tstamp, turn, judge,
+        anony, language, source, kind, series_id, pair_weight."""
         q = (select(votes.c.battle_id.label("question_id"), battles.c.model_a, battles.c.model_b, votes.c.winner,
                     votes.c.tstamp, votes.c.turns.label("turn"), votes.c.judge, battles.c.anony, battles.c.language,
-                    battles.c.source)
+                    battles.c.source, battles.c.kind, battles.c.series_id, battles.c.pair_weight)
              .join(battles, battles.c.id == votes.c.battle_id).order_by(votes.c.tstamp, votes.c.battle_id))
         with self._read() as conn:
             rows = conn.execute(q).mappings().all()
-        cols = ["question_id", "model_a", "model_b", "winner", "tstamp", "turn", "judge", "anony", "language",
-                "source"]
-        return pd.DataFrame([dict(r) for r in rows], columns=cols)
+        return pd.DataFrame([dict(r) for r in rows], columns=VOTE_COLUMNS)
 
-    def iter_votes_with_turns(self, chunk: int = 500) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """(vote row, its turns in order) for every vote, oldest first; read in chunks."""
-        frame = self.votes_frame()
-        records = frame.to_dict("records")
+    def iter_votes_with_turns(self, chunk: int = 500) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]],
+                                                                        dict[str, Any] | None]]:
+        """(vote row, its turns in order, its dialogues or None) for every vote, oldest first; read in chunks."""
+        records = self.votes_frame().to_dict("records")
         for start in range(0, len(records), chunk):
             part = records[start:start + chunk]
             ids = [r["question_id"] for r in part]
             with self._read() as conn:
                 rows = conn.execute(select(turns).where(turns.c.battle_id.in_(ids))
                                     .order_by(turns.c.battle_id, turns.c.turn_index)).mappings().all()
+                dia = {d["battle_id"]: _dialogue(d) for d in conn.execute(
+                    select(dialogues).where(dialogues.c.battle_id.in_(ids))).mappings()}
             by_id: dict[str, list[dict[str, Any]]] = {}
             for r in rows:
                 by_id.setdefault(r["battle_id"], []).append(dict(r))
             for r in part:
-                yield r, by_id.get(r["question_id"], [])
+                yield r, by_id.get(r["question_id"], []), dia.get(r["question_id"])
 
     # ---- import
 
     def import_battles(self, records: Iterable[dict[str, Any]], *, chunk: int = 1000) -> tuple[int, int]:
-        """Store voted battles given as dicts (see :func:`core.arena.interchange.parse_record`), all in one
-        transaction; a battle whose id is already stored is skipped. Returns (added, skipped)."""
+        """Store voted battles given as dicts (see :func:`core.arena.interchange.parse_record`: with ``turns``, or
+        a ``dialogue`` for a 'dialogue' battle), all in one transaction; a battle whose id is already stored is
+        skipped. Returns (added, skipped)."""
         added = skipped = 0
         with self.engine.begin() as conn:
             batch: list[dict[str, Any]] = []
@@ -433,12 +373,21 @@ class ArenaStore:
                 conn.execute(battles.insert(), [dict(
                     id=r["question_id"], created=r["tstamp"], session_hash="import", model_a=r["model_a"],
                     model_b=r["model_b"], checkpoint_a=None, checkpoint_b=None, settings_a="{}", settings_b="{}",
-                    anony=r["anony"], source="import", language=r["language"]) for r in new])
+                    anony=r["anony"], source="import", language=r["language"], kind=r.get("kind", "single"),
+                    series_id=None, pair_weight=r.get("pair_weight")) for r in new])
                 turn_rows = [dict(battle_id=r["question_id"], turn_index=i, message=t["message"],
                                   reply_a=t["reply_a"], reply_b=t["reply_b"], detail_a="{}", detail_b="{}",
-                                  tstamp=r["tstamp"]) for r in new for i, t in enumerate(r["turns"])]
+                                  tstamp=r["tstamp"]) for r in new if not r.get("dialogue")
+                             for i, t in enumerate(r["turns"])]
                 if turn_rows:
                     conn.execute(turns.insert(), turn_rows)
+                dia_rows = [dict(battle_id=r["question_id"], opening=d["opening"], opening_source="unknown",
+                                 turns_a=json.dumps(d["turns_a"], ensure_ascii=False),
+                                 turns_b=json.dumps(d["turns_b"], ensure_ascii=False), end_a="unknown",
+                                 end_b="unknown", max_turns=max(len(d["turns_a"]), len(d["turns_b"])),
+                                 tstamp=r["tstamp"]) for r in new if (d := r.get("dialogue"))]
+                if dia_rows:
+                    conn.execute(dialogues.insert(), dia_rows)
                 conn.execute(votes.insert(), [dict(
                     battle_id=r["question_id"], winner=r["winner"], tstamp=r["tstamp"], turns=r["turn"],
                     session_hash="import", judge=r["judge"]) for r in new])
