@@ -113,6 +113,34 @@ def map_state(state: State, fn: Callable[[Tensor], Tensor]) -> State:
     return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
 
 
+# beam reshapes: B prompts x K rows per prompt = N rows
+
+
+def tile(x: Tensor, K: int, dim: int = 0) -> Tensor:
+    """[B, ...] -> [B*K, ...] along ``dim``: row b repeated K times as rows b*K .. b*K+K-1."""
+    return x.repeat_interleave(K, dim=dim)
+
+
+def fold(x: Tensor, K: int) -> Tensor:
+    """[B*K, ...] -> [B, K, ...]"""
+    return x.view(-1, K, *x.shape[1:])
+
+
+def tile_memory(mem: Memory, K: int) -> Memory:
+    """Memory of B prompts -> Memory of B*K rows (outputs [B, S, H] -> [B*K, S, H], state [L, B, H] -> [L, B*K, H])."""
+    return Memory(tile(mem.outputs, K), tile(mem.mask, K), map_state(mem.state, lambda h: tile(h, K, dim=1)))
+
+
+def select_memory(mem: Memory, rows: Tensor) -> Memory:
+    """Memory of N rows -> Memory of len(rows) rows: row i of the result is row ``rows[i]``."""
+    return Memory(mem.outputs.index_select(0, rows), mem.mask.index_select(0, rows), select_rows(mem.state, rows))
+
+
+def select_rows(state: State, rows: Tensor) -> State:
+    """[L, N, H] -> [L, N, H]: row i of the result is row ``rows[i]`` of ``state``."""
+    return map_state(state, lambda h: h.index_select(1, rows))
+
+
 def inference_path(module: nn.Module) -> bool:
     """True where a step may take the inference path: eval mode (no dropout) and no autograd."""
     return not module.training and not torch.is_grad_enabled()

@@ -17,6 +17,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIALS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3 in every tokenizer this project trains
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+NEVER_GENERATED = (PAD_ID, BOS_ID, UNK_ID)  # special ids a reply never contains
 
 
 class Tokenizer:

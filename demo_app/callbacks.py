@@ -33,10 +33,9 @@ import pandas as pd
 
 from core.bots import Bot
 from core.corpora import normalize_text, read_prompts
-from core.decoding import describe_settings, fields_for, ui_controls
+from core.decoding import STRATEGIES, describe_settings, fields_for, ui_controls
 from core.metrics import METRICS, reply_metrics
 from core.serving import BatchScheduler, Busy
-from core.strategies import STRATEGIES
 from demo_app.context import AppContext
 
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@ from core.decoding import (
     DecodeConfig,
     RepetitionPenalty,
     Step,
+    Strategy,
     build_modifiers,
     describe_settings,
     fields_for,
@@ -21,7 +22,6 @@ from core.decoding import (
     typical_filter,
     ui_controls,
 )
-from core.strategies import Strategy
 from core.tokenizer import BOS_ID
 
 torch.set_num_threads(1)

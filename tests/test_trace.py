@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_decoding import A, B, C, E, Scripted, classic_table, decode, favours_a, lm_loves_a, tiny_models
 
-import core.decoding as decoding
+import core.decoding.engine as engine
 from core.decoding import DecodeConfig, generate
 
 torch.set_num_threads(1)
@@ -52,7 +52,7 @@ def test_trace_is_off_by_default_and_then_never_built(monkeypatch):
     def no_tracer(*args, **kwargs):
         raise AssertionError("a tracer was built with trace off")
 
-    monkeypatch.setattr(decoding, "_Tracer", no_tracer)
+    monkeypatch.setattr(engine, "_Tracer", no_tracer)
     [r] = decode(Scripted(classic_table), DecodeConfig(beam_size=2, nbest=2, max_len=3))
     assert r.trace is None
     with pytest.raises(AssertionError, match="tracer was built"):

@@ -1,0 +1,45 @@
+"""Teacher-forced scoring: log p(reply | source) of given pairs in one batch, with the distribution the
+decoders use. The RL rewards, tune, evaluate, the MMI-bidi rerank and the token view score with it.
+
+    >>> sequence_logprobs(model, [src_ids], [reply_ids], mean=True)      # (1,) mean log p per token
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from core.batching import collate
+from core.model import Seq2Seq, tile_memory
+from core.tokenizer import EOS_ID, NEVER_GENERATED, PAD_ID
+
+
+def sequence_logprobs(model: Seq2Seq, src: list[list[int]], tgt: list[list[int]], *, mean: bool = False,
+                      min_len: int = 1, repeat: int = 1, temperature: float = 1.0,
+                      eos: list[bool] | None = None) -> Tensor:
+    """log p(tgt + </s> | src) per pair, (N,), teacher-forced in one batch; ``mean`` divides by the token count.
+
+    The distribution is the one the decoders sample from (<pad> <s> <unk> excluded, no </s> before ``min_len``
+    tokens), so a policy gradient on these log-probs cannot push probability into tokens that are never
+    generated; ``temperature`` scales the logits as the sampler does. ``eos[i] = False`` leaves out the final
+    </s> term of pair i (a sample cut at max_len never drew it). ``repeat=R`` scores every source against R
+    targets (``tgt`` holds len(src) * R of them, R per source in order) with one encoder pass per source.
+    Keeps the autograd graph; wrap in ``torch.no_grad`` to score only."""
+    device = next(model.parameters()).device
+    srcs = collate([(s or [PAD_ID], [PAD_ID]) for s in src]).to(device)
+    mem = model.encode(srcs.src, srcs.src_lens)  # N sources
+    if repeat > 1:
+        mem = tile_memory(mem, repeat)  # [N, ...] -> [N*R, ...]
+    tgts = collate([([PAD_ID], t) for t in tgt]).to(device)
+    logits, _, _ = model.decoder(tgts.tgt_in, mem.state, mem)  # (N*R, T, V)
+    logits = logits.float() / temperature
+    logits[..., list(NEVER_GENERATED)] = float("-inf")  # the decoders never emit these: same distribution
+    logits[:, :min_len, EOS_ID] = float("-inf")  # nor </s> before min_len tokens
+    logp = torch.log_softmax(logits, -1).gather(2, tgts.tgt_out.unsqueeze(-1)).squeeze(-1)  # (N*R, T)
+    mask = tgts.tgt_mask  # (N*R, T)
+    if eos is not None:
+        lengths = torch.tensor([len(t) for t in tgt], device=device)  # (N*R,) the </s> sits at index len(t)
+        drop = ~torch.tensor(eos, device=device)
+        mask = mask & ~(drop.unsqueeze(1) & (torch.arange(mask.size(1), device=device) == lengths.unsqueeze(1)))
+    total = torch.where(mask, logp, 0.0).sum(1)  # (N*R,) padding may be -inf: select, never multiply
+    return total / mask.sum(1) if mean else total
