@@ -3,6 +3,10 @@
     chatbot-arena evaluate                                   # the shipped bots -> checkpoints/report.csv + .md
     chatbot-arena evaluate --checkpoints DIR --bots beam,rl --n-prompts 100 --n-dialogues 50
 
+Simulated dialogues have one implementation, :func:`converse` (a generator: one :class:`Step` per turn as it is
+judged); :func:`simulate` runs it to the end (one bot twice for this table, or two bots), and the app's Self-chat
+tab and ``/api/v1/self_chat`` run it on the batching scheduler (:mod:`demo_app.self_chat`).
+
 Columns, one row per bot:
     test_ppl          perplexity of the bot's model on the test split, each reply after its true window (the same
                       for bots sharing a model)
@@ -27,12 +31,15 @@ Columns, one row per bot:
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -65,7 +72,7 @@ def word_overlap(turn: str, previous: str) -> float:
     return len(words & set(normalize_reply(previous).split())) / len(words) if words else 0.0
 
 
-def _answerable(bot: Bot, text: str) -> bool:
+def _answerable(bot: Speaker, text: str) -> bool:
     """Whether ``text`` leaves any tokens for the bot to answer (an empty or all-control-character turn does not)."""
     try:
         bot.encode_prompt(text)
@@ -74,50 +81,145 @@ def _answerable(bot: Bot, text: str) -> bool:
     return True
 
 
-END_REASONS = ("dull", "repetition", "limit")  # why a simulated dialogue ended (an empty turn counts as dull)
+# why a simulated dialogue ended, and how to say it (an empty turn counts as dull)
+END_REASONS = {"dull": "a dull (or empty) turn", "repetition": "an agent repeating its own previous turn",
+               "limit": "the turn limit"}
+AGENTS = ("A", "B")  # agent A speaks first after the opening; the opening counts as agent B's turn
+
+
+class Speaker(Protocol):
+    """What talks in a simulated dialogue: a :class:`~core.bots.Bot`, or anything that answers as one does (the
+    app's bots through its batching scheduler, a scripted bot in the tests). ``name`` is optional."""
+
+    def encode_prompt(self, prompt: str, history: Sequence[str] | None = None) -> list[int]: ...
+
+    def respond_batch(self, prompts: list[str], *, histories: Sequence[Sequence[str] | None] | None = None,
+                      **overrides: Any) -> list[Any]: ...
+
+
+@dataclass
+class DialogueTurn:
+    """One generated turn: which agent said it (0: A, 1: B), the bot behind that agent, its text and search score
+    (:attr:`core.decoding.Reply.score`; None when the speaker reports none)."""
+
+    agent: int
+    bot: str
+    text: str
+    score: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The turn as JSON: ``{"agent": "A" | "B", "bot", "text", "score"}``; a non-finite score is null."""
+        score = self.score if self.score is not None and math.isfinite(self.score) else None
+        return {"agent": AGENTS[self.agent], "bot": self.bot, "text": self.text, "score": score}
 
 
 @dataclass
 class Dialogue:
-    """A simulated dialogue: its turns, opening first (the ending turn not included), and why it ended."""
+    """A simulated dialogue: its opening, the turns said after it, and why it ended (None while it goes on; then a
+    key of :data:`END_REASONS`). ``ending`` is the generated turn that ended it (dull or repeated), which is not
+    among the turns said: ``len(said)`` is the number of turns the dialogue lasted."""
 
-    turns: list[str]
-    end: str = "limit"
+    opening: str
+    said: list[DialogueTurn] = field(default_factory=list)
+    end: str | None = None
+    ending: DialogueTurn | None = None
+
+    @property
+    def turns(self) -> list[str]:
+        """The texts, opening first (the ending turn not included)."""
+        return [self.opening, *(t.text for t in self.said)]
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"opening", "turns": [turn JSON], "length", "end", "end_reason", "ending_turn"}``."""
+        return {"opening": self.opening, "turns": [t.to_json() for t in self.said], "length": len(self.said),
+                "end": self.end, "end_reason": END_REASONS.get(self.end or "", None),
+                "ending_turn": self.ending.to_json() if self.ending else None}
 
 
-def simulate(bot: Bot, openings: list[str], *, max_turns: int = MAX_TURNS, dull: set[str] | None = None,
-             overlap_limit: float = OVERLAP_LIMIT, **overrides: Any) -> list[Dialogue]:
-    """Two copies of ``bot`` talk, starting from each opening; each reads the conversation so far (its window of
-    it); all live dialogues advance in one batch per turn.
+@dataclass
+class Step:
+    """What :func:`converse` yields per generated turn: the dialogue's index, the turn, and the dialogue after it
+    (``dialogue.end``: None if it goes on; ``dialogue.ending is turn`` when this turn ended it unsaid)."""
 
-    A dialogue stops before a generated turn that is dull (or empty), or that shares more than ``overlap_limit``
-    of its words with the same agent's previous turn; such a turn is not added, so ``len(turns) - 1`` is the
-    number of turns the dialogue lasted, and ``end`` says which rule ended it (``limit``: it reached
-    ``max_turns``). The one implementation of these rules (the evaluation, the self-chat view)."""
+    index: int
+    turn: DialogueTurn
+    dialogue: Dialogue
+
+
+def end_of_turn(text: str, turns: list[str], listener: Speaker, dull: set[str], overlap_limit: float) -> str | None:
+    """Why ``text``, the next turn after ``turns`` (opening first), ends the dialogue, or None if it does not: it is
+    dull, or empty for ``listener`` (the agent who would answer it), or shares more than ``overlap_limit`` of its
+    words with the same agent's previous turn (two turns back; the opening is agent B's)."""
+    if not _answerable(listener, text) or normalize_reply(text) in dull:
+        return "dull"
+    if len(turns) >= 2 and word_overlap(text, turns[-2]) > overlap_limit:
+        return "repetition"
+    return None
+
+
+def converse(bot_a: Speaker, bot_b: Speaker, dialogues: list[Dialogue], *, max_turns: int = MAX_TURNS,
+             dull: set[str] | None = None, overlap_limit: float = OVERLAP_LIMIT, **overrides: Any
+             ) -> Iterator[Step]:
+    """Advance fresh ``dialogues`` turn by turn, agent A (``bot_a``) first, then B (``bot_b``, may be the same
+    bot), ...; each agent reads the conversation so far (its window of it) and all live dialogues advance in one
+    ``respond_batch`` call per turn. Yields a :class:`Step` for each turn as it is judged, in place.
+
+        d = Dialogue("hi, how are you?")
+        for step in converse(bots["rl"], bots["beam"], [d], max_turns=8):
+            print(step.turn.bot, step.turn.score, step.turn.text, d.end)
+
+    The one implementation of the ending rules (the evaluation, the self-chat tab and API): a dialogue stops
+    before a turn that :func:`end_of_turn` refuses (that turn goes to ``ending``, not ``said``), or after
+    ``max_turns`` turns (``end`` "limit")."""
+    if any(d.said or d.end for d in dialogues):
+        raise ValueError("converse: every dialogue must be fresh (no turns said, not ended)")
     dull = dull if dull is not None else {normalize_reply(d) for d in DULL_REPLIES}
-    dialogues = [Dialogue([o]) for o in openings]
+    speakers = (bot_a, bot_b)
     live = list(range(len(dialogues)))
-    for _ in range(max_turns):
+    for n in range(max_turns):
         if not live:
-            break
-        replies = bot.respond_batch([dialogues[i].turns[-1] for i in live],
-                                    histories=[dialogues[i].turns[:-1] for i in live], **overrides)
+            return
+        agent = n % 2
+        speaker, listener = speakers[agent], speakers[1 - agent]
+        replies = speaker.respond_batch([dialogues[i].turns[-1] for i in live],
+                                        histories=[dialogues[i].turns[:-1] for i in live], **overrides)
         still = []
         for i, reply in zip(live, replies):
             d = dialogues[i]
-            own_previous = d.turns[-2] if len(d.turns) >= 2 else None
-            if not _answerable(bot, reply.text) or normalize_reply(reply.text) in dull:
-                d.end = "dull"
-            elif own_previous is not None and word_overlap(reply.text, own_previous) > overlap_limit:
-                d.end = "repetition"
+            score = getattr(reply, "score", None)
+            turn = DialogueTurn(agent, getattr(speaker, "name", ""), reply.text,
+                                float(score) if score is not None else None)
+            d.end = end_of_turn(turn.text, d.turns, listener, dull, overlap_limit)
+            if d.end is not None:
+                d.ending = turn
             else:
-                d.turns.append(reply.text)
-                still.append(i)
+                d.said.append(turn)
+                if len(d.said) < max_turns:
+                    still.append(i)
+                else:
+                    d.end = "limit"
+            yield Step(i, turn, d)
         live = still
+    for d in dialogues:  # max_turns 0
+        d.end = d.end or "limit"
+
+
+def simulate(bot_a: Speaker, openings: list[str], *, bot_b: Speaker | None = None, max_turns: int = MAX_TURNS,
+             dull: set[str] | None = None, overlap_limit: float = OVERLAP_LIMIT, **overrides: Any) -> list[Dialogue]:
+    """Simulated dialogues from each opening: ``bot_a`` (agent A) and ``bot_b`` (agent B; default: a second copy of
+    ``bot_a``) alternate, A first, by the rules of :func:`converse`, run to the end. ``len(d.turns) - 1`` (or
+    ``len(d.said)``) is the number of turns a dialogue lasted, ``d.end`` which rule ended it.
+
+        dialogues = simulate(bots["rl"], ["hi there", "what do you do?"])                  # the evaluation's
+        dialogues = simulate(bots["rl"], openings, bot_b=bots["beam"], max_turns=12)      # two bots"""
+    dialogues = [Dialogue(o) for o in openings]
+    for _ in converse(bot_a, bot_b if bot_b is not None else bot_a, dialogues, max_turns=max_turns, dull=dull,
+                      overlap_limit=overlap_limit, **overrides):
+        pass
     return dialogues
 
 
-def simulate_dialogues(bot: Bot, openings: list[str], **kwargs: Any) -> list[list[str]]:
+def simulate_dialogues(bot: Speaker, openings: list[str], **kwargs: Any) -> list[list[str]]:
     """The turns of :func:`simulate`'s dialogues."""
     return [d.turns for d in simulate(bot, openings, **kwargs)]
 
@@ -240,6 +342,31 @@ def load_split_for(bot: Bot) -> Split:
     train_cfg = read_config(bot.checkpoint)["meta"]["train"]
     convs = load_corpus(train_cfg["corpus"], fmt=train_cfg.get("corpus_format"))
     return split_conversations(convs, seed=train_cfg.get("split_seed", 1234))
+
+
+def held_out_openings(bot: Bot) -> list[str]:
+    """The openings of the test split the bot's checkpoint was held out from (:func:`load_split_for`; what the
+    evaluation's simulated dialogues start from), those the bot can answer. The corpus is read once per corpus
+    and seed. ValueError for a bot without a checkpoint config.
+
+        openings = held_out_openings(bots["rl"])      # 201 openings of the chitchat test split"""
+    if bot.checkpoint is None or not (Path(bot.checkpoint) / "config.json").exists():
+        raise ValueError(f"bot {bot.name!r} has no checkpoint config.json, so no held-out openings")
+    train_cfg = read_config(bot.checkpoint)["meta"].get("train", {})
+    if "corpus" not in train_cfg:
+        raise ValueError(f"bot {bot.name!r}: its config.json names no training corpus, so no held-out openings")
+    try:
+        openings = _test_openings(str(train_cfg["corpus"]), train_cfg.get("corpus_format"),
+                                  int(train_cfg.get("split_seed", 1234)))
+    except (ImportError, OSError) as e:  # the corpus package or file is not on this machine (a Space)
+        raise ValueError(f"bot {bot.name!r}: its corpus {train_cfg['corpus']!r} cannot be read here ({e})") from e
+    return [o for o in openings if _answerable(bot, o)]
+
+
+@functools.lru_cache(maxsize=4)
+def _test_openings(corpus: str, fmt: str | None, seed: int) -> tuple[str, ...]:
+    convs = load_corpus(corpus, fmt=fmt)
+    return tuple(opening_messages(split_conversations(convs, seed=seed).test))
 
 
 def write_report(df: pd.DataFrame, out_csv: str | Path) -> Path:

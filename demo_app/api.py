@@ -11,14 +11,17 @@
          -d '{"bot": "rl", "message": "why not?", "history": ["want to go hiking?", "no"]}'
     curl -s localhost:7860/v1/chat/completions -H 'content-type: application/json' \\
          -d '{"model": "antilm", "messages": [{"role": "user", "content": "hi there"}]}'
+    curl -s localhost:7860/api/v1/self_chat -H 'content-type: application/json' \\
+         -d '{"bot_a": "rl", "bot_b": "beam", "opening": "hi, how are you?", "max_turns": 8}'
 
     from openai import OpenAI
     client = OpenAI(base_url="http://localhost:7860/v1", api_key="unused")
     client.chat.completions.create(model="beam", messages=[{"role": "user", "content": "hi"}],
                                    extra_body={"beam_size": 5, "n_bonus": 0.2}).choices[0].message.content
 
-Routes: ``GET /api/v1/bots``, ``POST /api/v1/reply``, ``POST /v1/chat/completions``, ``GET /v1/models``,
-``GET /v1/models/{model}``. Every reply goes through ``ctx.scheduler`` (batched with the app's requests).
+Routes: ``GET /api/v1/bots``, ``POST /api/v1/reply``, ``POST /api/v1/self_chat`` (two bots talk:
+:mod:`demo_app.self_chat`), ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/models/{model}``. Every reply
+goes through ``ctx.scheduler`` (batched with the app's requests).
 
 A conversation: ``/api/v1/reply`` takes ``history``, the turns before ``message`` (oldest first, the bot's own
 replies included; at most ``MAX_HISTORY_TURNS`` turns of at most ``MAX_TURN_CHARS`` characters, else a 422 naming
@@ -78,10 +81,12 @@ from core.bots import Bot, read_bots_json
 from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from core.decoding import DecodeConfig, Reply
 from core.errors import SettingError
+from core.evaluate import AGENTS, END_REASONS, MAX_TURNS
 from core.serving import Busy
 from core.tokenizer import EOS_ID
 from demo_app.context import AppContext
 from demo_app.errors import ERROR_RESPONSES, ApiError
+from demo_app.self_chat import TURN_RANGE, run_self_chat
 
 MAX_MESSAGE_CHARS = 4000  # a bot reads at most its last max_src_len tokens anyway
 MAX_MESSAGES = 256
@@ -233,6 +238,40 @@ class ReplyResponse(BaseModel):
 # what /api/v1/reply returns of Reply.to_json() (the attention matrix and the trace stay out)
 REPLY_FIELDS = ("text", "score", "parts", "tokens", "token_ids", "logprobs", "nbest", "source_tokens", "latency_s",
                 "settings")
+
+
+class SelfChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bot_a: str = Field(min_length=1, max_length=100, description="agent A's bot, which answers the opening")
+    bot_b: str | None = Field(None, min_length=1, max_length=100,
+                              description="agent B's bot, which answers A (default: bot_a again)")
+    opening: str = Field(max_length=MAX_TURN_CHARS, description="the first turn (counted as agent B's)")
+    max_turns: Integer = Field(MAX_TURNS, ge=TURN_RANGE[0], le=TURN_RANGE[1],
+                               description="the turn limit: the dialogue ends after this many turns at most")
+
+
+class SelfChatTurn(BaseModel):
+    agent: Literal[AGENTS]  # type: ignore[valid-type]
+    bot: str
+    text: str
+    score: Score = Field(description="the search score of the turn")
+
+
+class SelfChatResponse(BaseModel):
+    bot_a: str
+    bot_b: str
+    opening: str
+    turns: list[SelfChatTurn] = Field(description="the turns after the opening, A first, the ending turn not "
+                                                  "included")
+    length: int = Field(description="the number of turns the dialogue lasted")
+    end: Literal[tuple(END_REASONS)] = Field(  # type: ignore[valid-type]
+        description="why it ended: dull (a dull or empty turn), repetition (an agent's turn shares more than 80% "
+                    "of its words with its own previous turn), limit (max_turns reached)")
+    end_reason: str
+    ending_turn: SelfChatTurn | None = Field(description="the turn that ended the dialogue (dull or repetition), "
+                                                         "not among turns; null at the limit")
+    wall_s: float
 
 
 class ContentPart(BaseModel):
@@ -469,6 +508,26 @@ def api_router(ctx: AppContext) -> APIRouter:
         data = r.to_json()  # the one JSON form of a reply: a -inf score or log p is null
         return ReplyResponse(bot=req.bot, wall_s=time.perf_counter() - start,
                              **{k: data[k] for k in REPLY_FIELDS})
+
+    @router.post("/api/v1/self_chat", tags=["dialogues"], response_model=SelfChatResponse,
+                 responses=ERROR_RESPONSES, summary="Two bots (or one bot twice) talk from an opening",
+                 description="Agent A (bot_a) answers the opening, agent B (bot_b) answers A, and so on, each "
+                             "reading the conversation, until a dull turn, an agent repeating its own previous "
+                             "turn, or max_turns: the rules of the evaluation's simulated dialogues.")
+    async def self_chat(req: SelfChatRequest) -> SelfChatResponse:
+        start = time.perf_counter()
+        try:
+            dialogue = await run_in_threadpool(run_self_chat, ctx, req.bot_a, req.bot_b, req.opening,
+                                               req.max_turns)
+        except Busy as e:
+            raise ApiError(503, f"the server is busy ({e or 'queue full'}); retry in a second",
+                           headers={"Retry-After": "1"}) from e
+        except TimeoutError as e:
+            raise ApiError(504, f"{e}; retry later", headers={"Retry-After": "5"}) from e
+        except ValueError as e:
+            raise ApiError(422, str(e), param=getattr(e, "field", None)) from e
+        return SelfChatResponse(bot_a=req.bot_a, bot_b=req.bot_b or req.bot_a, wall_s=time.perf_counter() - start,
+                                **dialogue.to_json())
 
     @router.get("/v1/models", tags=["openai"], summary="The bots, as OpenAI models")
     def list_models() -> dict[str, Any]:

@@ -13,6 +13,7 @@ Gradio API (``gradio_client.Client(url).view_api()`` lists the parameters):
     /search     the Search tab (the search tree of one reply)
     /search_branch, /search_branch_token   branch the session's traced search from a node, or from a token of
                 the token view (:mod:`demo_app.tabs.search_branch`)
+    /self_chat /self_chat_batch   two bots talk from an opening (or K held-out ones): turns, scores, end reason
 The JSON and OpenAI-compatible APIs live beside the app on the same server (:mod:`demo_app.server`).
 """
 
@@ -28,10 +29,11 @@ import torch
 from core.bots import Bot, default_checkpoint_dir
 from core.serving import BatchScheduler
 from demo_app.context import AppContext
-from demo_app.tabs import arena, attention, batch, leaderboard, models, search, side_by_side
+from demo_app.tabs import arena, attention, batch, leaderboard, models, search, self_chat, side_by_side
 
 # The tabs, in page order; adding a tab is one module in demo_app/tabs and one entry here.
-TABS: tuple[ModuleType, ...] = (side_by_side, arena, leaderboard, search, attention, batch, models)
+TABS: tuple[ModuleType, ...] = (side_by_side, arena, leaderboard, self_chat, search, attention, batch,
+                                 models)
 MAX_EVENTS = 128  # events running at once (most of them wait on the scheduler); more wait in Gradio's queue
 MAX_QUEUE = 512
 # Gradio's queue looks for new events every millisecond while it has none (its ``sleep_when_free``): ~9% of a core

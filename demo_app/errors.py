@@ -40,7 +40,7 @@ MAX_BODY_BYTES = 64 * 1024  # a chat request is a few KB; 1 MB bodies are refuse
 MAX_JSON_DEPTH = 32
 JSON_PREFIXES = ("/api/", "/v1/", "/webhook/")
 RATE_LIMIT = "60/minute"  # per client, on each expensive route (see `limits` for the notation)
-LIMITED_ROUTES = (("POST", "/api/v1/reply"), ("POST", "/v1/chat/completions"))
+LIMITED_ROUTES = (("POST", "/api/v1/reply"), ("POST", "/api/v1/self_chat"), ("POST", "/v1/chat/completions"))
 
 _STATUS_TYPE = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
                 413: "request_too_large", 415: "invalid_request_error", 422: "invalid_request_error",
