@@ -155,3 +155,24 @@ def test_the_console_script_imports_and_ranks_other_models(tmp_path):
     assert r.returncode == 0, r.stderr
     assert {row["bot"] for row in json.loads(r.stdout)["leaderboard"]} == {"vicuna-13b", "koala-13b", "gpt-4"}
     assert not (tmp_path / "arena_data").exists()  # $ARENA_DB_URL was used
+
+
+def test_leaderboard_categories_style_control_and_provisional_from_the_command_line(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "X.jsonl", FASTCHAT)
+    code, out, _ = run(capsys, "leaderboard", "--votes", str(src), "--style-control", "--format", "json",
+                       "--bootstrap", "20", "--min-votes", "3")
+    board = json.loads(out)
+    assert code == 0 and board["style_control"] and set(board["style"]) == {"length", "question"}
+    row = {r["bot"]: r for r in board["leaderboard"]}
+    assert {"rating", "rank", "sc_rating", "sc_rank"} <= set(row["gpt-4"])
+    assert row["gpt-4"]["provisional"] is False and row["koala-13b"]["provisional"] is False
+    code, out, _ = run(capsys, "leaderboard", "--votes", str(src), "--category", "single_turn", "--bootstrap", "0")
+    assert code == 0 and "3 votes, 3 bots (single-turn battles)" in out and "gpt-4 (provisional)" in out
+    for category in ("multi_turn", "dialogue"):  # none of these in the file
+        code, out, _ = run(capsys, "leaderboard", "--votes", str(src), "--category", category)
+        assert code == 0 and out.startswith("No ") and "yet." in out
+    code, _, err = run(capsys, "leaderboard", "--votes", str(src), "--min-votes", "-1")
+    assert code == 2 and "--min-votes must be >= 0" in err
+    with pytest.raises(SystemExit):  # argparse names the choices
+        run(capsys, "leaderboard", "--category", "long")
+    assert "invalid choice: 'long'" in capsys.readouterr().err

@@ -68,7 +68,7 @@ def test_a_battle_through_the_callbacks(ctx):
     battle = ctx.arena.store.battle(view.state["battle_id"])
     turns = ctx.arena.store.turns_of(battle.id)
     assert [t["message"] for t in turns] == ["hi, how are you?", "<b>what</b> do you do?"]
-    assert view.chat_a[1]["content"].startswith(arena_tab._shown(turns[0]["reply_a"])[:20])
+    assert view.chat_a[1]["content"].startswith(arena_tab.shown(turns[0]["reply_a"])[:20])
 
     voted = arena_tab.vote(ctx, session, "tie (bothbad)", view.state)
     assert not voted.can_vote and "both bad" in voted.reveal

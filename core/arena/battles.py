@@ -345,8 +345,19 @@ class Arena:
                               f"{_per(self.votes_limit.window_s)}")
         tstamp = self.store.add_vote(battle_id, winner=winner, session_hash=rec.session_hash, turns=n_turns,
                                      judge=f"arena_user_{rec.session_hash[:16]}")
+        return self._result(rec, winner, n_turns, tstamp)
+
+    def reveal(self, battle_id: str, session_id: str) -> VoteResult:
+        """The names and settings of a voted battle of this session (a per-turn series reveals its bots when the
+        visitor ends it: every battle of the series has the same two); NotReady before its vote."""
+        rec = self._own(battle_id, session_id)
+        if rec.winner is None:
+            raise NotReady("the bots are revealed once this turn's vote is in: vote first")
+        return self._result(rec, rec.winner, rec.turns, rec.created)
+
+    def _result(self, rec: BattleRecord, winner: str, n_turns: int, tstamp: float) -> VoteResult:
         label = {n: e.label for n, e in self.entrants.items()}
-        return VoteResult(battle_id=battle_id, winner=winner, model_a=rec.model_a, model_b=rec.model_b,
+        return VoteResult(battle_id=rec.id, winner=winner, model_a=rec.model_a, model_b=rec.model_b,
                           label_a=label.get(rec.model_a, rec.model_a), label_b=label.get(rec.model_b, rec.model_b),
                           settings_a=rec.settings_a, settings_b=rec.settings_b, checkpoint_a=rec.checkpoint_a,
                           checkpoint_b=rec.checkpoint_b, turns=n_turns, tstamp=tstamp, kind=rec.kind,

@@ -6,6 +6,12 @@
     chatbot-arena leaderboard                                        # markdown table of the stored votes
     chatbot-arena leaderboard --votes votes.jsonl --bootstrap 1000 --format json
     chatbot-arena leaderboard --db postgresql+psycopg://arena@db.internal/arena --format csv
+    chatbot-arena leaderboard --category dialogue --style-control     # whole-dialogue votes, style controlled
+
+Categories (``--category``): all, single_turn (single-turn battles), multi_turn (battles of 3+ turns), per_turn
+(per-turn votes), dialogue (whole-dialogue votes). ``--style-control`` fits reply length and the share of replies
+ending with a question as covariates and shows both rankings; ``--min-votes`` marks bots with fewer votes in the
+category as provisional.
 
 The store: ``--db URL`` (or $ARENA_DB_URL), else the SQLite file ``arena.sqlite3`` in ``--data-dir`` (default
 ``/data`` when it exists, else ``./arena_data``).
@@ -16,8 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.arena.interchange import FORMATS, import_votes, read_votes, write_votes
-from core.arena.leaderboard import compute_leaderboard
+from core.arena.interchange import FORMATS, import_votes, read_votes, votes_with_style, write_votes
+from core.arena.leaderboard import CATEGORIES, MIN_VOTES, compute_leaderboard
 from core.arena.store import ArenaStore, resolve_db_url
 
 EXAMPLES = {
@@ -29,7 +35,9 @@ EXAMPLES = {
     "leaderboard": """examples:
   chatbot-arena leaderboard                                       # the stored votes, as a markdown table
   chatbot-arena leaderboard --votes clean_battle.jsonl --format json
-  chatbot-arena leaderboard --bootstrap 200 --seed 1 --format csv""",
+  chatbot-arena leaderboard --bootstrap 200 --seed 1 --format csv
+  chatbot-arena leaderboard --category dialogue --style-control   # whole-dialogue votes, both rankings
+  chatbot-arena leaderboard --category multi_turn --min-votes 50  # battles of 3+ turns""",
 }
 
 
@@ -70,15 +78,18 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.min_votes < 0:
+        raise ValueError(f"--min-votes must be >= 0, got {args.min_votes}")
     if args.votes:
         votes = read_votes(args.votes)
     else:
         store = _open(args)
-        try:
-            votes = store.votes_frame()
+        try:  # the replies' style is read only when it is needed (it reads every turn)
+            votes = votes_with_style(store) if args.style_control else store.votes_frame()
         finally:
             store.close()
-    board = compute_leaderboard(votes, bootstrap=args.bootstrap, seed=args.seed)
+    board = compute_leaderboard(votes, bootstrap=args.bootstrap, seed=args.seed, category=args.category,
+                                style_control=args.style_control, min_votes=args.min_votes)
     out = {"md": board.to_markdown, "csv": board.to_csv, "json": board.to_json}[args.format]()
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
     if args.format != "md":
@@ -111,5 +122,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                                 "(default: %(default)s; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md", help="output format (default: md)")
+    p.add_argument("--category", choices=list(CATEGORIES), default="all",
+                   help="which votes: " + ", ".join(f"{k} ({v[0]})" for k, v in CATEGORIES.items())
+                   + " (default: %(default)s)")
+    p.add_argument("--style-control", action="store_true",
+                   help="also fit reply length and the share of replies ending with a question as covariates "
+                        "(Chatbot Arena's style control); ranks by the style-controlled rating, shows both")
+    p.add_argument("--min-votes", type=int, default=MIN_VOTES,
+                   help="bots with fewer votes in the category are marked provisional (default: %(default)s)")
     add_store_args(p)
     p.set_defaults(func=_cmd_leaderboard)
