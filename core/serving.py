@@ -4,17 +4,22 @@
     >>> scheduler.respond("beam", "how are you?", {"beam_size": 5}).text
     >>> scheduler.respond("rl", "why not?", {}, history=["want to go hiking?", "no"]).text   # a conversation
     >>> future = scheduler.submit("antilm", "hi there", {})     # a Ticket: concurrent.futures.Future[Reply]
+    >>> scheduler.submit("beam", "hi", {}, trace=True, prefix_ids=[42, 7])  # traced, forced start (a branch)
+    >>> respond = scheduler.responder("beam", timeout=60)       # Bot.respond's signature, through the scheduler
     >>> future.result().text, future.queue_s, future.batch_size
     >>> scheduler.stats()["largest_batch"]
     >>> scheduler.close()
 
 How a request travels:
-  1. ``submit`` checks it (bot name, settings through ``bot.settings``, prompt through ``bot.encode_prompt``), so
-     a bad request fails alone with a ValueError and never enters a batch. Past ``max_queue`` waiting requests it
+  1. ``submit`` checks it (bot name, settings through ``bot.settings``, prompt through ``bot.encode_prompt``,
+     ``prefix_ids`` through :func:`core.decoding.check_prefix_ids`), so a bad request fails alone with a
+     ValueError (a SettingError naming the field) and never enters a batch. Past ``max_queue`` waiting requests it
      raises :class:`Busy` at once.
-  2. It joins the group of its bot and its effective :class:`~core.decoding.DecodeConfig`: requests whose
-     settings differ never share a search; requests of any history length do (each prompt has its own window).
-     Sampling with an explicit seed is a group of its own (its draws would change next to other prompts).
+  2. It joins the group of its bot, its effective :class:`~core.decoding.DecodeConfig`, its ``trace`` flag and its
+     ``prefix_ids`` (the arguments of :meth:`core.bots.Bot.respond_batch` beside the settings, one value per
+     call): requests that differ in any of them never share a search; requests of any history length do (each
+     prompt has its own window). Sampling with an explicit seed is a group of its own (its draws would change
+     next to other prompts).
   3. A decode worker takes the group whose first request is the oldest, once that request has waited
      ``max_wait_s`` or the group holds ``max_batch`` requests, and decodes up to ``max_batch`` of them with one
      ``bot.respond_batch`` call. Requests cancelled meanwhile (the client went away) are dropped first. If the
@@ -50,7 +55,8 @@ from typing import Any
 import torch
 
 from core.bots import Bot
-from core.decoding import STRATEGIES, Reply
+from core.decoding import STRATEGIES, Reply, check_prefix_ids
+from core.errors import SettingError
 
 _log = logging.getLogger(__name__)
 
@@ -80,6 +86,8 @@ class _Request:
     key: GroupKey
     ticket: Ticket
     history: list[str] | None = None  # the earlier turns, oldest first
+    trace: bool = False  # the reply lists every candidate of its search (Reply.trace)
+    prefix_ids: list[int] | None = None  # token ids the reply must start with (a branch from a traced node)
     t_submit: float = field(default_factory=time.perf_counter)
 
 
@@ -95,8 +103,8 @@ def usable_cpus() -> int:
 
 
 class DecodeProcess:
-    """A child process that decodes batches for the parent: ``respond_batch(bot, prompts, overrides, histories)``
-    there.
+    """A child process that decodes batches for the parent: ``respond_batch(bot, prompts, overrides, histories,
+    trace=..., prefix_ids=...)`` there (the arguments of :meth:`core.bots.Bot.respond_batch`).
 
     Why: on a CPU server the beam search is mostly Python between small tensor ops, and so is the web server; in
     one process they take turns on the GIL and a second core idles (``bench/load.py`` shows the server at about one
@@ -137,14 +145,17 @@ class DecodeProcess:
         self.restarts += 1
 
     def respond_batch(self, bot: str, prompts: list[str], overrides: Mapping[str, Any],
-                      histories: list[list[str] | None] | None = None) -> list[Reply]:
-        """The replies of ``bot`` to ``prompts`` (after ``histories``) decoded in the child; its exception is
-        raised here."""
+                      histories: list[list[str] | None] | None = None, *, trace: bool = False,
+                      prefix_ids: Sequence[int] | None = None) -> list[Reply]:
+        """The replies of ``bot`` to ``prompts`` (after ``histories``; ``trace`` and ``prefix_ids`` as in
+        :meth:`core.bots.Bot.respond_batch`) decoded in the child; its exception is raised here."""
+        job = (bot, list(prompts), dict(overrides), histories, trace,
+               list(prefix_ids) if prefix_ids is not None else None)
         with self._lock:
             if self._proc is None or not self._proc.is_alive():
                 self._start()
             try:
-                self._conn.send((bot, list(prompts), dict(overrides), histories))
+                self._conn.send(job)
                 ok, value = self._conn.recv()
             except (EOFError, OSError) as e:  # the child died during this batch
                 self._proc = None
@@ -176,7 +187,8 @@ class DecodeProcess:
 
 
 def _decode_child(conn: Any, loader: Callable[[], Mapping[str, Bot]], threads: int) -> None:
-    """The child's loop: load the bots, say so, then answer (bot, prompts, overrides) with (ok, replies | error)."""
+    """The child's loop: load the bots, say so, then answer (bot, prompts, overrides, histories, trace, prefix_ids)
+    with (ok, replies | error)."""
     try:
         torch.set_num_threads(threads)
         bots = dict(loader())
@@ -191,9 +203,10 @@ def _decode_child(conn: Any, loader: Callable[[], Mapping[str, Bot]], threads: i
             return
         if msg is None:
             return
-        bot, prompts, overrides, histories = msg
+        bot, prompts, overrides, histories, trace, prefix_ids = msg
         try:
-            conn.send((True, bots[bot].respond_batch(prompts, histories=histories, **overrides)))
+            conn.send((True, bots[bot].respond_batch(prompts, histories=histories, trace=trace,
+                                                     prefix_ids=prefix_ids, **overrides)))
         except Exception as e:  # noqa: BLE001 - handed to the parent's caller
             try:
                 conn.send((False, e))
@@ -260,12 +273,16 @@ class BatchScheduler:
     # ------------------------------------------------------------------------- the callers' side
 
     def submit(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None = None, *,
-               history: Sequence[str] | None = None) -> Ticket:
-        """Queue one request (``history``: the conversation before ``prompt``, oldest first); the Ticket's result
-        is the Reply (or the exception of this request alone). Raises ValueError for a bad request and
-        :class:`Busy` when ``max_queue`` requests are waiting."""
-        key, overrides = self._check(bot, prompt, overrides, history)
-        req = _Request(bot, prompt, overrides, key, Ticket(), history=list(history) if history else None)
+               history: Sequence[str] | None = None, trace: bool = False,
+               prefix_ids: Sequence[int] | None = None) -> Ticket:
+        """Queue one request (``history``: the conversation before ``prompt``, oldest first; ``trace``: the reply
+        lists every candidate of its search; ``prefix_ids``: token ids the reply must start with; the last two as
+        in :meth:`core.bots.Bot.respond`, whose reply the Ticket's result is, or the exception of this request
+        alone). Raises ValueError (a SettingError naming the field) for a bad request and :class:`Busy` when
+        ``max_queue`` requests are waiting."""
+        key, overrides, prefix = self._check(bot, prompt, overrides, history, trace, prefix_ids)
+        req = _Request(bot, prompt, overrides, key, Ticket(), history=list(history) if history else None,
+                       trace=trace, prefix_ids=prefix)
         with self._cond:
             if self._closed:
                 raise Busy("the server is shutting down; try again in a few seconds")
@@ -281,14 +298,28 @@ class BatchScheduler:
         return req.ticket
 
     def respond(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None = None, *,
-                history: Sequence[str] | None = None, timeout: float | None = None) -> Reply:
+                history: Sequence[str] | None = None, trace: bool = False, prefix_ids: Sequence[int] | None = None,
+                timeout: float | None = None) -> Reply:
         """``submit(...).result(timeout)``; a request that times out is cancelled, so it costs no decode."""
-        ticket = self.submit(bot, prompt, overrides, history=history)
+        ticket = self.submit(bot, prompt, overrides, history=history, trace=trace, prefix_ids=prefix_ids)
         try:
             return ticket.result(timeout)
         except FutureTimeout:
             ticket.cancel()
             raise
+
+    def responder(self, bot: str, *, timeout: float | None = None) -> Callable[..., Reply]:
+        """``bot``'s :meth:`~core.bots.Bot.respond` through this scheduler: ``respond(prompt, *, history=None,
+        trace=False, prefix_ids=None, **overrides)`` gives the same reply, decoded by the workers (in a decode
+        process when there are some); it raises what :meth:`respond` raises (ValueError, Busy, and
+        ``concurrent.futures.TimeoutError`` after ``timeout`` seconds). What :func:`core.branching.branch` takes."""
+
+        def respond(prompt: str, *, history: Sequence[str] | None = None, trace: bool = False,
+                    prefix_ids: Sequence[int] | None = None, **overrides: Any) -> Reply:
+            return self.respond(bot, prompt, overrides, history=history, trace=trace, prefix_ids=prefix_ids,
+                                timeout=timeout)
+
+        return respond
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters: requests, batches, largest_batch, decoded, failed, cancelled, busy
@@ -323,8 +354,10 @@ class BatchScheduler:
         self.close()
 
     def _check(self, bot: str, prompt: str, overrides: Mapping[str, Any] | None,
-               history: Sequence[str] | None = None) -> tuple[GroupKey, dict[str, Any]]:
-        """Validate a request (ValueError naming what is wrong); return its group key and its overrides."""
+               history: Sequence[str] | None = None, trace: bool = False,
+               prefix_ids: Sequence[int] | None = None) -> tuple[GroupKey, dict[str, Any], list[int] | None]:
+        """Validate a request (ValueError naming what is wrong); return its group key, its overrides and its
+        ``prefix_ids`` as a list."""
         if not isinstance(bot, str) or bot not in self.bots:
             raise ValueError(f"unknown bot {bot!r}; this server has {list(self.bots)}")
         if overrides is None:
@@ -334,10 +367,27 @@ class BatchScheduler:
         overrides = dict(overrides)
         cfg = self.bots[bot].settings(**overrides)  # ValueError naming the setting and its range
         self.bots[bot].encode_prompt(prompt, history)  # ValueError for an empty prompt or a bad history
-        key: GroupKey = (bot, tuple(sorted(cfg.to_dict().items())))
+        if not isinstance(trace, bool):
+            raise SettingError(f"trace must be true or false, got {type(trace).__name__}", field="trace")
+        prefix = self._check_prefix_ids(self.bots[bot], cfg, prefix_ids)
+        key: GroupKey = (bot, tuple(sorted(cfg.to_dict().items())), trace, tuple(prefix) if prefix is not None
+                         else None)  # one respond_batch call: one settings, one trace flag, one forced start
         if not self.batching or (STRATEGIES[cfg.strategy].random and cfg.seed is not None):
             key += (next(self._alone),)  # a group of its own
-        return key, overrides
+        return key, overrides, prefix
+
+    @staticmethod
+    def _check_prefix_ids(bot: Bot, cfg: Any, prefix_ids: Sequence[int] | None) -> list[int] | None:
+        """``prefix_ids`` as a list, checked as :func:`core.decoding.generate` checks them (SettingError naming
+        ``prefix``): token ids a reply can hold, not with the text ``prefix`` setting."""
+        if prefix_ids is None:
+            return None
+        if isinstance(prefix_ids, (str, bytes)) or not isinstance(prefix_ids, Sequence):
+            raise SettingError(f"prefix_ids must be a list of token ids, got {type(prefix_ids).__name__}",
+                               field="prefix")
+        if cfg.prefix:
+            raise SettingError("give the reply's start as prefix (text) or as prefix_ids, not both", field="prefix")
+        return check_prefix_ids(prefix_ids, getattr(getattr(bot.model, "cfg", None), "vocab_size", None), cfg)
 
     def _drop_cancelled(self) -> None:
         """Forget waiting requests whose callers cancelled them (under the lock)."""
@@ -401,13 +451,12 @@ class BatchScheduler:
 
     def _decode(self, batch: list[_Request]) -> None:
         """One batched call; if it raises, each request alone, so that only the failing one fails."""
-        bot, overrides = self.bots[batch[0].bot], batch[0].overrides  # one group: the same effective settings
+        bot = self.bots[batch[0].bot]  # one group: the same effective settings, trace flag and prefix_ids
         outcomes: list[Reply | BaseException]
         size = len(batch)  # requests that shared the call that produced each outcome
         try:
             try:
-                outcomes = list(self._respond_batch(bot, [r.prompt for r in batch], overrides,
-                                                    [r.history for r in batch]))
+                outcomes = list(self._respond_batch(bot, batch))
                 if len(outcomes) != len(batch):
                     raise RuntimeError(f"respond_batch returned {len(outcomes)} replies for {len(batch)} prompts")
             except Exception as e:  # noqa: BLE001 - handed to the callers through their futures
@@ -428,15 +477,18 @@ class BatchScheduler:
             else:
                 req.ticket.set_result(out)
 
-    def _respond_batch(self, bot: Bot, prompts: list[str], overrides: Mapping[str, Any],
-                       histories: list[list[str] | None]) -> list[Reply]:
-        """This worker's decode: in its decode process when there is one, else here."""
+    def _respond_batch(self, bot: Bot, batch: list[_Request]) -> list[Reply]:
+        """This worker's decode of one group's requests: in its decode process when there is one, else here."""
+        first = batch[0]
+        prompts, histories = [r.prompt for r in batch], [r.history for r in batch]
         if self._procs:
-            return self._procs[self._worker_of.index].respond_batch(bot.name, prompts, overrides, histories)
-        return bot.respond_batch(prompts, histories=histories, **overrides)
+            return self._procs[self._worker_of.index].respond_batch(
+                bot.name, prompts, first.overrides, histories, trace=first.trace, prefix_ids=first.prefix_ids)
+        return bot.respond_batch(prompts, histories=histories, trace=first.trace, prefix_ids=first.prefix_ids,
+                                 **first.overrides)
 
     def _alone_outcome(self, bot: Bot, req: _Request) -> Reply | BaseException:
         try:
-            return self._respond_batch(bot, [req.prompt], req.overrides, [req.history])[0]
+            return self._respond_batch(bot, [req])[0]
         except Exception as e:  # noqa: BLE001 - handed to the caller through its future
             return e

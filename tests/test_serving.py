@@ -239,6 +239,59 @@ def test_a_bad_request_raises_at_submit_and_never_enters_a_batch(tiny_bots, sche
     assert scheduler.respond("greedy", "hello", {}, timeout=60).text == tiny_bots["greedy"].respond("hello").text
 
 
+def assert_same_trace(batched, alone):
+    """The same search: every candidate with the same id, parent, token and status; scores up to float32 rounding."""
+    assert (batched.trace is None) == (alone.trace is None)
+    rows = [[(x["id"], x["parent"], x["token"], x["status"]) for x in r.trace or []] for r in (batched, alone)]
+    assert rows[0] == rows[1]
+    assert [x["score"] for x in batched.trace or []] == pytest.approx([x["score"] for x in alone.trace or []],
+                                                                     rel=1e-5, abs=1e-5)
+
+
+def test_traced_and_forced_requests_share_a_search_only_with_their_like(tiny_bots, scheduler_factory, monkeypatch):
+    """``trace`` and ``prefix_ids`` are part of the group: each kind is one batch, and every reply is the one
+    ``bot.respond`` gives with the same arguments (its trace included)."""
+    gate = Gate(monkeypatch, tiny_bots["greedy"])
+    scheduler = scheduler_factory(tiny_bots, max_wait_s=0)
+    gate.hold(scheduler, "greedy")
+    bot = tiny_bots["antilm"]
+    start = bot.tokenizer.encode("i am")
+    kinds = [{}, {"trace": True}, {"trace": True, "prefix_ids": start}, {"prefix_ids": start},
+             {"prefix_ids": start[:1]}]
+    history = ["do you like tea?", "yes"]
+    tickets = [[scheduler.submit("antilm", p, {"max_len": 8}, history=history, **kind) for p in PROMPTS[:3]]
+               for kind in kinds]
+    gate.release()
+    for kind, group in zip(kinds, tickets):
+        replies = [t.result(60) for t in group]
+        assert {t.batch_size for t in group} == {3}, kind  # one batch per kind, never mixed
+        for p, reply in zip(PROMPTS[:3], replies):
+            alone = bot.respond(p, history=history, max_len=8, **kind)
+            assert_same_reply(reply, alone)
+            assert_same_trace(reply, alone)
+            assert reply.tokens[: len(kind.get("prefix_ids", []))] == kind.get("prefix_ids", [])
+    assert scheduler.stats()["batches"] == 1 + len(kinds)
+
+
+def test_a_bad_trace_or_forced_start_raises_at_submit(tiny_bots, scheduler_factory):
+    from core.errors import SettingError
+
+    scheduler = scheduler_factory(tiny_bots)
+    hi = tiny_bots["beam"].tokenizer.encode("hi")
+    cases = [({"prefix_ids": [10**7]}, "prefix", "ints in 0"), ({"prefix_ids": [1, *hi]}, "prefix", "cannot hold"),
+             ({"prefix_ids": hi * 80}, "prefix", "longer than max_len"),
+             ({"prefix_ids": "hi"}, "prefix", "must be a list of token ids"),
+             ({"prefix_ids": 5}, "prefix", "must be a list of token ids"),
+             ({"prefix_ids": hi, "overrides": {"prefix": "hello"}}, "prefix", "not both"),
+             ({"trace": "yes"}, "trace", "trace must be true or false")]
+    for kwargs, field, message in cases:
+        overrides = kwargs.pop("overrides", {})
+        with pytest.raises(SettingError, match=message) as e:
+            scheduler.submit("beam", "hello", overrides, **kwargs)
+        assert e.value.field == field
+    assert scheduler.stats()["requests"] == 0
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_decodes_at_once_never_exceed_the_workers(tiny_bots, scheduler_factory, workers):
     scheduler = scheduler_factory(tiny_bots, workers=workers, max_wait_s=0)
@@ -341,6 +394,23 @@ def test_a_decode_process_replies_as_this_process_does(tiny_bots, process_schedu
         assert (reply.tokens, reply.text) == (alone.tokens, alone.text)
         assert reply.score == pytest.approx(alone.score, abs=1e-5)
     assert process_scheduler.stats()["decode_processes"] == 1
+
+
+def test_a_decode_process_carries_traces_and_forced_starts(tiny_bots, process_scheduler):
+    """The decode-process protocol carries ``trace`` and ``prefix_ids``: the reply (its trace included) is the one
+    ``bot.respond`` gives here; a bad forced start still fails in this process, before any decode."""
+    bot = tiny_bots["antilm"]
+    start = bot.tokenizer.encode("i am")
+    respond = process_scheduler.responder("antilm", timeout=60)
+    before = process_scheduler.stats()["requests"]
+    for kind in ({"trace": True}, {"trace": True, "prefix_ids": start}, {"prefix_ids": start}):
+        reply = respond("hello there", history=["hi", "hey"], max_len=8, **kind)
+        alone = bot.respond("hello there", history=["hi", "hey"], max_len=8, **kind)
+        assert_same_reply(reply, alone)
+        assert_same_trace(reply, alone)
+    with pytest.raises(ValueError, match="cannot hold"):
+        respond("hello there", prefix_ids=[1, *start])
+    assert process_scheduler.stats()["requests"] == before + 3
 
 
 def test_a_decode_process_that_dies_fails_its_batch_and_starts_again(process_scheduler):
