@@ -7,6 +7,9 @@ Branching: the search is run again with a node's token path forced as the reply'
 other setting as it was; the new best reply is compared with the original part by part (log p, anti-LM, bonus,
 diversity, repetition, MMI: :mod:`core.decoding`'s score parts, which add up to each score).
 
+A branch is a decode: :func:`branch` calls ``respond`` (by default ``bot.respond``; a server passes
+:meth:`core.serving.BatchScheduler.responder`, so the search runs where every other decode of the server runs).
+
 Token view: the reply is scored teacher-forced (one pass of the decoder over its tokens, the same numbers the
 search's steps computed, up to float rounding): at each step the k tokens the model finds most likely, each with its
 probability and, where the anti-LM is on, the language model's log p and the anti-LM modifier's score of it.
@@ -21,7 +24,7 @@ probability and, where the anti-LM is on, the language model's log p and the ant
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,21 +102,24 @@ def parts_difference(original: Hypothesis, branch: Hypothesis) -> list[PartDiff]
 
 
 def branch(bot: Bot, message: str, path: Sequence[int], *, history: Sequence[str] | None = None,
-           overrides: Mapping[str, Any] | None = None, original: Reply | None = None) -> Branch:
+           overrides: Mapping[str, Any] | None = None, original: Reply | None = None,
+           respond: Callable[..., Reply] | None = None) -> Branch:
     """Run ``bot``'s search on ``message`` (after ``history``, with DecodeConfig ``overrides``) again with the
     reply forced to start with the token ids ``path`` (a traced node's :func:`node_path`; the text ``prefix``
     setting, if any, is already inside a traced path, so it is dropped), traced; ``original``: the unforced
     reply, decoded here when not given. A path ending with </s> forces the whole reply. ValueError (a
     SettingError for a bad path or setting) with a message for people when no reply can start with ``path``
-    under the settings (a blocking rule, say no-repeat n-gram, forbids one of its tokens)."""
+    under the settings (a blocking rule, say no-repeat n-gram, forbids one of its tokens). ``respond``: what
+    decodes, with :meth:`~core.bots.Bot.respond`'s signature (default ``bot.respond``; e.g. a scheduler's
+    :meth:`~core.serving.BatchScheduler.responder`, whose Busy and timeouts it raises)."""
     overrides = dict(overrides or {})
     if not path:
         raise ValueError("the start node (0) is every reply's start: pick a node of the trace")
+    respond = respond or bot.respond
     with torch.inference_mode():
         if original is None:
-            original = bot.respond(message, history=history, trace=True, **overrides)
-        new = bot.respond(message, history=history, trace=True, prefix_ids=list(path),
-                          **{**overrides, "prefix": ""})
+            original = respond(message, history=history, trace=True, **overrides)
+        new = respond(message, history=history, trace=True, prefix_ids=list(path), **{**overrides, "prefix": ""})
     if not new.nbest or not original.nbest:
         shown = bot.tokenizer.decode([t for t in path if t != EOS_ID])
         raise ValueError(f"no reply can start with {shown!r} under these settings: one of its tokens is blocked "
@@ -177,7 +183,10 @@ def token_view(bot: Bot, message: str, tokens: Sequence[int], *, history: Sequen
     likely next tokens (among those the decoder may emit there: no <pad> <s> <unk>, no </s> before min_len), their
     probabilities, and, when ``bot`` with ``overrides`` uses the anti-LM, each one's LM log p and its score under
     the anti-LM modifier (the search's own :class:`~core.decoding.AntiLM`: ``logp - antilm * lm_logp`` where the
-    penalty applies, gamma and the plausibility floor as set; ``logp`` elsewhere)."""
+    penalty applies, gamma and the plausibility floor as set; ``logp`` elsewhere).
+
+    Not a decode: one teacher-forced pass of the decoder (and of the LM) over a known reply, no search, so a
+    server runs it in its own process with ``bot``'s weights; only searches go through its scheduler."""
     overrides = dict(overrides or {})
     cfg = bot.settings(**overrides)
     tokens = list(tokens)

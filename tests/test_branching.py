@@ -17,8 +17,10 @@ import torch
 
 from core.bots import load_bots
 from core.branching import branch, node_path, token_view
+from core.serving import BatchScheduler
 from core.tokenizer import EOS_ID
 from demo_app import callbacks as cb
+from demo_app.context import AppContext
 from demo_app.tabs import search, search_branch
 
 torch.set_num_threads(1)
@@ -28,6 +30,15 @@ MESSAGES = ["hi, how are you today?", "what do you do for fun?", "where are you 
 @pytest.fixture(scope="module")
 def bots(app_checkpoints):
     return load_bots(app_checkpoints, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ctx(bots, app_checkpoints):
+    """The app's context over these bots: the Search tab decodes through its scheduler."""
+    scheduler = BatchScheduler(bots, threads=1)
+    yield AppContext(bots=bots, scheduler=scheduler, checkpoint_dir=app_checkpoints)
+    scheduler.close()
+    torch.set_num_threads(1)
 
 
 def traced(bots, name, message, **overrides):
@@ -173,73 +184,73 @@ def test_a_token_view_choice_branches_with_the_tokens_before_it(bots):
 
 
 @pytest.fixture(scope="module")
-def state(bots):
+def state(ctx):
     """The Search tab's traced search: the anti-LM bot on its own settings."""
-    return search_branch.traced_search(bots, "antilm", MESSAGES[1], search.BOT_SETTINGS, {}, [], "")
+    return search_branch.traced_search(ctx, "antilm", MESSAGES[1], search.BOT_SETTINGS, {}, [], "")
 
 
-def test_the_tab_branches_from_a_pruned_node(bots, state):
+def test_the_tab_branches_from_a_pruned_node(ctx, state):
     node = next(x for x in state.reply.trace if x["status"] == "pruned" and x["step"] == 1)
-    view = search_branch.branch_from_node(bots, state, node["id"], state.key)
+    view = search_branch.branch_from_node(ctx, state, node["id"], state.key)
     assert view.status.startswith(f"**Branch from node {node['id']} (step 1, pruned")
     assert "| original |" in view.status and "| branch |" in view.status and "Score difference" in view.status
     assert list(view.parts.columns) == search_branch.PART_COLUMNS and view.parts["part"].iloc[-1] == "score"
     assert isinstance(view.figure, go.Figure) and len(view.figure.data) > 1
 
 
-def test_the_tabs_token_view_and_its_branch(bots, state):
+def test_the_tabs_token_view_and_its_branch(ctx, state):
     choices = search_branch.step_choices(state)
     assert [step for _, step in choices] == list(range(len(state.reply.tokens)))
     table = search_branch.token_table(state, 0)
     assert list(table.columns) == search_branch.TOKEN_COLUMNS  # the anti-LM columns: this bot has an LM
     assert list(table["rank"][:10]) == list(range(1, 11)) and (table["reply"] == "✓").sum() == 1
     pick = int(table["id"][1])
-    view = search_branch.branch_from_token(bots, state, 0, pick, state.key)
+    view = search_branch.branch_from_token(ctx, state, 0, pick, state.key)
     assert view.status.startswith("**Branch from step 0 with") and len(view.parts) == 7
-    greedy = search_branch.traced_search(bots, "greedy", MESSAGES[0], search.BOT_SETTINGS, {}, [], "")
+    greedy = search_branch.traced_search(ctx, "greedy", MESSAGES[0], search.BOT_SETTINGS, {}, [], "")
     assert "anti-LM score" not in search_branch.token_table(greedy, 0).columns
 
 
-def test_every_bad_branch_request_gets_a_message(bots, state):
+def test_every_bad_branch_request_gets_a_message(bots, ctx, state):
     other = search_branch.request_key(bots, "antilm", "something else", search.BOT_SETTINGS, {}, [], "")
     wider = search_branch.request_key(bots, "antilm", MESSAGES[1], "beam", {"beam_size": 3}, [], "")
     node = search_branch.branch_from_node
     cases = [
-        (node(bots, None, 3, state.key), "Trace a search first"),
-        (node(bots, state, 3, other), "changed since the search was traced"),  # a stale trace
-        (node(bots, state, 3, wider), "changed since the search was traced"),
-        (node(bots, state, 3, None), "changed since the search was traced"),
-        (node(bots, state, None, state.key), "Pick a node first"),
-        (node(bots, state, math.nan, state.key), "Pick a node first"),
-        (node(bots, state, 10**6, state.key), "is not in this trace"),
-        (node(bots, state, "x", state.key), "is not a node id"),
-        (search_branch.branch_from_token(bots, state, None, 5, state.key), "Pick a step"),
-        (search_branch.branch_from_token(bots, state, 99, 5, state.key), "Pick a step"),
-        (search_branch.branch_from_token(bots, state, 0, None, state.key), "Pick one of the tokens listed"),
-        (search_branch.branch_from_token(bots, state, 0, 10**7, state.key), "Pick one of the tokens listed"),
-        (search_branch.branch_from_token(bots, None, 0, 5, state.key), "Trace a search first"),
+        (node(ctx, None, 3, state.key), "Trace a search first"),
+        (node(ctx, state, 3, other), "changed since the search was traced"),  # a stale trace
+        (node(ctx, state, 3, wider), "changed since the search was traced"),
+        (node(ctx, state, 3, None), "changed since the search was traced"),
+        (node(ctx, state, None, state.key), "Pick a node first"),
+        (node(ctx, state, math.nan, state.key), "Pick a node first"),
+        (node(ctx, state, 10**6, state.key), "is not in this trace"),
+        (node(ctx, state, "x", state.key), "is not a node id"),
+        (search_branch.branch_from_token(ctx, state, None, 5, state.key), "Pick a step"),
+        (search_branch.branch_from_token(ctx, state, 99, 5, state.key), "Pick a step"),
+        (search_branch.branch_from_token(ctx, state, 0, None, state.key), "Pick one of the tokens listed"),
+        (search_branch.branch_from_token(ctx, state, 0, 10**7, state.key), "Pick one of the tokens listed"),
+        (search_branch.branch_from_token(ctx, None, 0, 5, state.key), "Trace a search first"),
     ]
     for view, message in cases:
         assert view.status.startswith("⚠") and message in view.status, view.status
         assert view.parts.empty
     assert search_branch.token_table(None, 0).empty and search_branch.step_choices(None) == []
-    assert search_branch.traced_search(bots, "nobody", "hi", search.BOT_SETTINGS, {}, [], "") is None
+    assert search_branch.traced_search(ctx, "nobody", "hi", search.BOT_SETTINGS, {}, [], "") is None
 
 
-def test_the_search_tab_takes_a_reply_prefix(bots):
-    result = search.run_search(bots, "antilm", "what do you like to eat?", prefix="i love")
+def test_the_search_tab_takes_a_reply_prefix(bots, ctx):
+    result = search.run_search(ctx, "antilm", "what do you like to eat?", prefix="i love")
     assert result.reply.text.startswith("i love") and html.escape("starts with 'i love'") in result.status
     assert "Plain beam: *i love" in result.status  # the baseline starts with it too
     forced = bots["antilm"].tokenizer.encode("i love")
     assert [x["token"] for x in result.reply.trace if x["step"] < len(forced)] == forced  # one candidate a step
     for bad, message in [("</s>", "special token"), ("word " * 40, "longer than max_len"), ("x" * 401, "at most 400")]:
-        out = search.run_search(bots, "antilm", "hi", prefix=bad)
+        out = search.run_search(ctx, "antilm", "hi", prefix=bad)
         assert out.status.startswith("⚠") and message in out.status and out.reply is None
-    assert search.run_search(bots, "antilm", "hi", prefix="   ").reply.settings["prefix"] == ""  # blank: none
+    assert search.run_search(ctx, "antilm", "hi", prefix="   ").reply.settings["prefix"] == ""  # blank: none
     # a traced search with a prefix branches with the prefix inside the node's path
-    st = search_branch.traced_search(bots, "beam", "hi", search.BOT_SETTINGS, {}, [], "i am")
+    st = search_branch.traced_search(ctx, "beam", "hi", search.BOT_SETTINGS, {}, [], "i am")
     last = on_best_path(st.reply)[-1]["id"]
-    view = search_branch.branch_from_node(bots, st, last, st.key)
+    view = search_branch.branch_from_node(ctx, st, last, st.key)
     assert view.parts["difference"].abs().max() < 1e-3
 
 

@@ -1,5 +1,6 @@
 """The Search tab's callbacks, without a browser, on the tiny bots: the traced search, the tree figure, the
-plain-beam baseline, the table, and clear messages for bad requests; and the tab builds into a Blocks."""
+plain-beam baseline, the table, and clear messages for bad requests; the tab builds into a Blocks; every search
+goes through the batching scheduler (in its decode process when it has one; a busy or slow one gets a message)."""
 
 import html
 from collections import Counter
@@ -15,8 +16,8 @@ def test_the_tab_declares_its_title_and_id():
     assert (search.TITLE, search.ID) == ("Search", "search")
 
 
-def test_a_bot_with_its_own_settings(tiny_bots):
-    result = search.run_search(tiny_bots, "antilm", "hello there, how are you?")
+def test_a_bot_with_its_own_settings(tiny_ctx):
+    result = search.run_search(tiny_ctx, "antilm", "hello there, how are you?")
     assert isinstance(result.figure, go.Figure) and isinstance(result.baseline, go.Figure)
     assert "anti-LM" in result.figure.layout.title.text and "plain beam K=10" in result.baseline.layout.title.text
     table = result.table
@@ -48,8 +49,8 @@ def test_the_best_path_ends_in_the_reply(tiny_bots):
     ("sample", {"beam_size": 3, "temperature": 0.8, "min_p": 0.1}, "sample x3"),
     ("greedy", {"beam_size": 7}, "greedy"),
 ])
-def test_any_strategy_on_a_bots_checkpoint(tiny_bots, strategy, values, tag):
-    result = search.run_search(tiny_bots, "beam", "what do you do for fun?", strategy, {**values, "max_len": 8})
+def test_any_strategy_on_a_bots_checkpoint(tiny_ctx, strategy, values, tag):
+    result = search.run_search(tiny_ctx, "beam", "what do you do for fun?", strategy, {**values, "max_len": 8})
     assert tag in result.figure.layout.title.text, result.status
     assert len(result.table) > 0 and result.table["step"].max() <= 7
 
@@ -72,8 +73,8 @@ def test_overrides_keep_only_the_fields_a_strategy_reads(tiny_bots):
     ("beam", "hi", "diverse_beam", {"beam_size": 5, "num_groups": 2}, "multiple of num_groups"),
     ("beam", "hi", "nucleus", {}, "unknown strategy"),
 ])
-def test_bad_requests_get_a_clear_message(tiny_bots, bot, message, strategy, values, expected):
-    result = search.run_search(tiny_bots, bot, message, strategy, values)
+def test_bad_requests_get_a_clear_message(tiny_ctx, bot, message, strategy, values, expected):
+    result = search.run_search(tiny_ctx, bot, message, strategy, values)
     assert expected in result.status
     assert result.table.empty and isinstance(result.figure, go.Figure)
 
@@ -83,16 +84,12 @@ def test_the_table_of_no_reply_is_empty():
     assert search.tree_figure(None).layout.annotations[0].text == "nothing traced yet"
 
 
-def test_the_tab_builds_with_its_search_event(tiny_bots, tiny_checkpoints):
+def test_the_tab_builds_with_its_search_event(tiny_ctx):
     import gradio as gr
 
-    from core.serving import BatchScheduler
-    from demo_app.context import AppContext
-
-    ctx = AppContext(bots=tiny_bots, scheduler=BatchScheduler(tiny_bots), checkpoint_dir=tiny_checkpoints)
     with gr.Blocks() as demo:
         with gr.Tab(search.TITLE, id=search.ID) as tab:
-            search.build(ctx, {}, tab)
+            search.build(tiny_ctx, {}, tab)
     api = [d.get("api_name") for d in demo.config["dependencies"]]
     assert "search" in api
     fn = next(f for f in demo.fns.values() if f.api_name == "search")
@@ -104,10 +101,10 @@ def test_the_tab_builds_with_its_search_event(tiny_bots, tiny_checkpoints):
     assert len(points(none_drawn[0], "pruned")) == 0 and "pruned" in set(none_drawn[2]["status"])
 
 
-def test_the_search_reads_the_conversation_typed_before_the_message(tiny_bots):
+def test_the_search_reads_the_conversation_typed_before_the_message(tiny_bots, tiny_ctx):
     history = search.history_lines("  do you like tea?\n\nyes, green tea\n")
     assert history == ["do you like tea?", "yes, green tea"]
-    result = search.run_search(tiny_bots, "beam", "why green?", search.BOT_SETTINGS, {}, history)
+    result = search.run_search(tiny_ctx, "beam", "why green?", search.BOT_SETTINGS, {}, history)
     reply = tiny_bots["beam"].respond("why green?", history=history, trace=True)
     assert f"*{html.escape(reply.text) or '(empty reply)'}*" in result.status
     assert "⏎" in result.status and "why green" in result.status.split("The bot read:")[1]
@@ -164,8 +161,8 @@ def test_pruned_per_step_draws_the_best_scored_pruned_candidates_of_each_step(k1
         assert len(points(fig, name)) == sum(x["status"] == name for x in k10_reply.trace)
 
 
-def test_the_table_lists_every_candidate_whatever_is_drawn(tiny_bots):
-    result = search.run_search(tiny_bots, "beam", "hello there", "beam", {"beam_size": 10, "max_len": 6},
+def test_the_table_lists_every_candidate_whatever_is_drawn(tiny_bots, tiny_ctx):
+    result = search.run_search(tiny_ctx, "beam", "hello there", "beam", {"beam_size": 10, "max_len": 6},
                                pruned_per_step=0)
     reply = tiny_bots["beam"].respond("hello there", trace=True, strategy="beam", beam_size=10, max_len=6)
     assert len(result.table) == len(reply.trace) and (result.table["status"] == "pruned").sum() > 0
@@ -208,3 +205,109 @@ def test_labels_fit_two_steps_of_the_narrowest_plot():
 ])
 def test_a_label_is_the_token_cut_to_its_width(text, limit, expected):
     assert search._label(text, limit) == expected
+
+
+# ----------------------------------------------------------------------------- through the scheduler
+
+
+def test_the_searches_go_through_the_scheduler(tiny_ctx):
+    """The traced search and its plain-beam baseline are two requests of ``ctx.scheduler``, a branch one more;
+    the token view is no search (a teacher-forced pass here)."""
+    from demo_app.tabs import search_branch
+
+    stats = tiny_ctx.scheduler.stats
+    before = stats()["requests"]
+    result = search.run_search(tiny_ctx, "antilm", "hello there", search.BOT_SETTINGS, {})
+    assert result.reply is not None and stats()["requests"] == before + 2
+    state = search_branch.traced_search(tiny_ctx, "antilm", "hello there", search.BOT_SETTINGS, {}, [], "",
+                                        result.reply)
+    assert state.steps and stats()["requests"] == before + 2
+    pruned = next(x for x in state.reply.trace if x["status"] == "pruned")
+    view = search_branch.branch_from_node(tiny_ctx, state, pruned["id"], state.key)
+    assert "| branch |" in view.status and stats()["requests"] == before + 3
+    assert search_branch.traced_search(tiny_ctx, "antilm", "hello there", search.BOT_SETTINGS, {}, [], "").reply
+    assert stats()["requests"] == before + 4  # no reply given: traced through the scheduler
+
+
+@pytest.fixture(scope="module")
+def process_ctx(tiny_checkpoints):
+    """An app context whose scheduler decodes in a child process that loads the tiny checkpoints itself."""
+    import functools
+
+    import torch
+
+    from core.bots import bots_of_folders
+    from core.serving import BatchScheduler
+    from demo_app.context import AppContext
+
+    bots = bots_of_folders([tiny_checkpoints], "cpu")
+    scheduler = BatchScheduler(bots, threads=1, process_loader=functools.partial(bots_of_folders, [tiny_checkpoints],
+                                                                                  "cpu"))
+    yield AppContext(bots=bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints)
+    scheduler.close()
+    torch.set_num_threads(1)
+
+
+def test_the_search_tab_decodes_in_the_decode_process(process_ctx, tiny_bots, monkeypatch):
+    """With decode processes, the web process never searches: its bots' respond_batch fails, and the search, the
+    traced state and both kinds of branch still work, with the replies this process would give."""
+    from demo_app.tabs import search_branch
+
+    def no_search_here(*args, **kwargs):
+        raise AssertionError("a search ran in the web process")
+
+    for bot in process_ctx.bots.values():
+        monkeypatch.setattr(bot, "respond_batch", no_search_here)
+    message = "what do you do for fun?"
+    result = search.run_search(process_ctx, "antilm", message, history=["hi", "hello"], prefix="i")
+    alone = tiny_bots["antilm"].respond(message, history=["hi", "hello"], trace=True, prefix="i")
+    assert result.reply.tokens == alone.tokens and len(result.reply.trace) == len(alone.trace), result.status
+    state = search_branch.traced_search(process_ctx, "antilm", message, search.BOT_SETTINGS, {}, ["hi", "hello"],
+                                        "i", result.reply)
+    pruned = next(x for x in state.reply.trace if x["status"] == "pruned" and x["step"] == 1)
+    view = search_branch.branch_from_node(process_ctx, state, pruned["id"], state.key)
+    assert "| branch |" in view.status, view.status
+    pick = int(search_branch.token_table(state, 0)["id"][1])
+    assert "| branch |" in search_branch.branch_from_token(process_ctx, state, 0, pick, state.key).status
+    assert process_ctx.scheduler.stats()["decoded"] == 4 and process_ctx.scheduler.stats()["decode_processes"] == 1
+
+
+def test_a_busy_or_slow_server_gets_a_message_in_the_page(tiny_bots, tiny_checkpoints, tiny_ctx, monkeypatch):
+    """The worker is held: two searches do not fit a queue of one (Busy: the queued one is cancelled), and a
+    branch that waits longer than the app's timeout is cancelled with a message."""
+    import threading
+
+    from core.serving import BatchScheduler
+    from demo_app.context import AppContext
+    from demo_app.tabs import search_branch
+
+    started, released = threading.Event(), threading.Event()
+    real = tiny_bots["greedy"].respond_batch
+
+    def held(prompts, **kwargs):
+        started.set()
+        assert released.wait(60)
+        return real(prompts, **kwargs)
+
+    state = search_branch.traced_search(tiny_ctx, "beam", "hello there", search.BOT_SETTINGS, {}, [], "")
+    monkeypatch.setattr(tiny_bots["greedy"], "respond_batch", held)
+    scheduler = BatchScheduler(tiny_bots, threads=1, max_queue=1, max_wait_s=0)
+    ctx = AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints,
+                     extra={"api_timeout_s": 0.05})
+    try:
+        holder = scheduler.submit("greedy", "hi", {})
+        assert started.wait(60)
+        busy = search.run_search(ctx, "beam", "hello there")
+        assert busy.status.startswith("⚠ the server is busy") and busy.reply is None and busy.table.empty
+        slow = search_branch.branch_from_node(ctx, state, 3, state.key)
+        assert slow.status.startswith("⚠ no reply within 0.05 s: the server is busy") and slow.parts.empty
+        assert scheduler.stats()["busy"] == 1
+        released.set()
+        holder.result(60)
+        assert scheduler.stats()["decoded"] == 1  # the refused search's first request and the branch: cancelled
+    finally:
+        released.set()
+        scheduler.close()
+        import torch
+
+        torch.set_num_threads(1)

@@ -6,9 +6,12 @@ with" forces the reply's start (the ``prefix`` setting) in both searches. Under 
 the traced search from any node and shows the reply's token view.
 
     chatbot-arena serve            # then open the "Search" tab
-    >>> result = run_search(load_bots(), "antilm", "how are you?", "diverse_beam", {"num_groups": 2})
+    >>> ctx = demo_app.server.make_context()     # the bots and the batching scheduler
+    >>> result = run_search(ctx, "antilm", "how are you?", "diverse_beam", {"num_groups": 2})
     >>> result.figure.show(); result.table.head()
 
+Both searches go through the batching scheduler (``ctx.scheduler``; in its decode processes when it has them), as
+every decode of the app does; a busy server or a reply that takes too long gets a message in the page.
 Callbacks are plain functions of plain values; :func:`build` only wires them to components (event ``search``, then
 the branching part's events).
 """
@@ -24,10 +27,12 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
 from core.bots import Bot
 from core.decoding import STRATEGIES, DecodeConfig, Reply, describe_settings, fields_for, ui_controls
+from core.serving import Ticket
+from demo_app.context import AppContext
+from demo_app.scheduled import problem, results, timeout_s
 
 TITLE = "Search"
 ID = "search"
@@ -102,15 +107,17 @@ def request_overrides(bot: Bot, strategy: str, values: Mapping[str, Any], prefix
     return out
 
 
-def run_search(bots: Mapping[str, Bot], bot_name: str, message: Any, strategy: str = BOT_SETTINGS,
+def run_search(ctx: AppContext, bot_name: str, message: Any, strategy: str = BOT_SETTINGS,
                values: Mapping[str, Any] | None = None, history: Sequence[str] | None = None, *,
                pruned_per_step: int = PRUNED_PER_STEP, prefix: Any = "") -> SearchResult:
     """Decode ``message`` after ``history`` (the earlier turns, oldest first) with the trace on, with
     ``bot_name``'s settings or ``strategy`` and ``values`` applied, and under plain beam search, both starting
-    with ``prefix`` when one is given; never raises (a bad request, a prefix that cannot be forced included, gets
-    its message in ``status``). The trace, like the reply, covers the whole window the bot read. Both trees draw
-    ``pruned_per_step`` pruned candidates per step; the table lists every candidate."""
+    with ``prefix`` when one is given, both through ``ctx.scheduler``; never raises (a bad request, a prefix that
+    cannot be forced, a busy server or a reply that takes too long gets its message in ``status``). The trace,
+    like the reply, covers the whole window the bot read. Both trees draw ``pruned_per_step`` pruned candidates
+    per step; the table lists every candidate."""
     empty = SearchResult(tree_figure(None), tree_figure(None), pd.DataFrame(columns=TABLE_COLUMNS), "")
+    bots = ctx.bots
     if bot_name not in bots:
         empty.status = f"Unknown bot {html.escape(str(bot_name))!r}; pick one of {', '.join(bots)}."
         return empty
@@ -118,15 +125,19 @@ def run_search(bots: Mapping[str, Bot], bot_name: str, message: Any, strategy: s
         empty.status = "Type a message first."
         return empty
     bot = bots[bot_name]
+    tickets: list[Ticket] = []  # both queued at once: with two workers they decode side by side
     try:
         overrides = request_overrides(bot, strategy, values or {}, prefix)
         cfg = bot.settings(**overrides)
-        with torch.inference_mode():
-            reply = bot.respond(message, history=history, trace=True, **overrides)
-            plain = bot.respond(message, history=history, trace=True, prefix=cfg.prefix,
-                                **{**PLAIN_BEAM, "beam_size": cfg.beam_size, "nbest": min(cfg.nbest, cfg.beam_size)})
-    except ValueError as e:
-        empty.status = f"⚠ {html.escape(str(e))}"
+        plain_overrides = {**PLAIN_BEAM, "prefix": cfg.prefix, "beam_size": cfg.beam_size,
+                           "nbest": min(cfg.nbest, cfg.beam_size)}
+        for asked in (overrides, plain_overrides):
+            tickets.append(ctx.scheduler.submit(bot_name, message, asked, history=history, trace=True))
+        reply, plain = results(tickets, timeout_s(ctx))
+    except Exception as e:  # noqa: BLE001 - a bad request, a busy server, a slow or failed decode: a message
+        for t in tickets:  # the first one queued when the second was refused (Busy)
+            t.cancel()
+        empty.status = f"⚠ {html.escape(problem(e))}"
         return empty
     status = (f"**{html.escape(bot.label)}**, {html.escape(describe_settings(reply.settings))}: "
               f"*{html.escape(reply.text) or '(empty reply)'}* (score {reply.score:.2f}). "
@@ -298,7 +309,7 @@ def control_values(names: Sequence[str], args: Sequence[Any]) -> dict[str, Any]:
     return {n: v for n, v in zip(names, args) if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
 
-def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
+def build(ctx: AppContext, shared: dict[str, Any], tab: Any) -> None:
     """The tab's components and its ``search`` event (called inside ``with gr.Tab(TITLE, id=ID)``)."""
     import gradio as gr
 
@@ -343,9 +354,9 @@ def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
     def on_run(bot_name: str, msg: str, strat: str, earlier: str, start: str, n_pruned: float | None,
                *args: Any) -> tuple[Any, ...]:
         values, turns = control_values(control_names, args), history_lines(earlier)
-        result = run_search(bots, bot_name, msg, strat, values, turns, prefix=start,
+        result = run_search(ctx, bot_name, msg, strat, values, turns, prefix=start,
                             pruned_per_step=PRUNED_PER_STEP if n_pruned is None else int(n_pruned))
-        state = search_branch.traced_search(bots, bot_name, msg, strat, values, turns, start, result.reply) \
+        state = search_branch.traced_search(ctx, bot_name, msg, strat, values, turns, start, result.reply) \
             if result.reply is not None else None
         return result.figure, result.baseline, result.table, result.status, state
 
@@ -353,5 +364,5 @@ def build(ctx: Any, shared: dict[str, Any], tab: Any) -> None:
                                  *control_names])
     event = run.click(on_run, [bot, message, strategy, history, prefix, pruned, *inputs],
                       [tree, baseline, table, status, traced], api_name="search", concurrency_id="models")
-    search_branch.build(bots, [bot, message, strategy, history, prefix, *inputs], control_names, traced, event,
+    search_branch.build(ctx, [bot, message, strategy, history, prefix, *inputs], control_names, traced, event,
                         table)

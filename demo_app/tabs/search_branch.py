@@ -11,11 +11,14 @@ After a search is traced (:func:`demo_app.tabs.search.run_search`), the tab keep
   (its id, or a click on its row) branches with the reply's tokens before that step and the picked token
   (:func:`branch_from_token`).
 
-Every callback is a plain function of plain values that never raises: no traced search, no node chosen, a node or
-token that is not in the trace, or a trace made for another message or other settings (stale) each get a message.
+Every search (the traced one when it is not given, each branch) goes through the batching scheduler,
+``ctx.scheduler``, as every decode of the app does; the token view is no search (a teacher-forced pass over the
+reply) and runs here. Every callback is a plain function of plain values that never raises: no traced search, no
+node chosen, a node or token that is not in the trace, a trace made for another message or other settings (stale),
+a busy server or a reply that takes too long each get a message.
 
-    >>> traced = traced_search(bots, "antilm", "how are you?", search.BOT_SETTINGS, {}, [], "")
-    >>> view = branch_from_node(bots, traced, 12, traced.key)
+    >>> traced = traced_search(ctx, "antilm", "how are you?", search.BOT_SETTINGS, {}, [], "")
+    >>> view = branch_from_node(ctx, traced, 12, traced.key)
     >>> view.status, view.parts                    # Markdown, and a DataFrame: part, original, branch, difference
 """
 
@@ -35,6 +38,8 @@ from core.bots import Bot
 from core.branching import Branch, TokenChoice, TokenStep, branch, node_path, token_view
 from core.decoding import Reply, describe_settings
 from core.tokenizer import EOS_ID
+from demo_app.context import AppContext
+from demo_app.scheduled import problem, responder
 from demo_app.tabs.search import control_values, history_lines, request_overrides, tree_figure
 
 PART_COLUMNS = ["part", "original", "branch", "difference"]
@@ -78,20 +83,23 @@ def request_key(bots: Mapping[str, Bot], bot_name: Any, message: Any, strategy: 
     return bot_name, message, tuple(history), tuple(sorted(overrides.items()))
 
 
-def traced_search(bots: Mapping[str, Bot], bot_name: str, message: str, strategy: str,
+def traced_search(ctx: AppContext, bot_name: str, message: str, strategy: str,
                   values: Mapping[str, Any], history: Sequence[str], prefix: Any = "",
                   reply: Reply | None = None) -> TracedSearch | None:
-    """The state kept after a search: its request and its traced reply (``reply``; decoded here when not given),
-    with the reply's token view. None when the request cannot be decoded (its message is the search's status)."""
-    key = request_key(bots, bot_name, message, strategy, values, history, prefix)
+    """The state kept after a search: its request and its traced reply (``reply``; decoded through the scheduler
+    when not given), with the reply's token view. None when the request cannot be decoded (its message is the
+    search's status)."""
+    key = request_key(ctx.bots, bot_name, message, strategy, values, history, prefix)
     if key is None:
         return None
-    bot, overrides = bots[bot_name], dict(key[3])
+    bot, overrides = ctx.bots[bot_name], dict(key[3])
     try:
         if reply is None:
-            reply = bot.respond(message, history=list(history), trace=True, **overrides)
+            reply = responder(ctx, bot_name)(message, history=list(history), trace=True, **overrides)
+        # not a decode: a teacher-forced pass over the reply, in this process (core.branching.token_view)
         steps = token_view(bot, message, reply.tokens, history=list(history), overrides=overrides)
-    except ValueError:
+    except Exception as e:  # noqa: BLE001 - a bad request, a busy server, a slow decode: no state to branch from
+        problem(e)  # logs what is not a bad request, a busy server or a timeout
         return None
     return TracedSearch(key, bot_name, message, list(history), overrides, reply, steps)
 
@@ -146,23 +154,24 @@ def _check(bots: Mapping[str, Bot], traced: Any, current: tuple | None) -> str |
     return None
 
 
-def _branch_view(bots: Mapping[str, Bot], traced: TracedSearch, path: list[int], what: str) -> BranchView:
-    bot = bots[traced.bot_name]
+def _branch_view(ctx: AppContext, traced: TracedSearch, path: list[int], what: str) -> BranchView:
+    """The search forced to start with ``path``, through the scheduler, beside the traced one."""
+    bot = ctx.bots[traced.bot_name]
     try:
         result = branch(bot, traced.message, path, history=traced.history, overrides=traced.overrides,
-                        original=traced.reply)
-    except ValueError as e:
-        return _problem(html.escape(str(e)))
+                        original=traced.reply, respond=responder(ctx, traced.bot_name))
+    except Exception as e:  # noqa: BLE001 - a path that cannot be said, a busy server, a slow decode: a message
+        return _problem(html.escape(problem(e)))
     figure = tree_figure(result.branch, f"branch: {_shown_path(bot, path)} …")
     return BranchView(_branch_status(bot, result, what), parts_table(result), figure)
 
 
-def branch_from_node(bots: Mapping[str, Bot], traced: Any, node: Any, current: tuple | None) -> BranchView:
+def branch_from_node(ctx: AppContext, traced: Any, node: Any, current: tuple | None) -> BranchView:
     """Branch the traced search from trace node ``node`` (an id of the trace table); ``current``: the
     :func:`request_key` of what the tab's inputs ask now (a trace made for other inputs is stale). Never raises."""
-    problem = _check(bots, traced, current)
-    if problem:
-        return _problem(problem)
+    why = _check(ctx.bots, traced, current)
+    if why:
+        return _problem(why)
     if node is None or (isinstance(node, float) and math.isnan(node)):
         return _problem("Pick a node first: type its id (the trace table's **id** column) or click its row.")
     try:
@@ -171,7 +180,7 @@ def branch_from_node(bots: Mapping[str, Bot], traced: Any, node: Any, current: t
         return _problem(html.escape(str(e)) + ".")
     row = next(x for x in traced.reply.trace if x["id"] == int(float(node)))
     what = f"node {row['id']} (step {row['step']}, {row['status']} {html.escape(repr(row['text']))})"
-    return _branch_view(bots, traced, path, what)
+    return _branch_view(ctx, traced, path, what)
 
 
 # ----------------------------------------------------------------------------- token view
@@ -217,13 +226,13 @@ def _step(traced: Any, step: Any) -> TokenStep | None:
         return None
 
 
-def branch_from_token(bots: Mapping[str, Bot], traced: Any, step: Any, token: Any,
+def branch_from_token(ctx: AppContext, traced: Any, step: Any, token: Any,
                       current: tuple | None) -> BranchView:
     """Branch the traced search with the reply's tokens before ``step`` and then ``token`` (an id listed in the
     token view of that step); ``current`` as in :func:`branch_from_node`. Never raises."""
-    problem = _check(bots, traced, current)
-    if problem:
-        return _problem(problem)
+    why = _check(ctx.bots, traced, current)
+    if why:
+        return _problem(why)
     s = _step(traced, step)
     if s is None:
         return _problem("Pick a step of the reply first (the token view's **Step**).")
@@ -236,7 +245,7 @@ def branch_from_token(bots: Mapping[str, Bot], traced: Any, step: Any, token: An
         return _problem(f"Pick one of the tokens listed for step {s.step}: type its **id** or click its row "
                         f"(not {html.escape(repr(token))}).")
     what = f"step {s.step} with {html.escape(repr(picked.piece))} (rank {picked.rank}, p {picked.p:.3f})"
-    return _branch_view(bots, traced, [*s.path, picked.token], what)
+    return _branch_view(ctx, traced, [*s.path, picked.token], what)
 
 
 # ----------------------------------------------------------------------------- the tab's part
@@ -248,7 +257,7 @@ def named(fn: Any, names: Sequence[str]) -> None:
     fn.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names])
 
 
-def build(bots: Mapping[str, Bot], request: list[Any], control_names: Sequence[str], traced: Any,
+def build(ctx: AppContext, request: list[Any], control_names: Sequence[str], traced: Any,
           search_event: Any, trace_table: Any) -> None:
     """The branch and token-view components under the Search tab's trace table, and their events. ``request``:
     the tab's inputs (bot, message, strategy, history, prefix, then the controls named ``control_names``);
@@ -257,10 +266,10 @@ def build(bots: Mapping[str, Bot], request: list[Any], control_names: Sequence[s
     import gradio as gr
 
     with gr.Column(elem_id="search-branch"):
-        _components(gr, bots, request, control_names, traced, search_event, trace_table)
+        _components(gr, ctx, request, control_names, traced, search_event, trace_table)
 
 
-def _components(gr: Any, bots: Mapping[str, Bot], request: list[Any], control_names: Sequence[str], traced: Any,
+def _components(gr: Any, ctx: AppContext, request: list[Any], control_names: Sequence[str], traced: Any,
                 search_event: Any, trace_table: Any) -> None:
     """The body of :func:`build` (inside its column)."""
     gr.Markdown("### What if it had said something else?\nPick a node of the trace (type its **id**, or click its "
@@ -291,17 +300,17 @@ def _components(gr: Any, bots: Mapping[str, Bot], request: list[Any], control_na
     n = len(control_names)
 
     def current(bot_name: str, msg: str, strat: str, earlier: str, prefix: str, *args: Any) -> tuple | None:
-        return request_key(bots, bot_name, msg, strat, control_values(control_names, args[:n]),
+        return request_key(ctx.bots, bot_name, msg, strat, control_values(control_names, args[:n]),
                            history_lines(earlier), prefix)
 
     def on_node(*args: Any) -> tuple[Any, ...]:
         *req, state, picked = args
-        view = branch_from_node(bots, state, picked, current(*req))
+        view = branch_from_node(ctx, state, picked, current(*req))
         return view.status, view.parts, view.figure
 
     def on_token(*args: Any) -> tuple[Any, ...]:
         *req, state, at, picked = args
-        view = branch_from_token(bots, state, at, picked, current(*req))
+        view = branch_from_token(ctx, state, at, picked, current(*req))
         return view.status, view.parts, view.figure
 
     def on_traced(state: Any) -> tuple[Any, ...]:
