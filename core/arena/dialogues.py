@@ -1,6 +1,6 @@
 """Whole-dialogue battles (ACUTE-Eval, Li, Weston & Roller 2019): two self-chats from one opening, judged whole.
 
-    >>> openings = Openings(bots["rl"])                  # the held-out openings (the test split's), read on first use
+    >>> openings = Openings(bots["rl"])                  # the held-out openings (the test split's first turns)
     >>> opening = openings.draw(random.Random(0))
     >>> battle = arena.new_battle(session, kind="dialogue")
     >>> a, b = play_dialogues(arena, bots, battle, session, opening, "held_out")   # bot X with itself, Y with itself
@@ -15,7 +15,6 @@ the page shows them, so a vote always refers to the dialogues the visitor read.
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,26 +23,6 @@ QUESTION = "Who would you prefer to talk to for a long conversation?"  # ACUTE-E
 DIALOGUE_TURNS = 8  # turns after the opening at most (the evaluation's simulated dialogues)
 END_LABELS = {"dull": "a dull (or empty) turn", "repetition": "a speaker repeating its own previous turn",
               "limit": "the turn limit"}
-_CACHE: dict[tuple[Any, ...], list[str]] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def held_out_openings(bot: Any) -> list[str]:
-    """The first turns of the test split's conversations of the corpus the bot's checkpoint was trained on (read
-    once per corpus and split seed), those the bot can answer."""
-    from core.checkpoint import read_config
-    from core.corpora import opening_messages
-    from core.evaluate import load_split_for
-
-    if getattr(bot, "checkpoint", None) is None:
-        raise ValueError(f"bot {getattr(bot, 'name', bot)!r} has no checkpoint, so no held-out openings")
-    train = read_config(bot.checkpoint)["meta"]["train"]
-    key = (train["corpus"], train.get("corpus_format"), train.get("split_seed", 1234))
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = list(dict.fromkeys(opening_messages(load_split_for(bot).test)))
-        openings = _CACHE[key]
-    return [o for o in openings if _answerable(bot, o)]
 
 
 def _answerable(bot: Any, text: str) -> bool:
@@ -55,22 +34,17 @@ def _answerable(bot: Any, text: str) -> bool:
 
 
 class Openings:
-    """The held-out openings of ``bot``, read on the first :meth:`draw` (thread-safe)."""
+    """Draws from the held-out openings of ``bot`` (:func:`core.evaluate.held_out_openings`: the first turns of the
+    test split's conversations of its training corpus, read once)."""
 
     def __init__(self, bot: Any) -> None:
         self.bot = bot
-        self._openings: list[str] | None = None
-        self._lock = threading.Lock()
-
-    def all(self) -> list[str]:
-        with self._lock:
-            if self._openings is None:
-                self._openings = held_out_openings(self.bot)
-            return self._openings
 
     def draw(self, rng: random.Random) -> str:
-        """One held-out opening at random; ValueError when there is none."""
-        openings = self.all()
+        """One held-out opening at random; ValueError when there is none (e.g. the corpus is not on this machine)."""
+        from core.evaluate import held_out_openings
+
+        openings = held_out_openings(self.bot)
         if not openings:
             raise ValueError("this corpus has no held-out openings the bots can answer: type one")
         return rng.choice(openings)
@@ -79,7 +53,8 @@ class Openings:
 def play_dialogues(arena: Any, bots: Mapping[str, Any], battle: Any, session_id: str, opening: str, source: str,
                    *, max_turns: int = DIALOGUE_TURNS) -> tuple[Any, Any]:
     """Bot A with itself and bot B with itself from ``opening`` (both at once), stored in the battle before they
-    are returned. ValueError when a bot cannot answer the opening."""
+    are returned. ``bots``: name -> a Bot, or anything that answers as one (the app passes its bots behind the
+    batching scheduler). ValueError when a bot cannot answer the opening."""
     from core.evaluate import simulate
 
     if not _answerable(bots[battle.model_a], opening):

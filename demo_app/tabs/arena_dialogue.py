@@ -1,7 +1,8 @@
 """The Arena's whole-dialogue mode (ACUTE-Eval): two self-chats from the same opening, blind, judged whole.
 
 Bot X talks with itself and bot Y with itself from one opening (typed, or drawn from the held-out openings: the
-first turns of the test split's conversations), by the evaluation's rules (:mod:`core.arena.dialogues`); the page
+first turns of the test split's conversations), by the evaluation's rules (:mod:`core.arena.dialogues`), every
+turn decoded through the app's batching scheduler (:class:`demo_app.self_chat.Scheduled`); the page
 shows both as *Dialogue A* and *Dialogue B* and asks ACUTE's question, "Who would you prefer to talk to for a long
 conversation?". The vote is stored with both dialogues; then the bots, their settings and why each dialogue ended
 are revealed.
@@ -26,6 +27,8 @@ import gradio as gr
 
 from core.arena import ArenaError
 from core.arena.dialogues import DIALOGUE_TURNS, END_LABELS, QUESTION, Openings, play_dialogues
+from core.serving import Busy
+from demo_app.self_chat import Scheduled
 from demo_app.tabs.arena import VOTES_OFF, reveal_lines, shown
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ class DialogueView:
     reveal: str = ""
     can_vote: bool = False
     opening: str = ""  # the opening box's new value
-    state: dict[str, Any] | None = None  # battle_id, voted, drawn (the last held-out opening), ends, chats
+    state: dict[str, Any] | None = None  # battle_id, voted, opening, drawn (the last held-out opening), ends, chats
 
 
 def _view(state: dict[str, Any] | None, status: str, *, reveal: str = "", opening: str = "") -> DialogueView:
@@ -91,17 +94,20 @@ def start(ctx: Any, session_id: str | None, opening: Any, state: dict[str, Any] 
                             f"{len(opening)}.", opening=opening)
     source = "held_out" if state and state.get("drawn") == opening else "typed"
     session = session_id or ""
+    speakers = {name: Scheduled(ctx.scheduler, bot) for name, bot in ctx.bots.items()}  # batched with the rest
     try:
         battle = ctx.arena.new_battle(session, kind="dialogue")
-        dialogue_a, dialogue_b = play_dialogues(ctx.arena, ctx.bots, battle, session, opening, source)
+        dialogue_a, dialogue_b = play_dialogues(ctx.arena, speakers, battle, session, opening, source)
     except ArenaError as e:
         return _view(state, f"⚠ {e}", opening=opening)
+    except (Busy, TimeoutError):
+        return _view(state, "⚠ The server is busy: start the dialogues again in a moment.", opening=opening)
     except ValueError as e:  # the opening itself
         return _view(state, f"⚠ This opening cannot be answered: {html.escape(str(e))}", opening=opening)
     except Exception:  # noqa: BLE001 - a model failure must not reveal which bot it was
         log.exception("arena: a self-chat failed")
         return _view(state, "⚠ A bot failed to answer: try again.", opening=opening)
-    state = {"battle_id": battle.id, "voted": False, "drawn": (state or {}).get("drawn"),
+    state = {"battle_id": battle.id, "voted": False, "drawn": (state or {}).get("drawn"), "opening": opening,
              "ends": [dialogue_a.end, dialogue_b.end], "lengths": [len(dialogue_a.turns) - 1,
                                                                    len(dialogue_b.turns) - 1],
              "chat_a": _messages(dialogue_a.turns), "chat_b": _messages(dialogue_b.turns)}
@@ -117,7 +123,7 @@ def vote(ctx: Any, session_id: str | None, winner: str, state: dict[str, Any] | 
     try:
         result = ctx.arena.vote(state["battle_id"], session_id or "", winner)
     except ArenaError as e:
-        return _view(state, f"⚠ {e}")
+        return _view(state, f"⚠ {e}", opening=state.get("opening", ""))
     state = {**state, "voted": True}
     lines = [f"**Your answer: {VERDICT[result.winner]}.** Thank you! It is saved.", "",
              *[line.replace("**Bot ", "**Dialogue ") for line in reveal_lines(result)], ""]
@@ -125,7 +131,7 @@ def vote(ctx: Any, session_id: str | None, winner: str, state: dict[str, Any] | 
         lines.append(f"- Dialogue {side} lasted {n} turn(s) after the opening and ended at "
                      f"{END_LABELS.get(end, end)}.")
     lines += ["", "Start new dialogues (type or draw an opening) for the next one."]
-    return _view(state, "Vote saved.", reveal="\n".join(lines))
+    return _view(state, "Vote saved.", reveal="\n".join(lines), opening=state.get("opening", ""))
 
 
 # ----------------------------------------------------------------------------- layout
@@ -143,8 +149,9 @@ def build(ctx: Any) -> None:
         draw_btn = gr.Button("Draw a held-out opening", scale=2, elem_id="arena-draw")
         start_btn = gr.Button("Start the dialogues", variant="primary", scale=2, elem_id="arena-start")
     with gr.Row(equal_height=True):
-        chats = [gr.Chatbot(label=f"Dialogue {side}", elem_id=f"arena-dialogue-{side.lower()}", height=420,
-                            render_markdown=False, sanitize_html=True, feedback_options=None, buttons=["copy"],
+        chats = [gr.Chatbot(label=f"Dialogue {side}", elem_id=f"arena-dialogue-{side.lower()}", height=600,
+                            autoscroll=False, render_markdown=False, sanitize_html=True, feedback_options=None,
+                            buttons=["copy"],
                             placeholder=f"Dialogue {side}: a hidden bot talking with itself")
                  for side in ("A", "B")]
     gr.Markdown(f"**{QUESTION}**")

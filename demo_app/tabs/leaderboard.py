@@ -124,4 +124,4 @@ def build(ctx: Any, shared: dict, tab: gr.Tab) -> None:
         return leaderboard_view(ctx.arena, category=category_value, style_control=bool(style_value))
 
     refresh.click(show, [category, style], outputs, api_name="leaderboard")
-    gr.on([category.input, style.input, tab.select], show, [category, style], outputs, api_visibility="private")
+    gr.on([category.change, style.change, tab.select], show, [category, style], outputs, api_visibility="private")
