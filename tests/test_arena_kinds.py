@@ -141,7 +141,7 @@ def test_bad_kinds_and_dialogue_records_are_refused_with_their_message(arena, tm
     assert arena.store.counts()["votes"] == 0  # nothing of a bad file is stored
 
 
-def test_active_pairing_stores_each_battles_inverse_propensity_weight(tmp_path):
+def test_active_pairing_stores_each_battles_inverse_propensity_weight(tmp_path, monkeypatch):
     store = ArenaStore(f"sqlite:///{tmp_path / 'active.sqlite3'}")
     try:
         arena = Arena(store, ["w", "x", "y", "z"], rng=1, pairing="active", max_votes=10**6, max_battles=10**6)
@@ -155,7 +155,12 @@ def test_active_pairing_stores_each_battles_inverse_propensity_weight(tmp_path):
         assert frame.groupby(["model_a", "model_b"]).ngroups > 6  # every pair drawn, on both sides
         record = next(export_records(store))
         assert record["pair_weight"] == pytest.approx(frame.loc[0, "pair_weight"])
-        with pytest.raises(ValueError, match="pairing must be one of"):
+        monkeypatch.setenv("ARENA_PAIRING", "active")  # how `chatbot-arena serve` is switched over
+        assert Arena(store, ["x", "y"]).pairing == "active"
+        monkeypatch.setenv("ARENA_PAIRING", "sideways")
+        with pytest.raises(ValueError, match="got 'sideways'"):
+            Arena(store, ["x", "y"])
+        with pytest.raises(ValueError, match="pairing \\(or \\$ARENA_PAIRING\\) must be one of"):
             Arena(store, ["x", "y"], pairing="greedy")
     finally:
         store.close()

@@ -18,8 +18,9 @@ Battle kinds (:data:`core.arena.schema.KINDS`):
 
 Pairs (``pairing``): ``balanced`` (default) serves every pair about equally often (the pair with the fewest
 battles so far, ties broken at random; counts start from the store, so a restart keeps the balance); ``active``
-draws by :class:`core.arena.active.ActivePairing` and stores each battle's inverse-propensity ``pair_weight``.
-Which bot is A is random. A per-turn series counts as one battle of its pair.
+draws by :class:`core.arena.active.ActivePairing` and stores each battle's inverse-propensity ``pair_weight``
+(``ARENA_PAIRING=active chatbot-arena serve`` turns it on for the app). Which bot is A is random. A per-turn
+series counts as one battle of its pair.
 
 Refusals are :class:`ArenaError` subclasses whose message is meant for the visitor: unknown battle, a battle
 served to another session, a second vote, a vote before both replies were shown, and more votes or battles per
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import random
 import secrets
 import threading
@@ -55,6 +57,7 @@ __all__ = ["PAIRINGS", "AlreadyVoted", "Arena", "ArenaError", "Battle", "NotRead
 
 MAX_TEXT_CHARS = 10_000  # a stored message or reply is cut to this many characters
 PAIRINGS = ("balanced", "active")
+ENV_PAIRING = "ARENA_PAIRING"  # how a server started without code picks its pairing (default: balanced)
 
 
 class NotYourBattle(ArenaError):
@@ -163,14 +166,16 @@ class Arena:
     """Blind battles over ``bots`` (a name -> Bot mapping, or plain names for bots served elsewhere), stored in
     ``store``. Rate limits: ``max_votes`` votes and ``max_battles`` new battles per session per ``window_s``
     seconds (a per-turn series' next battle counts as a vote's sequel, not as a new battle); ``max_turns``
-    messages per battle. ``pairing``: ``balanced`` or ``active`` (see the module docstring)."""
+    messages per battle. ``pairing``: ``balanced`` or ``active`` (see the module docstring; default: $ARENA_PAIRING,
+    else balanced)."""
 
     def __init__(self, store: ArenaStore, bots: Mapping[str, Any] | Sequence[str], *, salt: str | bytes | None = None,
                  rng: random.Random | int | None = None, max_votes: int = 20, max_battles: int = 30,
                  window_s: float = 60.0, max_turns: int = 20, clock: Callable[[], float] = time.monotonic,
-                 pairing: str = "balanced") -> None:
+                 pairing: str | None = None) -> None:
+        pairing = pairing or os.environ.get(ENV_PAIRING) or "balanced"
         if pairing not in PAIRINGS:
-            raise ValueError(f"pairing must be one of {list(PAIRINGS)}, got {pairing!r}")
+            raise ValueError(f"pairing (or ${ENV_PAIRING}) must be one of {list(PAIRINGS)}, got {pairing!r}")
         self.store = store
         self.entrants = self._entrants(bots)
         self.names = list(self.entrants)
