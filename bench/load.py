@@ -374,20 +374,20 @@ def in_process_p50(checkpoints: Path, device: str, rounds: int = 3, threads: int
     the server's (torch threads, workers, decode processes), the same prompts as the users send; the floor the
     one-user HTTP latency is compared with."""
     sys.path.insert(0, str(REPO))
-    from demo_app import callbacks as cb
     from demo_app.serve import default_workers
     from demo_app.server import make_context
+    from demo_app.tabs.side_by_side import chat
 
     ctx = make_context(checkpoints, device=device, arena=False, threads=threads, workers=workers or default_workers(),
                        decode_process=decode_process)
     try:
         for prompt in PROMPTS[:3]:  # warm-up, as for the server
-            list(cb.chat(ctx, prompt, [[] for _ in ctx.bots], {}))
+            list(chat(ctx, prompt, [[] for _ in ctx.bots], {}))
         times = []
         for _ in range(rounds):
             for prompt in PROMPTS:
                 t0 = time.perf_counter()
-                list(cb.chat(ctx, prompt, [[] for _ in ctx.bots], {}))
+                list(chat(ctx, prompt, [[] for _ in ctx.bots], {}))
                 times.append(time.perf_counter() - t0)
     finally:
         ctx.scheduler.close()

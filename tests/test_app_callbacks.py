@@ -1,4 +1,5 @@
-"""The app's callbacks called directly (no server, no browser), on the tiny checkpoints of conftest.py."""
+"""The side-by-side, attention and batch tabs' callbacks, the decoder controls' policy (demo_app.controls) and the
+chat rendering (demo_app.render) called directly (no server, no browser), on the tiny checkpoints of conftest.py."""
 
 import contextlib
 import dataclasses
@@ -11,16 +12,18 @@ import pytest
 
 from core.metrics import distinct_n, mean_length
 from core.serving import BatchScheduler
-from demo_app import callbacks as cb
+from demo_app import controls, render
 from demo_app.context import AppContext
 from demo_app.model_info import checkpoint_infos, read_report, training_curves
+from demo_app.tabs import attention, batch
+from demo_app.tabs import side_by_side as sbs
 
 NAMES = ["greedy", "beam", "antilm", "rl"]
 
 
 @pytest.fixture(scope="module")
 def defaults(tiny_bots):
-    return cb.default_settings(tiny_bots)
+    return controls.default_settings(tiny_bots)
 
 
 @contextlib.contextmanager
@@ -35,17 +38,17 @@ def context(bots):
 
 def run_chat(bots, message, histories=None, **values):
     with context(bots) as ctx:
-        return list(cb.chat(ctx, message, histories or [[] for _ in bots], values))
+        return list(sbs.chat(ctx, message, histories or [[] for _ in bots], values))
 
 
 def run_rerun(bots, last_prompt, histories, values):
     with context(bots) as ctx:
-        return list(cb.rerun(ctx, last_prompt, histories, values))
+        return list(sbs.rerun(ctx, last_prompt, histories, values))
 
 
 def run_batch(bots, *args, **kwargs):
     with context(bots) as ctx:
-        return cb.batch_compare(ctx, *args, **kwargs)
+        return batch.batch_compare(ctx, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- controls
@@ -57,11 +60,11 @@ def test_controls_start_at_the_registry_values(tiny_bots, defaults):
     assert (defaults["antilm"], defaults["gamma"]) == (antilm.antilm, antilm.gamma) and antilm.antilm > 0
     assert defaults["max_len"] == tiny_bots["beam"].defaults.max_len
     assert defaults["sample"] is False and defaults["n_bonus"] == 0.0
-    assert set(defaults) == set(cb.CONTROL_NAMES)
+    assert set(defaults) == set(controls.CONTROL_NAMES)
 
 
 def test_each_control_acts_only_on_the_bots_it_fits(tiny_bots):
-    fits = {name: [b for b in NAMES if cb.applies_to(tiny_bots[b], name)] for name in cb.CONTROL_NAMES}
+    fits = {name: [b for b in NAMES if controls.applies_to(tiny_bots[b], name)] for name in controls.CONTROL_NAMES}
     assert fits["beam_size"] == ["beam", "antilm", "rl"]  # greedy has no beam
     assert fits["antilm"] == fits["gamma"] == ["antilm", "rl"]  # the bots with a language model
     assert fits["mmi_lambda"] == ["beam", "antilm", "rl"]  # the bots with a backward model
@@ -70,26 +73,26 @@ def test_each_control_acts_only_on_the_bots_it_fits(tiny_bots):
 
 def test_overrides_for_each_bot(tiny_bots, defaults):
     settings = {**defaults, "beam_size": 4, "antilm": 0.2, "temperature": 0.7}
-    assert "beam_size" not in cb.overrides_for(tiny_bots["greedy"], settings)
-    beam = cb.overrides_for(tiny_bots["beam"], settings)
+    assert "beam_size" not in controls.overrides_for(tiny_bots["greedy"], settings)
+    beam = controls.overrides_for(tiny_bots["beam"], settings)
     assert beam["beam_size"] == 4 and "antilm" not in beam and "temperature" not in beam  # not sampling
-    assert cb.overrides_for(tiny_bots["antilm"], settings)["antilm"] == 0.2
-    sampled = cb.overrides_for(tiny_bots["rl"], {**settings, "sample": True})
+    assert controls.overrides_for(tiny_bots["antilm"], settings)["antilm"] == 0.2
+    sampled = controls.overrides_for(tiny_bots["rl"], {**settings, "sample": True})
     assert sampled["strategy"] == "sample" and sampled["temperature"] == 0.7
-    assert "strategy" not in cb.overrides_for(tiny_bots["greedy"], {**settings, "sample": True})
+    assert "strategy" not in controls.overrides_for(tiny_bots["greedy"], {**settings, "sample": True})
 
 
 def test_changed_settings_keep_only_the_moved_controls(defaults):
-    assert cb.changed_settings(defaults, defaults) == {}
+    assert controls.changed_settings(defaults, defaults) == {}
     moved = {**defaults, "beam_size": 3, "sample": True}
-    assert cb.changed_settings(moved, defaults) == {"beam_size": 3, "sample": True}
+    assert controls.changed_settings(moved, defaults) == {"beam_size": 3, "sample": True}
 
 
 def test_the_sample_checkbox_turns_sampling_on_and_off(tiny_bots):
     sampler = dataclasses.replace(tiny_bots["rl"], defaults=tiny_bots["rl"].defaults.with_overrides(strategy="sample"))
-    assert cb.overrides_for(sampler, {"temperature": 0.5}) == {"temperature": 0.5}  # it samples by default
-    assert cb.overrides_for(sampler, {"sample": False, "temperature": 0.5}) == {"strategy": "beam"}
-    assert cb.overrides_for(tiny_bots["beam"], {"temperature": 0.5}) == {}  # beam search has no temperature
+    assert controls.overrides_for(sampler, {"temperature": 0.5}) == {"temperature": 0.5}  # it samples by default
+    assert controls.overrides_for(sampler, {"sample": False, "temperature": 0.5}) == {"strategy": "beam"}
+    assert controls.overrides_for(tiny_bots["beam"], {"temperature": 0.5}) == {}  # beam search has no temperature
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +105,7 @@ def mixed_bots(tiny_bots):
 
 
 def test_untouched_controls_leave_each_bot_at_its_own_settings(mixed_bots):
-    start = cb.default_settings(mixed_bots)
+    start = controls.default_settings(mixed_bots)
     assert (start["beam_size"], start["n_bonus"]) == (10, 0.0)  # from the first bots each control fits
     for values in ({}, start):  # nothing sent, or every control at its starting value (what the page sends)
         s = {n: r["settings"] for n, r in run_chat(mixed_bots, "hello there", **values)[-1].details["bots"].items()}
@@ -132,14 +135,14 @@ def test_a_moved_control_applies_to_every_bot_it_fits(mixed_bots):
 def test_resolve_settings_rounds_and_explains(defaults, given, used, note):
     """What reaches the callback from Gradio (out-of-range and non-numeric values are refused by Gradio first:
     tests/test_app_api.py)."""
-    settings, notes = cb.resolve_settings(given, defaults)
+    settings, notes = controls.resolve_settings(given, defaults)
     for k, v in used.items():
         assert settings[k] == v
     assert any(note in n for n in notes), notes
 
 
 def test_resolve_settings_keeps_good_values_silently(defaults):
-    settings, notes = cb.resolve_settings({**defaults, "beam_size": 5.0}, defaults)
+    settings, notes = controls.resolve_settings({**defaults, "beam_size": 5.0}, defaults)
     assert settings["beam_size"] == 5 and isinstance(settings["beam_size"], int) and notes == []
 
 
@@ -151,12 +154,12 @@ def test_chat_streams_each_reply_as_it_arrives(tiny_bots):
     n = len(tiny_bots)
     first, middle, last = turns[0], turns[1:-1], turns[-1]
     assert 2 <= len(turns) <= 1 + n  # the user message, then one update per wave of finished bots
-    assert all(h[-1]["content"] == cb.PENDING for h in first.histories) and first.details["bots"] == {}
-    answered = [sum(h[-1]["content"] != cb.PENDING for h in t.histories) for t in turns]
+    assert all(h[-1]["content"] == render.PENDING for h in first.histories) and first.details["bots"] == {}
+    answered = [sum(h[-1]["content"] != render.PENDING for h in t.histories) for t in turns]
     assert answered == sorted(answered) and answered[0] == 0 and answered[-1] == n  # replies only ever arrive
     for turn in middle:
         assert len(turn.details["bots"]) == answered[turns.index(turn)] < n
-        assert turn.records is cb.KEEP and f"of {n} replies" in turn.status  # the heavy records: only at the end
+        assert turn.records is sbs.KEEP and f"of {n} replies" in turn.status  # the heavy records: only at the end
     assert last.message == "" and last.last_prompt == "hello there, how are you?"
     assert f"All {n} replies" in last.status
     for name, h in zip(NAMES, last.histories):
@@ -167,7 +170,7 @@ def test_chat_streams_each_reply_as_it_arrives(tiny_bots):
         assert len(record["attention"]) == len(record["tokens"]) == len(record["logprobs"])
         assert "attention" not in last.details["bots"][name]  # the heavy parts stay on the server
     assert last.details["bots"]["greedy"]["settings"]["strategy"] == "greedy"
-    assert len(last.nbest[1]["data"]) == 5 and last.nbest[1]["headers"] == cb.NBEST_COLUMNS
+    assert len(last.nbest[1]["data"]) == 5 and last.nbest[1]["headers"] == render.NBEST_COLUMNS
     assert len(last.outputs()) == 2 + 2 * len(NAMES) + 3
 
 
@@ -195,8 +198,8 @@ def test_empty_messages_get_a_clear_message_and_change_nothing(tiny_bots, messag
     history = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] for _ in NAMES]
     [turn] = run_chat(tiny_bots, message, history)
     assert "Type a message first" in turn.status
-    assert turn.histories == history and turn.nbest == [cb.KEEP] * len(NAMES)
-    assert turn.details is cb.KEEP and turn.last_prompt is cb.KEEP  # re-run still answers the last message
+    assert turn.histories == history and turn.nbest == [sbs.KEEP] * len(NAMES)
+    assert turn.details is sbs.KEEP and turn.last_prompt is sbs.KEEP  # re-run still answers the last message
 
 
 def test_markup_is_escaped_and_never_reaches_the_page_as_html(tiny_bots):
@@ -245,7 +248,7 @@ def test_rerun_replaces_the_last_replies_with_new_settings(tiny_bots):
     last = turns[-1]
     assert [len(h) for h in last.histories] == [2] * len(NAMES)
     assert last.details["bots"]["beam"]["settings"]["beam_size"] == 2
-    assert cb.message_text(last.histories[0][0]) == cb.message_text(first.histories[0][0])
+    assert render.message_text(last.histories[0][0]) == render.message_text(first.histories[0][0])
     assert last.last_prompt == "where are you from?"
 
 
@@ -256,8 +259,8 @@ def test_each_column_is_a_conversation_its_bot_reads(tiny_bots):
     second = run_chat(tiny_bots, "why not?", first.histories)[-1]
     for name, h in zip(NAMES, second.histories):
         record = second.records["bots"][name]
-        assert cb.conversation_of(h) == ["do you like <b>football</b> & tennis?", first.records["bots"][name]["text"],
-                                         "why not?", record["text"]]
+        assert render.conversation_of(h) == ["do you like <b>football</b> & tennis?",
+                                             first.records["bots"][name]["text"], "why not?", record["text"]]
         history = ["do you like <b>football</b> & tennis?", first.records["bots"][name]["text"]]
         window = tiny_bots[name].encode_prompt("why not?", history)  # turn </s> reply </s> message, cut to 20
         assert record["source_tokens"] == [tiny_bots[name].tokenizer.id_to_token(i) for i in window]
@@ -265,17 +268,18 @@ def test_each_column_is_a_conversation_its_bot_reads(tiny_bots):
     greedy = tiny_bots["greedy"]
     history = ["do you like <b>football</b> & tennis?", first.records["bots"]["greedy"]["text"]]
     assert second.records["bots"]["greedy"]["text"] == greedy.respond("why not?", history=history).text
-    alone = run_chat(tiny_bots, "why not?", cb.clear(tiny_bots).histories)[-1]
+    alone = run_chat(tiny_bots, "why not?", sbs.clear(tiny_bots).histories)[-1]
     assert alone.records["bots"]["greedy"]["source_tokens"].count("</s>") == 0
     assert alone.records["bots"]["greedy"]["text"] == greedy.respond("why not?").text
 
 
 def test_conversation_of_skips_placeholders_errors_and_small_print():
-    history = [cb.user_message("a < b\nc"), cb.bot_message({"text": "", "score": -1.0, "latency_s": 0.1,
-                                                            "settings": {"strategy": "greedy"}}),
-               cb.user_message("again"), cb.bot_message({"error": "the server is busy"}),
-               cb.user_message("x" * (cb.MAX_SHOWN_CHARS + 5)), {"role": "assistant", "content": cb.PENDING}]
-    assert cb.conversation_of(history) == ["a < b\nc", "", "again", "x" * cb.MAX_SHOWN_CHARS]
+    empty = render.bot_message({"text": "", "score": -1.0, "latency_s": 0.1, "settings": {"strategy": "greedy"}})
+    history = [render.user_message("a < b\nc"), empty,
+               render.user_message("again"), render.bot_message({"error": "the server is busy"}),
+               render.user_message("x" * (render.MAX_SHOWN_CHARS + 5)),
+               {"role": "assistant", "content": render.PENDING}]
+    assert render.conversation_of(history) == ["a < b\nc", "", "again", "x" * render.MAX_SHOWN_CHARS]
 
 
 def test_rerun_without_a_message_explains(tiny_bots):
@@ -289,15 +293,15 @@ def test_a_reply_record_is_the_replys_json_and_a_score_no_reply_reached_is_none(
     assert reply.score == float("-inf")
     done: Future = Future()
     done.set_result(reply)
-    record = cb.reply_record(bot, done)
+    record = sbs.reply_record(bot, done)
     assert record == {"bot": "beam", "label": bot.label, **reply.to_json(digits=4)}
     assert record["score"] is None and record["nbest"] == []
     json.dumps(record, allow_nan=False)  # strict JSON
-    assert "score -inf" in cb.bot_message(record)["content"]
+    assert "score -inf" in render.bot_message(record)["content"]
 
 
 def test_clear_empties_everything(tiny_bots):
-    turn = cb.clear(tiny_bots)
+    turn = sbs.clear(tiny_bots)
     assert turn.histories == [[]] * len(NAMES) and turn.last_prompt is None and turn.details == {}
 
 
@@ -307,7 +311,7 @@ def test_clear_empties_everything(tiny_bots):
 def test_attention_view_of_a_reply(tiny_bots):
     details = run_chat(tiny_bots, "i like pizza and music")[-1].records  # the session state the tab reads
     details = json.loads(json.dumps(details))
-    view = cb.attention_view(details, "antilm")
+    view = attention.attention_view(details, "antilm")
     record = details["bots"]["antilm"]
     ax = view.figure.axes[0]
     assert ax.images[0].get_array().shape == (len(record["tokens"]), len(record["source_tokens"]))
@@ -317,9 +321,9 @@ def test_attention_view_of_a_reply(tiny_bots):
 
 
 def test_attention_view_without_a_reply():
-    assert cb.attention_view(None, "beam").figure is None
-    assert "Side by side" in cb.attention_view({}, "beam").caption
-    view = cb.attention_view({"bots": {"beam": {"error": "<b>bad</b>"}}}, "beam")
+    assert attention.attention_view(None, "beam").figure is None
+    assert "Side by side" in attention.attention_view({}, "beam").caption
+    view = attention.attention_view({"bots": {"beam": {"error": "<b>bad</b>"}}}, "beam")
     assert view.figure is None and "&lt;b&gt;" in view.caption
 
 
@@ -334,7 +338,7 @@ def test_batch_compare_table_metrics_and_csv(tiny_bots, tmp_path):
     assert list(result.replies.columns) == ["prompt", *labels]
     assert len(result.replies) == 5  # blank lines skipped, undecodable bytes replaced
     assert list(result.metrics["bot"]) == labels
-    for col in cb.METRIC_COLUMNS.values():
+    for col in batch.METRIC_COLUMNS.values():
         assert pd.api.types.is_numeric_dtype(result.metrics[col])
     assert result.metrics["distinct-1"].between(0, 1).all()
     for label in labels:  # the metrics of core.metrics, lengths in words
@@ -360,9 +364,9 @@ def test_batch_compare_limits_and_empty_input(tiny_bots):
 
 def test_metric_plot():
     metrics = pd.DataFrame({"bot": ["Greedy", "Beam"], "dull rate": [0.5, 0.25]})
-    plot = cb.metric_plot(metrics, "dull rate")
+    plot = batch.metric_plot(metrics, "dull rate")
     assert plot.to_dict("list") == {"bot": ["Greedy", "Beam"], "value": [0.5, 0.25]}
-    assert cb.metric_plot(None, "dull rate").empty and cb.metric_plot(metrics, "nope").empty
+    assert batch.metric_plot(None, "dull rate").empty and batch.metric_plot(metrics, "nope").empty
 
 
 # ----------------------------------------------------------------------------- models tab
@@ -408,20 +412,20 @@ def test_nbest_table_splits_each_score_into_its_parts(tiny_bots):
     last = run_chat(tiny_bots, "what is your favourite food?", n_bonus=0.2)[-1]
     value = last.nbest[list(tiny_bots).index("antilm")]
     table = pd.DataFrame(value["data"], columns=value["headers"])
-    assert list(table.columns) == cb.NBEST_COLUMNS and len(table) > 1
+    assert list(table.columns) == render.NBEST_COLUMNS and len(table) > 1
     for row in table.itertuples(index=False):
-        parts = [getattr(row, p) or 0.0 for p in cb.PART_COLUMNS]
+        parts = [getattr(row, p) or 0.0 for p in render.PART_COLUMNS]
         assert sum(parts) == pytest.approx(row.score, abs=1e-3)
         assert row.antilm != 0 and row.bonus > 0  # the anti-LM bot's penalty and the moved length bonus
 
 
 def test_strategy_switching_controls(tiny_bots):
     """Controls that turn a beam bot into diverse beam search, or the greedy bot into contrastive search."""
-    assert cb.overrides_for(tiny_bots["beam"], {"num_groups": 2, "diversity_penalty": 0.5}) == {
+    assert controls.overrides_for(tiny_bots["beam"], {"num_groups": 2, "diversity_penalty": 0.5}) == {
         "strategy": "diverse_beam", "num_groups": 2, "diversity_penalty": 0.5}
-    assert cb.overrides_for(tiny_bots["greedy"], {"penalty_alpha": 0.6}) == {
-        "strategy": "contrastive", "penalty_alpha": 0.6, "top_k": cb.CONTRASTIVE_TOP_K}
-    assert cb.overrides_for(tiny_bots["greedy"], {"num_groups": 2}) == {}  # greedy has no beams to group
+    assert controls.overrides_for(tiny_bots["greedy"], {"penalty_alpha": 0.6}) == {
+        "strategy": "contrastive", "penalty_alpha": 0.6, "top_k": controls.CONTRASTIVE_TOP_K}
+    assert controls.overrides_for(tiny_bots["greedy"], {"num_groups": 2}) == {}  # greedy has no beams to group
     last = run_chat(tiny_bots, "hello", num_groups=2, diversity_penalty=1.0, penalty_alpha=0.5)[-1]
     s = {n: r["settings"] for n, r in last.details["bots"].items()}
     assert s["beam"]["strategy"] == "diverse_beam" and s["greedy"]["strategy"] == "contrastive"
@@ -431,21 +435,21 @@ def test_strategy_switching_controls(tiny_bots):
 def test_a_column_can_pick_any_decoder_on_its_bot(tiny_bots):
     """Each column's picker puts any strategy on that bot's model; the sliders set the picked strategy."""
     with context(tiny_bots) as ctx:
-        turns = list(cb.chat(ctx, "hello there", [[] for _ in tiny_bots], {"num_groups": 2, "diversity_penalty": 1.0},
+        turns = list(sbs.chat(ctx, "hello there", [[] for _ in tiny_bots], {"num_groups": 2, "diversity_penalty": 1.0},
                              {"greedy": "diverse_beam", "beam": "contrastive", "rl": ""}))
     s = {n: r["settings"] for n, r in turns[-1].details["bots"].items()}
     assert s["greedy"]["strategy"] == "diverse_beam" and s["greedy"]["num_groups"] == 2  # greedy has no beams itself
-    assert s["beam"]["strategy"] == "contrastive" and s["beam"]["top_k"] == cb.CONTRASTIVE_TOP_K
+    assert s["beam"]["strategy"] == "contrastive" and s["beam"]["top_k"] == controls.CONTRASTIVE_TOP_K
     assert s["rl"]["strategy"] == "diverse_beam"  # "" = its own beam search, switched by the moved groups slider
     assert s["antilm"]["antilm"] == tiny_bots["antilm"].defaults.antilm  # no picker value: untouched
-    assert cb.overrides_for(tiny_bots["greedy"], {"antilm": 0.3}, "beam") == {"strategy": "beam"}  # no LM: no anti-LM
-    assert cb.overrides_for(tiny_bots["beam"], {}, "not-a-strategy") == {}  # an unknown pick is ignored
+    assert controls.overrides_for(tiny_bots["greedy"], {"antilm": 0.3}, "beam") == {"strategy": "beam"}  # no LM
+    assert controls.overrides_for(tiny_bots["beam"], {}, "not-a-strategy") == {}  # an unknown pick is ignored
 
 
 @pytest.mark.parametrize("value", [
-    {"headers": list(cb.NBEST_COLUMNS), "data": []},
-    cb.nbest_table(None),
-    {"headers": list(cb.NBEST_COLUMNS), "data": [[1, "i like cats", -3.2, -3.0, None, 0.5, None, None, None]]},
+    {"headers": list(render.NBEST_COLUMNS), "data": []},
+    render.nbest_table(None),
+    {"headers": list(render.NBEST_COLUMNS), "data": [[1, "i like cats", -3.2, -3.0, None, 0.5, None, None, None]]},
     {"headers": ["a", "b"], "data": [[1, 2, 3]]},  # fewer headers than columns: numbered ones added
     {"headers": ["a", "b", "c"], "data": [[1, 2]]},  # more: cut
     {"data": [[1, 2]]},  # none: the component's
@@ -481,7 +485,7 @@ def test_streamed_updates_send_each_reply_once_in_the_details(tiny_bots):
 
     n = len(tiny_bots)
     components = [gr.Textbox(), gr.State(), *[gr.Chatbot() for _ in range(n)],
-                  *[gr.Dataframe(headers=list(cb.NBEST_COLUMNS)) for _ in range(n)], gr.JSON(), gr.Markdown(),
+                  *[gr.Dataframe(headers=list(render.NBEST_COLUMNS)) for _ in range(n)], gr.JSON(), gr.Markdown(),
                   gr.State()]
     at = 2 + 2 * n  # the details output
     send = _Serializer(components)

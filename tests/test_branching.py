@@ -19,7 +19,7 @@ from core.bots import load_bots
 from core.branching import branch, node_path, token_view
 from core.serving import BatchScheduler
 from core.tokenizer import EOS_ID
-from demo_app import callbacks as cb
+from demo_app import controls
 from demo_app.context import AppContext
 from demo_app.tabs import search, search_branch
 
@@ -260,12 +260,12 @@ def test_the_search_tab_takes_a_reply_prefix(bots, ctx):
 def test_the_side_by_side_prefix_applies_to_every_column(bots):
     from test_app_callbacks import run_chat
 
-    prefix = next(c for c in cb.CONTROLS if c.name == "prefix")
+    prefix = next(c for c in controls.CONTROLS if c.name == "prefix")
     assert prefix.text and prefix.group == "main" and prefix.label == "Reply starts with"
-    assert all(cb.applies_to(b, "prefix") for b in bots.values())
-    assert cb.default_settings(bots)["prefix"] == ""
-    assert cb.resolve_settings({"prefix": "  "}, cb.default_settings(bots))[0]["prefix"] == ""
-    settings, notes = cb.resolve_settings({"prefix": 5}, cb.default_settings(bots))
+    assert all(controls.applies_to(b, "prefix") for b in bots.values())
+    assert controls.default_settings(bots)["prefix"] == ""
+    assert controls.resolve_settings({"prefix": "  "}, controls.default_settings(bots))[0]["prefix"] == ""
+    settings, notes = controls.resolve_settings({"prefix": 5}, controls.default_settings(bots))
     assert settings["prefix"] == "" and "is not text" in notes[0]
     last = run_chat(bots, "what do you do for fun?", prefix="i like")[-1]
     for name, record in last.details["bots"].items():

@@ -6,9 +6,9 @@ from typing import Any
 
 import gradio as gr
 
-from demo_app import callbacks as cb
 from demo_app.context import AppContext
 from demo_app.model_info import checkpoint_infos, read_report
+from demo_app.render import escape_text
 
 TITLE = "Models"
 ID = "models"
@@ -18,7 +18,7 @@ def build(ctx: AppContext, shared: dict[str, Any], tab: gr.Tab) -> None:
     try:
         infos = checkpoint_infos(ctx.checkpoint_dir)
     except (OSError, ValueError) as e:
-        gr.Markdown(f"Cannot read the checkpoint registry: {cb.escape_text(str(e))}")
+        gr.Markdown(f"Cannot read the checkpoint registry: {escape_text(str(e))}")
         return
     report = read_report(ctx.checkpoint_dir)
     gr.Markdown("### Evaluation\n" + ("Metrics per bot from `report.csv`." if report is not None else
@@ -30,7 +30,7 @@ def build(ctx: AppContext, shared: dict[str, Any], tab: gr.Tab) -> None:
             with gr.Tab(info.name):
                 gr.Markdown(info.summary)
                 if info.problems:
-                    gr.Markdown("*" + "; ".join(cb.escape_text(p) for p in info.problems) + "*")
+                    gr.Markdown("*" + "; ".join(escape_text(p) for p in info.problems) + "*")
                 with gr.Row():
                     if info.loss_curve is not None:
                         gr.LinePlot(info.loss_curve, x="step", y="value", color="series", label="training loss",
