@@ -18,7 +18,8 @@ from core.serving import BatchScheduler
 @dataclass
 class AppContext:
     bots: Mapping[str, Bot]  # the served bots, in bots.json order (any number of them)
-    scheduler: BatchScheduler  # every model call of the app and the API goes through it
+    scheduler: BatchScheduler  # every decode (search) of the app and the APIs goes through it (not the Search
+    # tab's token view: a teacher-forced pass over a known reply, in the web process; core.branching.token_view)
     checkpoint_dir: Path  # the folder of bots.json (model cards, report.csv)
     missing: Mapping[str, str] = field(default_factory=dict)  # bots of bots.json not served, and why
     arena: Any = None  # core.arena's battle service when the app keeps votes (None: no Arena tab)

@@ -67,6 +67,7 @@ def conversation_of(history: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def user_message(prompt: str) -> dict[str, str]:
+    """The chat bubble of a user's message, escaped; a long one shown by its last MAX_SHOWN_CHARS characters."""
     shown = prompt
     if len(prompt) > MAX_SHOWN_CHARS:
         hidden = len(prompt) - MAX_SHOWN_CHARS
