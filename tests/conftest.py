@@ -3,7 +3,8 @@
 ``tiny_checkpoints`` writes what ``checkpoints/`` holds after training, at toy size (random weights, emb = hidden
 = 32), so the app, the API and the Space build run in seconds on CPU:
 
-    bots.json                the shipped registry (four bots)
+    bots.json                tests/fixture_bots.json: a frozen registry of four bots (greedy, beam, anti-LM,
+                             RL), so changing the shipped bots.json changes no test of the tiny app
     mle/ rl/ backward/       Seq2Seq checkpoints (different seeds); mle/ also has train_log.csv and MODEL_CARD.md;
                              mle/ and rl/ read a window of two earlier turns (context_turns 2), as the shipped do
     lm/                      LanguageModel checkpoint for anti-LM
@@ -12,19 +13,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+from helpers import SHIPPED, free_port, shipped_checkpoints_complete
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "checkpoints"
+FIXTURE_BOTS = Path(__file__).with_name("fixture_bots.json")  # frozen: tests never read the shipped bots.json
 TRAIN_LOG = """step,epoch,loss,valid_ppl,lr,grad_norm,tokens_per_s,elapsed_s
 50,0,7.66,,0.00025,15.2,2263,22.2
 100,0,7.21,,0.0005,5.18,2501,44.4
@@ -70,25 +69,12 @@ def write_tiny_checkpoints(root: Path) -> Path:
         train = {**meta["train"], "context_turns": 2 if name in ("mle", "rl") else 0}
         save_checkpoint(root / name, model, tok, meta={**meta, "train": train, "parameters": n_params},
                         extra_files=extra if name == "mle" else None)
-    shutil.copy(SHIPPED / "bots.json", root / "bots.json")
+    shutil.copy(FIXTURE_BOTS, root / "bots.json")
     (root / "report.csv").write_text(REPORT, encoding="utf-8")
     return root
 
 
-def shipped_checkpoints_complete(root: Path = SHIPPED) -> bool:
-    """True when every folder bots.json names has its weights (i.e. the trained checkpoints are shipped)."""
-    try:
-        bots = json.loads((root / "bots.json").read_text(encoding="utf-8"))["bots"]
-    except (OSError, ValueError, KeyError):
-        return False
-    folders = {b[k] for b in bots for k in ("checkpoint", "lm", "backward") if b.get(k)}
-    return all((root / f / "model.safetensors").exists() for f in folders)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

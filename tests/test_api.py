@@ -9,54 +9,19 @@ test_fuzz_api): the API routers and error handling on a FastAPI app, run by uvic
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import fastapi
 import httpx
 import pytest
-import uvicorn
-from conftest import free_port
+from helpers import FullScheduler, api_app, error_of, serve
 
 from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from core.decoding import DecodeConfig
-from core.serving import BatchScheduler, Busy
-from demo_app.api import api_router
 from demo_app.context import AppContext
-from demo_app.errors import _STATUS_TYPE, RateLimiter, install_error_handling, json_depth_exceeds
+from demo_app.errors import _STATUS_TYPE, RateLimiter, json_depth_exceeds
 
 # ----------------------------------------------------------------------------- shared harness
-
-
-def api_app(ctx: AppContext, **limits: Any) -> fastapi.FastAPI:
-    """A FastAPI app with the API routes of ``ctx`` and the error handling (``limits``: install_error_handling's)."""
-    app = fastapi.FastAPI(title="Seq2Seq Chatbot Arena API")
-    install_error_handling(app, **limits)
-    app.include_router(api_router(ctx))
-    return app
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a thread on a free localhost port; yield its URL; stop it on exit."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +33,6 @@ def ctx(tiny_ctx) -> AppContext:
 def client(ctx) -> Iterator[httpx.Client]:
     with serve(api_app(ctx, rate_limit=None)) as url, httpx.Client(base_url=url, timeout=60) as c:
         yield c
-
-
-def error_of(r: httpx.Response) -> dict[str, Any]:
-    """The error object of an error answer, after checking its shape."""
-    assert r.headers["content-type"].startswith("application/json"), r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) >= {"message", "type", "param"}, body
-    assert body["error"]["message"], body
-    return body["error"]
 
 
 # ----------------------------------------------------------------------------- /api/v1/bots
@@ -331,13 +287,6 @@ def test_json_depth_counts_brackets_outside_strings_only():
     assert not json_depth_exceeds(b'{"a": "\\"[[[["}', 1)
     assert json_depth_exceeds(b'{"a": [[[1]]]}', 3)
     assert not json_depth_exceeds(b'{"a": [[[1]]]}', 4)
-
-
-class FullScheduler(BatchScheduler):
-    """A scheduler whose queue is always full."""
-
-    def submit(self, bot, prompt, overrides=None, *, history=None):
-        raise Busy("256 requests waiting")
 
 
 def test_busy_scheduler_answers_503_with_retry_after(tiny_bots, tiny_checkpoints):

@@ -318,7 +318,7 @@ def test_branch_from_a_pruned_node_and_from_the_token_view(page, served, tmp_pat
 def test_three_and_five_bot_registries_in_the_browser(browser, tiny_checkpoints, tmp_path, size):
     """The page is built from bots.json: three or five bots give three or five columns, each with its reply."""
     import torch
-    from test_registry_sizes import registry
+    from helpers import registry
 
     from demo_app.app import build_app
     from demo_app.server import make_context, start_server

@@ -4,27 +4,15 @@
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import ENV, cli
 
 from core.cli import Conversation, build_parser, read_conversations
-
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def cli(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "core.cli", *args], input=stdin, capture_output=True, text=True,
-                         env=ENV, timeout=300)
-    if check:
-        assert out.returncode == 0, out.stderr[-2000:]
-    return out
 
 
 @pytest.mark.parametrize("command", ["train", "train-rl", "export", "evaluate", "tune", "chat", "respond", "pipeline",

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scripted import A, B, C, D, E, Scripted, V, classic_table, decode, favours_a, flat_table, lm_loves_a, tiny_models
 
 from core.corpora import normalize_text
 from core.decoding import (
@@ -34,72 +35,13 @@ from core.decoding import (
     wide_topk,
 )
 from core.errors import SettingError
-from core.model import _PACKED, PACK_MIN_NUMEL, Decoder, LanguageModel, Memory, ModelConfig, Seq2Seq, packed_linear
+from core.model import _PACKED, PACK_MIN_NUMEL, Decoder, LanguageModel, ModelConfig, Seq2Seq, packed_linear
 from core.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, train_tokenizer
 
 torch.set_num_threads(1)
-E, A, B, C, D = EOS_ID, 4, 5, 6, 7  # </s> and four word ids of the scripted models
-V = 8
 
 
 # ----------------------------------------------------------------------------- scripted models
-
-
-class Scripted:
-    """Stand-in for Seq2Seq (and, with ``lm=True``, LanguageModel) whose next-token distribution is
-    ``table(prompt, prefix) -> {token: prob}``: prompt is the first source id (0 for the LM), prefix the ids
-    generated so far. Unlisted tokens get probability 0. The recurrent state (1, N, 2 + M) carries
-    [prompt, length, prefix...], so the engine's row reordering moves prefixes like real hidden states."""
-
-    M = 32
-
-    def __init__(self, table, vocab=V):
-        self.table, self.V, self.calls = table, vocab, 0
-
-    def _state(self, keys):
-        state = torch.zeros(1, len(keys), 2 + self.M, dtype=torch.long)
-        state[0, :, 0] = keys
-        return state
-
-    def encode(self, src, src_lens):
-        return Memory(src.unsqueeze(-1).float(), src != PAD_ID, self._state(src[:, 0]))
-
-    def init_state(self, batch, device="cpu"):
-        return self._state(torch.zeros(batch, dtype=torch.long))
-
-    def _step(self, tok, state):
-        self.calls += 1
-        state = state.clone()
-        logp = torch.full((tok.size(0), self.V), -math.inf)
-        for i, t in enumerate(tok.tolist()):
-            key, n = state[0, i, :2].tolist()
-            if t != BOS_ID:
-                state[0, i, 2 + n] = t
-                n += 1
-                state[0, i, 1] = n
-            for w, p in self.table(key, tuple(state[0, i, 2 : 2 + n].tolist())).items():
-                logp[i, w] = math.log(p) if p > 0 else -math.inf
-        return logp, state
-
-    def decode_step(self, tok, state, memory=None):
-        logp, state = self._step(tok, state)
-        if memory is None:  # LanguageModel interface
-            return logp, state
-        attn = memory.mask.float() / memory.mask.sum(1, keepdim=True)  # (N, S) uniform over the source
-        return logp, state, attn
-
-
-def classic_table(key, prefix):
-    """Greedy takes a (0.5) and ends with a b </s> (0.175); beam finds b </s> (0.36)."""
-    return {
-        (): {A: 0.5, B: 0.4, C: 0.1},
-        (A,): {E: 0.3, A: 0.1, B: 0.35, C: 0.25},
-        (B,): {E: 0.9, A: 0.05, B: 0.05},
-    }.get(prefix, {E: 1.0})
-
-
-def decode(model, cfg, src=((A,),), **kw):
-    return generate(model, [list(s) for s in src], cfg, **kw)
 
 
 # ----------------------------------------------------------------------------- exact hypotheses and scores
@@ -272,14 +214,6 @@ def test_zero_weights_add_no_modifier():
 # ----------------------------------------------------------------------------- anti-LM and length bonus in the search
 
 
-def favours_a(key, prefix):
-    return {A: 0.5, B: 0.45, E: 0.05}
-
-
-def lm_loves_a(key, prefix):
-    return {A: 0.9, B: 0.05, E: 0.05}
-
-
 @pytest.mark.parametrize("gamma, expected", [(0, [A, A, A, A]), (1, [B, A, A, A]), (2, [B, B, A, A])])
 def test_antilm_demotes_the_lm_favourite_only_in_the_first_gamma_tokens(gamma, expected):
     cfg = DecodeConfig(beam_size=3, nbest=1, max_len=4, min_len=4, antilm=0.5, gamma=gamma)
@@ -326,12 +260,6 @@ def test_n_bonus_lengthens_replies_monotonically():
 
 
 # ----------------------------------------------------------------------------- invariants on tiny real models
-
-
-def tiny_models(vocab=60, seed=0):
-    torch.manual_seed(seed)
-    base = dict(vocab_size=vocab, emb_dim=16, hidden=16, dropout=0.0)
-    return Seq2Seq(ModelConfig(**base)).eval(), LanguageModel(ModelConfig(kind="lm", **base)).eval()
 
 
 def argmax_loop(model, src, max_len):
@@ -419,7 +347,7 @@ PROMPTS = ["hi, how are you?", "what do you do for a living?", "do you like dogs
 
 @pytest.fixture(scope="module")
 def shipped_bots():
-    from conftest import SHIPPED
+    from helpers import SHIPPED
 
     from core.bots import load_bots
     return load_bots(SHIPPED, device="cpu")
@@ -549,8 +477,8 @@ def test_invariants_hold_on_the_inference_path():
 
 def test_wide_topk_equals_topk():
     torch.manual_seed(0)
-    for B, W, k in [(1, 80000, 20), (3, 50021, 20), (2, 16384, 2), (1, 8000, 20)]:
-        x = torch.randn(B, W).mul(3).round()  # many ties
+    for rows, W, k in [(1, 80000, 20), (3, 50021, 20), (2, 16384, 2), (1, 8000, 20)]:
+        x = torch.randn(rows, W).mul(3).round()  # many ties
         x[:, torch.randint(0, W, (W // 2,))] = -math.inf
         values, cols = wide_topk(x, k)
         assert torch.equal(values, x.topk(k, dim=1).values)
@@ -571,10 +499,6 @@ def test_seeded_sampling_is_reproducible():
     assert runs[0] == runs[1]
     other = [[h.tokens for h in r.nbest] for r in generate(model, src, cfg.with_overrides(seed=124))]
     assert other != runs[0]
-
-
-def flat_table(key, prefix):
-    return {E: 0.05, A: 0.4, B: 0.3, C: 0.15, D: 0.1}
 
 
 @pytest.mark.parametrize("overrides, allowed", [

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_decoding import A, B, C, D, E, Scripted, decode, tiny_models
+from scripted import A, B, C, D, E, Scripted, decode, tiny_models
 
 from core.decoding import DecodeConfig, describe_settings, fields_for, generate
 

@@ -26,13 +26,13 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from helpers import api_app, serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.failures import FailureGroup
-from test_api import api_app, serve
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 import pytest
-from conftest import free_port
+from helpers import free_port
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 

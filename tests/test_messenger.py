@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_api import api_app, error_of, serve
+from helpers import api_app, error_of, serve
 
 from core.bots import Reply
 from core.serving import BatchScheduler

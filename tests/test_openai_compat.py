@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from helpers import api_app, error_of, serve
 from openai import OpenAI
-from test_api import api_app, error_of, serve
 
 HI = [{"role": "user", "content": "hi there"}]
 

@@ -10,10 +10,9 @@ import math
 import httpx
 import pytest
 import torch
+from helpers import api_app, cli, error_of, serve
 from openai import OpenAI
-from test_api import api_app, error_of, serve
-from test_cli import cli
-from test_decoding import A, B, C, E, Scripted, classic_table, decode, lm_loves_a, tiny_models
+from scripted import A, B, C, E, Scripted, classic_table, decode, lm_loves_a, tiny_models
 
 from core.decoding import STRATEGIES, DecodeConfig, describe_settings, encode_prefix, generate
 

@@ -3,25 +3,9 @@ batch table), and two checkpoint folders can be served side by side."""
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 from gradio_client import Client
-
-SAMPLER = {"name": "sampler", "label": "Sampling (T=0.8, top-p 0.9)", "description": "Draws 5 replies.",
-           "checkpoint": "mle", "lm": None, "backward": None,
-           "decoder": {"strategy": "sample", "beam_size": 5, "temperature": 0.8, "top_p": 0.9, "seed": 7}}
-
-
-def registry(tiny_checkpoints, tmp_path, size: int):
-    """A copy of the tiny checkpoint folder whose bots.json has ``size`` bots (3: the first three; 5: + a sampler)."""
-    root = tmp_path / f"bots{size}"
-    shutil.copytree(tiny_checkpoints, root)
-    spec = json.loads((root / "bots.json").read_text())
-    spec["bots"] = spec["bots"][:3] if size == 3 else spec["bots"] + [SAMPLER]
-    (root / "bots.json").write_text(json.dumps(spec))
-    return root
+from helpers import registry
 
 
 @pytest.fixture(params=[3, 5], ids=["three-bots", "five-bots"])

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from test_api import FullScheduler, api_app, error_of, serve
+from helpers import FullScheduler, api_app, error_of, serve
 
 from core.corpora import opening_messages
 from core.evaluate import (

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_decoding import A, B, C, D, E, Scripted, decode, flat_table, tiny_models
+from scripted import A, B, C, D, E, Scripted, decode, flat_table, tiny_models
 
 from core.decoding import (
     STRATEGIES,

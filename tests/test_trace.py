@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from test_decoding import A, B, C, E, Scripted, classic_table, decode, favours_a, lm_loves_a, tiny_models
+from scripted import A, B, C, E, Scripted, classic_table, decode, favours_a, lm_loves_a, tiny_models
 
 import core.decoding.engine as engine
 from core.decoding import DecodeConfig, generate
