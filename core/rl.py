@@ -16,6 +16,12 @@ an alarm, and ``collapse_steps`` such steps in a row stop the run without saving
 ``best/``. Remedy: ``repeat_penalty`` subtracts ``repeat_penalty * (count - 1)`` from the (standardised) reward
 of a reply sampled ``count`` times in the step (core.rewards.batch_repetition_penalty).
 Running the same command again resumes from ``<out>/last``.
+
+In code, :func:`train_rl` = :func:`setup_rl` (an :class:`RLRun` of what stays fixed, an :class:`RLState` of what
+changes and is saved), then :func:`rl_step` until a :class:`~core.loop.Stop`: :func:`draw_openings`,
+:func:`rollout` (self-play + rewards -> :class:`Rollout`), :func:`policy_update` (KL price, baseline, REINFORCE +
+MLE, optimizer step -> :class:`Update`), :func:`collapse_guard`, :func:`fluency_check` (best/),
+:func:`rl_log_row`, :func:`save_policy` (last/).
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from core.batching import collate
+from core.batching import Batch, collate
 from core.bots import load_model
 from core.checkpoint import pack_train_state, resolve
 from core.context import window_ids
 from core.corpora import opening_messages
 from core.decoding import DecodeConfig, generate
+from core.loop import SavedState, Stop, StopKind, budget_stop
 from core.metrics import distinct_n, normalize_reply
 from core.model import Seq2Seq, pick_device
 from core.rewards import (
@@ -50,8 +57,8 @@ from core.rewards import (
     top_share,
 )
 from core.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
-from core.tokenizer import EOS_ID
-from core.train import TrainConfig, make_adam, perplexity, prepare_data, sequence_nll, window_settings
+from core.tokenizer import EOS_ID, Tokenizer
+from core.train import Data, TrainConfig, make_adam, perplexity, prepare_data, sequence_nll, window_settings
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
                  "kl", "unique_share", "top_share", "sample_distinct_2", "repeat_penalty", "dull_share",
@@ -163,10 +170,22 @@ def flatten_turns(dialogues: list[list[list[int]]], window: Window = last_turn) 
     return out
 
 
+class TurnRewards(NamedTuple):
+    """The rewards of N scored turns (flattened dialogue by dialogue; alternatives appended after them)."""
+
+    sources: list[list[int]]  # the window the agent read
+    queries: list[list[int]]  # the message it answered, q
+    replies: list[list[int]]  # its turn, a
+    r1: torch.Tensor  # (N,) ease of answering
+    r2: torch.Tensor  # (N,) information flow
+    r3: torch.Tensor  # (N,) semantic coherence
+    r: torch.Tensor  # (N,) 0.25 r1 + 0.25 r2 + 0.5 r3
+
+
 def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward: Seq2Seq,
                  dull: list[list[int]], alternatives: list[list[int]] | None = None,
-                 window: Window = last_turn) -> dict[str, Any]:
-    """Rewards of every generated turn, flattened turn-major: (sources, query, reply, r1, r2, r3, r).
+                 window: Window = last_turn) -> TurnRewards:
+    """Rewards of every generated turn, flattened dialogue by dialogue.
     ``alternatives`` (one per generated turn, e.g. the policy's greedy reply to the same window) are scored as
     extra replies in the same context and appended after the sampled ones. ``window``: what the forward model
     reads (the policy's window), so r3 = log p(a | q, p) with the real window model."""
@@ -182,8 +201,7 @@ def turn_rewards(dialogues: list[list[list[int]]], *, forward: Seq2Seq, backward
     # an agent's first turn has no previous turn of its own: give it the batch mean (no push either way)
     r2 = torch.where(mask, r2, r2[mask].mean() if mask.any() else torch.zeros(()))
     r3 = semantic_coherence(forward, backward, queries, replies, sources)
-    return {"sources": sources, "queries": queries, "replies": replies, "r1": r1, "r2": r2, "r3": r3,
-            "r": combine(r1, r2, r3)}
+    return TurnRewards(sources, queries, replies, r1, r2, r3, combine(r1, r2, r3))
 
 
 def _sampler_eos(replies: list[list[int]], max_len: int | None) -> list[bool] | None:
@@ -250,161 +268,310 @@ def reinforce_loss(policy: Seq2Seq, queries: list[list[int]], replies: list[list
     return -(advantage.detach() * logp).sum() / n_tok
 
 
-def train_rl(cfg: RLConfig) -> dict[str, Any]:
-    """Run (or resume) RL fine-tuning; returns a summary with the start and final validation perplexity. Whatever
-    stops it (its step or time budget, the fluency check, Ctrl-C), the last step is validated if it was not
-    already, and ``best/`` and ``last/`` are on disk when it returns."""
-    device = pick_device(cfg.device)
-    set_threads(cfg.threads)
-    run = RunFolder(cfg.out, RL_LOG_FIELDS)
-    out = run.out
-    # 1. the frozen MLE model (rewards), the backward model, and the policy initialised from the MLE model
+# ----------------------------------------------------------------------------- one step: rollout, then update
+
+
+@dataclass
+class Rollout:
+    """One step's self-play and its rewards: N scored turns, the sampled ones first, then (greedy_candidates) the
+    policy's greedy reply to each of the same windows."""
+
+    sources: list[list[int]]  # (N,) the window each agent read
+    replies: list[list[int]]  # (N,) its turn
+    texts: list[str]  # (N,) the turns, decoded and normalised (core.metrics.normalize_reply)
+    n_sampled: int  # the first n_sampled turns were sampled
+    rewards: TurnRewards  # r1, r2, r3 and their weighted sum r, as scored
+    reward: torch.Tensor  # (N,) what the update starts from: r (standardised if set) less the repeat penalty
+    repeat: torch.Tensor | None  # (N,) the batch-repetition penalty (None: off)
+    groups: list[int] | None  # (N,) group of each turn for the leave-one-out baseline (None: the EMA baseline)
+
+    @property
+    def sampled_texts(self) -> list[str]:
+        return self.texts[:self.n_sampled]
+
+    @property
+    def greedy_texts(self) -> list[str]:
+        return self.texts[self.n_sampled:]
+
+
+class Update(NamedTuple):
+    """What one policy update reports."""
+
+    pg_loss: float  # the REINFORCE loss
+    mle_loss: float  # the mean token NLL of the real pairs
+    kl: float | None  # mean per-token log-ratio of policy to reference over the turns (None: kl_coef 0)
+    baseline: float  # the EMA baseline after this step (carried), or the mean group baseline (logged)
+
+
+def draw_openings(openings: list[list[int]], rng: random.Random, *, batch_size: int, group: int) -> list[list[int]]:
+    """``batch_size`` openings, drawn from ``openings`` ``group`` at a time: each drawn opening starts ``group``
+    consecutive dialogues."""
+    n_groups = -(-batch_size // group)
+    return [o for o in (openings[rng.randrange(len(openings))] for _ in range(n_groups)) for _ in range(group)][
+        :batch_size]
+
+
+def rollout(policy: Seq2Seq, openings: list[list[int]], *, forward: Seq2Seq, backward: Seq2Seq,
+            tokenizer: Tokenizer, dull: list[list[int]], cfg: RLConfig, seed: int, window: Window = last_turn,
+            group: int = 1) -> Rollout:
+    """Self-play from ``openings`` (B dialogues of ``cfg.turns`` sampled turns; ``group`` consecutive dialogues share
+    an opening) and the reward of every turn, scored by the frozen ``forward`` and ``backward`` models against the
+    ``dull`` replies; with ``cfg.greedy_candidates`` also the policy's greedy reply to each window. The reward is
+    standardised (``cfg.standardize``) and less the batch-repetition penalty (``cfg.repeat_penalty``); the KL
+    price needs the policy's graph, so :func:`policy_update` adds it."""
+    device = next(policy.parameters()).device
+    dialogues = self_play(policy, openings, turns=cfg.turns, max_len=cfg.max_len, temperature=cfg.temperature,
+                          seed=seed, window=window)
+    greedy = None
+    if cfg.greedy_candidates:  # the policy's own most likely reply to each query, scored beside the sample
+        greedy_cfg = DecodeConfig(strategy="greedy", max_len=cfg.max_len, min_len=1)
+        queries = flatten_turns(dialogues, window).sources
+        greedy = [_strip_eos(r.tokens) or [EOS_ID] for r in generate(policy, queries, greedy_cfg)]
+    rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=dull, alternatives=greedy, window=window)
+    reward = standardized_reward(rw.r1, rw.r2, rw.r3).to(device) if cfg.standardize else rw.r.to(device)
+    texts = [normalize_reply(tokenizer.decode(a)) for a in rw.replies]
+    n_sampled = len(texts) // 2 if greedy is not None else len(texts)
+    repeat = None
+    if cfg.repeat_penalty:  # a reply the policy gives to many messages of the step loses reward
+        repeat = batch_repetition_penalty(texts, cfg.repeat_penalty, pool=texts[:n_sampled]).to(device)
+        reward = reward - repeat
+    groups = None
+    if group > 1:  # turn i of the dialogues that share an opening form one group (greedy candidates too)
+        per_turn = [(d // group) * cfg.turns + i for d in range(len(dialogues)) for i in range(cfg.turns)]
+        groups = per_turn * (len(reward) // len(per_turn))
+    return Rollout(rw.sources, rw.replies, texts, n_sampled, rw, reward, repeat, groups)
+
+
+def turn_baseline(reward: torch.Tensor, groups: list[int] | None, *, ema: float | None,
+                  decay: float) -> tuple[float | torch.Tensor, float]:
+    """The baseline of each turn and the number to carry and log: the leave-one-out group baseline (N,) and its
+    mean; or, without groups, the EMA ``ema`` (the step's mean reward at the first step) and its update."""
+    if groups is not None:
+        baseline = group_baseline(reward, groups)
+        return baseline, float(baseline.mean())
+    value = float(reward.mean()) if ema is None else ema
+    return value, decay * value + (1 - decay) * float(reward.mean())
+
+
+def policy_update(policy: Seq2Seq, optimizer: torch.optim.Optimizer, ro: Rollout, mle_batch: Batch, *,
+                  reference: Seq2Seq, cfg: RLConfig, ema_baseline: float | None = None) -> Update:
+    """One optimizer step: REINFORCE on the rollout's turns, their reward less ``cfg.kl_coef`` x the per-token
+    log-ratio to ``reference`` and less the baseline, plus ``cfg.mle_weight`` x the MLE loss of ``mle_batch`` (on
+    the policy's device); gradients clipped to ``cfg.clip``. ``ema_baseline``: the carried EMA baseline (used
+    when the rollout has no groups)."""
+    logp = policy_logprobs(policy, ro.sources, ro.replies, temperature=cfg.temperature,
+                           max_len=cfg.max_len)  # (N,) with graph: the KL price and the policy gradient
+    reward, kl = ro.reward, None
+    if cfg.kl_coef:  # per-token log pi(a|q) - log pi_mle(a|q) of each turn: the price of drifting from MLE
+        kl = reply_kl(policy, reference, ro.sources, ro.replies, temperature=cfg.temperature, max_len=cfg.max_len,
+                      policy_logp=logp)
+        reward = reward - cfg.kl_coef * kl
+    baseline, carried = turn_baseline(reward, ro.groups, ema=ema_baseline, decay=cfg.baseline_decay)
+    pg_loss = reinforce_loss(policy, ro.sources, ro.replies, reward, baseline, logp=logp)
+    nll, n_tok = sequence_nll(policy, mle_batch)
+    mle_loss = nll / n_tok
+    optimizer.zero_grad(set_to_none=True)
+    (pg_loss + cfg.mle_weight * mle_loss).backward()
+    nn.utils.clip_grad_norm_(policy.parameters(), cfg.clip)
+    optimizer.step()
+    return Update(float(pg_loss.detach()), float(mle_loss.detach()), None if kl is None else float(kl.mean()),
+                  carried)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RLState(SavedState):
+    """What an RL run carries from one step to the next (and across a resume, in ``last/``: the keys of the dict
+    earlier versions saved, so their run folders resume)."""
+
+    step: int = 0  # RL steps taken
+    baseline: float | None = None  # the EMA baseline (None before the first step), or the last mean group baseline
+    start_ppl: float | None = None  # validation perplexity of the MLE policy (None until measured)
+    best_step: int = 0  # the step best/ holds (0: the MLE policy)
+    train_seconds: float = 0.0  # wall time over all invocations, at the last save
+    early_stopped: bool = False  # the fluency check or the collapse guard stopped it: the run stays stopped
+    collapse_run: int = 0  # collapse alarms in a row
+    valid_step: int = 0  # the last validated step
+
+
+@dataclass
+class RLRun:
+    """What an RL run holds fixed from its first step to its last."""
+
+    cfg: RLConfig
+    device: torch.device
+    folder: RunFolder
+    policy: Seq2Seq  # the policy being trained (in eval mode: no dropout, so samples and log-probs agree)
+    forward: Seq2Seq  # the frozen MLE model: rewards and the KL reference
+    backward: Seq2Seq  # the frozen backward model p(S|T): r3
+    tokenizer: Tokenizer
+    optimizer: torch.optim.Optimizer
+    data: Data  # the MLE model's data: openings, real pairs for the MLE term, validation
+    openings: list[list[int]]
+    window: Window  # what the policy reads of a conversation
+    dull_texts: list[str]
+    dull: list[list[int]]  # the dull list, tokenised
+    meta: dict[str, Any]  # written into each checkpoint's config.json
+    clock: TimeBudget
+
+    @property
+    def group(self) -> int:
+        """Dialogues per opening."""
+        return max(1, min(self.cfg.group_size, self.cfg.batch_size))
+
+
+def _valid_ppl(policy: Seq2Seq, data: Data, cfg: RLConfig, device: torch.device) -> float:
+    return perplexity(policy, data.valid, device=device, max_batches=cfg.valid_max_batches)
+
+
+def load_models(cfg: RLConfig, device: torch.device) -> tuple[Seq2Seq, Seq2Seq, Tokenizer, dict[str, Any]]:
+    """The MLE model (``cfg.policy``), the backward model, the tokenizer and the MLE model's config."""
     forward, tokenizer, fwd_config = load_model(cfg.policy, device)
     backward, _, _ = load_model(cfg.backward, device)
     if fwd_config["model"].get("kind", "seq2seq") != "seq2seq" or backward.cfg.kind != "backward":
         raise ValueError(f"--policy needs a seq2seq checkpoint and --backward a backward one; got "
                          f"{fwd_config['model'].get('kind')!r} ({cfg.policy}) and {backward.cfg.kind!r} "
                          f"({cfg.backward})")
+    return forward, backward, tokenizer, fwd_config
+
+
+def setup_rl(cfg: RLConfig) -> tuple[RLRun, RLState]:
+    """The frozen MLE and backward models, the policy initialised from the MLE model, the data, openings and dull
+    list; resumed from ``last/`` if there is one, with the start perplexity measured on a fresh run."""
+    device = pick_device(cfg.device)
+    set_threads(cfg.threads)
+    folder = RunFolder(cfg.out, RL_LOG_FIELDS)
+    forward, backward, tokenizer, fwd_config = load_models(cfg, device)
     policy = copy.deepcopy(forward).requires_grad_(True)
-    train_cfg = TrainConfig.from_dict({**fwd_config["meta"]["train"], "out": str(out),
+    train_cfg = TrainConfig.from_dict({**fwd_config["meta"]["train"], "out": str(folder.out),
                                        "tokenizer": str(resolve(cfg.policy) / "tokenizer.json")})
     data = prepare_data(train_cfg)
     openings = [ids[-train_cfg.max_src_len:] for ids in tokenizer.encode_batch(opening_messages(data.split.train))]
-    window = window_reader(train_cfg)  # the policy reads the conversation as it was trained to
-    openings = [o for o in openings if o]
     dull_texts = dull_list(data.split.train, top=cfg.dull_top)
-    dull = [tokenizer.encode(s) for s in dull_texts]
-    dull_set = set(dull_texts)
     optimizer = make_adam(policy.parameters(), cfg.lr)
-    info: dict[str, Any] = {"step": 0, "baseline": None, "start_ppl": None, "best_step": 0, "train_seconds": 0.0,
-                            "early_stopped": False, "collapse_run": 0}
-    info.update(run.resume(policy, optimizer) or {})
+    state = RLState.from_info(folder.resume(policy, optimizer))
     policy.eval()  # no dropout: the sampled turns and their log-probs come from the same distribution
-    valid = lambda: perplexity(policy, data.valid, device=device, max_batches=cfg.valid_max_batches)  # noqa: E731
-    if info["start_ppl"] is None:
-        info["start_ppl"] = valid()
+    if state.start_ppl is None:
+        state.start_ppl = _valid_ppl(policy, data, cfg, device)
     meta = {"train": fwd_config["meta"]["train"], "rl": asdict(cfg), "corpus": fwd_config["meta"].get("corpus"),
             "n_train_pairs": len(data.train), "parameters": fwd_config["meta"].get("parameters"),
-            "start_valid_ppl": info["start_ppl"], "dull_list": dull_texts,
-            "hardware": hardware_name(device)}
-    print(f"RL from {cfg.policy}: start valid ppl {info['start_ppl']:.2f}, {len(openings):,} openings, "
-          f"{len(dull)} dull replies", flush=True)
-    clock = TimeBudget(cfg.max_minutes, info["train_seconds"])
+            "start_valid_ppl": state.start_ppl, "dull_list": dull_texts, "hardware": hardware_name(device)}
+    run = RLRun(cfg, device, folder, policy, forward, backward, tokenizer, optimizer, data,
+                openings=[o for o in openings if o], window=window_reader(train_cfg), dull_texts=dull_texts,
+                dull=[tokenizer.encode(s) for s in dull_texts], meta=meta,
+                clock=TimeBudget(cfg.max_minutes, state.train_seconds))
+    print(f"RL from {cfg.policy}: start valid ppl {state.start_ppl:.2f}, {len(run.openings):,} openings, "
+          f"{len(run.dull)} dull replies", flush=True)
+    return run, state
+
+
+def save_policy(run: RLRun, state: RLState, name: str, **extra: Any) -> None:
+    """Write ``best/`` or ``last/`` (with the optimizer, RNGs and ``state``); ``extra`` goes into its meta."""
+    state.train_seconds = run.clock.total_s()
+    run.folder.save(name, run.policy, run.tokenizer, meta=dict(run.meta, step=state.step, **extra),
+                    train_state=pack_train_state(run.optimizer, state.info()) if name == "last" else None)
+
+
+def collapse_guard(state: RLState, sampled: list[str], cfg: RLConfig) -> tuple[float, bool]:
+    """The top_share of a step's sampled turns and whether the guard stops the run (``collapse_steps`` alarmed
+    steps in a row); counts the alarms in ``state`` and prints each one."""
+    top = top_share(sampled)
+    state.collapse_run = state.collapse_run + 1 if top > cfg.collapse_share else 0
+    if state.collapse_run:
+        common = Counter(sampled).most_common(1)[0][0]
+        print(f"step {state.step}: collapse alarm: {top:.0%} of sampled turns are {common!r} "
+              f"({state.collapse_run} step(s) in a row above {cfg.collapse_share:.0%})", flush=True)
+    return top, cfg.collapse_steps > 0 and state.collapse_run >= cfg.collapse_steps
+
+
+def _collapse_stop(state: RLState, cfg: RLConfig) -> Stop:
+    return Stop(StopKind.COLLAPSE, f"collapse: top_share above {cfg.collapse_share} for {state.collapse_run} steps; "
+                                   f"best/ kept from step {state.best_step}")
+
+
+def fluency_check(run: RLRun, state: RLState, stop: Stop | None, *,
+                  collapsed: bool) -> tuple[float | None, Stop | None]:
+    """On schedule, and once more at the last step: validation perplexity (None when not validated) and the
+    stop; past ``ppl_tolerance`` x the start the run stops for good, else (unless it collapsed) this policy is
+    the new ``best/``."""
+    cfg = run.cfg
+    if state.step % cfg.eval_every and not stop:
+        return None, stop
+    valid_ppl = _valid_ppl(run.policy, run.data, cfg, run.device)
+    state.valid_step = state.step
+    if valid_ppl > cfg.ppl_tolerance * state.start_ppl:
+        state.early_stopped = True
+        text = f"valid ppl {valid_ppl:.2f} > {cfg.ppl_tolerance} x start {state.start_ppl:.2f}"
+        return valid_ppl, stop or Stop(StopKind.FLUENCY, text)
+    if not collapsed:
+        state.best_step = state.step
+        save_policy(run, state, "best", valid_ppl=valid_ppl)
+    return valid_ppl, stop
+
+
+def rl_log_row(step: int, ro: Rollout, up: Update, *, valid_ppl: float | None, top: float, dull: set[str],
+               elapsed_s: float) -> dict[str, Any]:
+    """One row of log.csv (RL_LOG_FIELDS)."""
+    n, sampled, greedy, rw = ro.n_sampled, ro.sampled_texts, ro.greedy_texts, ro.rewards
+    return {
+        "step": step, "reward": round(float(rw.r.mean()), 4), "r1": round(float(rw.r1.mean()), 4),
+        "r2": round(float(rw.r2.mean()), 4), "r3": round(float(rw.r3.mean()), 4),
+        "baseline": round(up.baseline, 4), "pg_loss": round(up.pg_loss, 4), "mle_loss": round(up.mle_loss, 4),
+        "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
+        "reply_len": round(sum(len(x) for x in ro.replies[:n]) / n, 2),
+        "kl": "" if up.kl is None else round(up.kl, 4),
+        "unique_share": round(len(set(sampled)) / n, 3),  # falls if the policy collapses
+        "top_share": round(top, 4), "sample_distinct_2": round(distinct_n(sampled, 2), 4),
+        "repeat_penalty": "" if ro.repeat is None else round(float(ro.repeat[:n].mean()), 4),
+        "dull_share": round(sum(t in dull for t in sampled) / n, 3),
+        "greedy_dull_share": round(sum(t in dull for t in greedy) / len(greedy), 3) if greedy else "",
+        "elapsed_s": round(elapsed_s, 1)}
+
+
+def rl_step(run: RLRun, state: RLState, signals: StopRequest) -> Stop | None:
+    """One RL step: rollout, update, the collapse guard, the stop conditions, the fluency check (best/), the log
+    row and, on schedule or at the last step, ``last/``. Returns why the run stops after it, if it does."""
+    cfg = run.cfg
+    seed = cfg.seed * 1_000_003 + state.step  # openings, dull sample and MLE pairs (rng), and the self-play
+    rng = random.Random(seed)
+    openings = draw_openings(run.openings, rng, batch_size=cfg.batch_size, group=run.group)
+    dull = run.dull if not cfg.dull_sample else rng.sample(run.dull, min(cfg.dull_sample, len(run.dull)))
+    ro = rollout(run.policy, openings, forward=run.forward, backward=run.backward, tokenizer=run.tokenizer,
+                 dull=dull, cfg=cfg, seed=seed, window=run.window, group=run.group)
+    mle_batch = collate([run.data.train[rng.randrange(len(run.data.train))] for _ in range(cfg.mle_batch_size)])
+    up = policy_update(run.policy, run.optimizer, ro, mle_batch.to(run.device), reference=run.forward, cfg=cfg,
+                       ema_baseline=state.baseline)
+    state.step, state.baseline = state.step + 1, up.baseline
+    top, collapsed = collapse_guard(state, ro.sampled_texts, cfg)
+    if collapsed:
+        state.early_stopped = True
+    stop = _collapse_stop(state, cfg) if collapsed else budget_stop(state.step, cfg.steps, run.clock, signals,
+                                                                    max_minutes=cfg.max_minutes)
+    valid_ppl, stop = fluency_check(run, state, stop, collapsed=collapsed)
+    run.folder.log(rl_log_row(state.step, ro, up, valid_ppl=valid_ppl, top=top, dull=set(run.dull_texts),
+                              elapsed_s=run.clock.total_s()))
+    if stop or state.step % cfg.save_every == 0:
+        save_policy(run, state, "last")
+    return stop
+
+
+def train_rl(cfg: RLConfig) -> dict[str, Any]:
+    """Run (or resume) RL fine-tuning; returns a summary with the start and final validation perplexity. Whatever
+    stops it (its step or time budget, the fluency check, the collapse guard, Ctrl-C), the last step is validated
+    if it was not already, and ``best/`` and ``last/`` are on disk when it returns."""
+    run, state = setup_rl(cfg)
+    if not run.folder.has_best():
+        save_policy(run, state, "best", valid_ppl=state.start_ppl)
     stop = None
-
-    def save(path: str, **extra: Any) -> None:
-        info["train_seconds"] = clock.total_s()
-        run.save(path, policy, tokenizer, meta=dict(meta, step=info["step"], **extra),
-                 train_state=pack_train_state(optimizer, info) if path == "last" else None)
-
-    if not run.has_best():
-        save("best", valid_ppl=info["start_ppl"])
-    signals = StopRequest()
-    group = max(1, min(cfg.group_size, cfg.batch_size))  # dialogues per opening
-    n_groups = -(-cfg.batch_size // group)
-    with signals:
-        while stop is None and not info["early_stopped"] and info["step"] < cfg.steps:
-            step = info["step"]
-            rng = random.Random(cfg.seed * 1_000_003 + step)
-            # 2. self-play from B openings
-            batch_open = [o for o in (openings[rng.randrange(len(openings))] for _ in range(n_groups))
-                          for _ in range(group)][: cfg.batch_size]
-            dialogues = self_play(policy, batch_open, turns=cfg.turns, max_len=cfg.max_len,
-                                  temperature=cfg.temperature, seed=cfg.seed * 1_000_003 + step, window=window)
-            # 3. rewards and the baseline
-            step_dull = dull if not cfg.dull_sample else rng.sample(dull, min(cfg.dull_sample, len(dull)))
-            greedy = None
-            if cfg.greedy_candidates:  # the policy's own most likely reply to each query, scored beside the sample
-                queries = flatten_turns(dialogues, window).sources
-                greedy_cfg = DecodeConfig(strategy="greedy", max_len=cfg.max_len, min_len=1)
-                greedy = [_strip_eos(r.tokens) or [EOS_ID] for r in generate(policy, queries, greedy_cfg)]
-            rw = turn_rewards(dialogues, forward=forward, backward=backward, dull=step_dull, alternatives=greedy,
-                              window=window)
-            r_raw = rw["r"].to(device)
-            r = standardized_reward(rw["r1"], rw["r2"], rw["r3"]).to(device) if cfg.standardize else r_raw
-            texts = [normalize_reply(tokenizer.decode(a)) for a in rw["replies"]]
-            n_sampled = len(texts) // 2 if greedy is not None else len(texts)
-            sampled = texts[:n_sampled]
-            repeat = None
-            if cfg.repeat_penalty:  # a reply the policy gives to many messages of the step loses reward
-                repeat = batch_repetition_penalty(texts, cfg.repeat_penalty, pool=sampled).to(device)
-                r = r - repeat
-            logp = policy_logprobs(policy, rw["sources"], rw["replies"], temperature=cfg.temperature,
-                                   max_len=cfg.max_len)  # (N,) with graph: the KL price and the policy gradient
-            kl = None
-            if cfg.kl_coef:  # per-token log pi(a|q) - log pi_mle(a|q) of each turn: the price of drifting from MLE
-                kl = reply_kl(policy, forward, rw["sources"], rw["replies"], temperature=cfg.temperature,
-                              max_len=cfg.max_len, policy_logp=logp)
-                r = r - cfg.kl_coef * kl
-            if group > 1:  # turn i of the dialogues that share an opening form one group (greedy candidates too)
-                groups = [(d // group) * cfg.turns + i for d in range(len(dialogues)) for i in range(cfg.turns)]
-                baseline: float | torch.Tensor = group_baseline(r, groups * (len(r) // len(groups)))
-                info["baseline"] = float(baseline.mean())
-            else:
-                baseline = float(r.mean()) if info["baseline"] is None else info["baseline"]
-                info["baseline"] = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * float(r.mean())
-            # 4. REINFORCE on the sampled turns + MLE on real pairs
-            pg_loss = reinforce_loss(policy, rw["sources"], rw["replies"], r, baseline, logp=logp)
-            mle_batch = collate([data.train[rng.randrange(len(data.train))] for _ in range(cfg.mle_batch_size)])
-            nll, n_mle = sequence_nll(policy, mle_batch.to(device))
-            mle_loss = nll / n_mle
-            optimizer.zero_grad(set_to_none=True)
-            (pg_loss + cfg.mle_weight * mle_loss).backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), cfg.clip)
-            optimizer.step()
-            info["step"] = step = step + 1
-            # 5. the collapse guard, stop conditions, then the fluency check (on schedule, and once more at the
-            #    last step): validation perplexity; best/ = the latest fluent policy that did not collapse
-            top = top_share(sampled)
-            info["collapse_run"] = info.get("collapse_run", 0) + 1 if top > cfg.collapse_share else 0
-            collapsed = cfg.collapse_steps > 0 and info["collapse_run"] >= cfg.collapse_steps
-            if info["collapse_run"]:
-                common = Counter(sampled).most_common(1)[0][0]
-                print(f"step {step}: collapse alarm: {top:.0%} of sampled turns are {common!r} "
-                      f"({info['collapse_run']} step(s) in a row above {cfg.collapse_share:.0%})", flush=True)
-            if collapsed:
-                stop = (f"collapse: top_share above {cfg.collapse_share} for {info['collapse_run']} steps; best/ "
-                        f"kept from step {info['best_step']}")
-                info["early_stopped"] = True
-            elif step >= cfg.steps:
-                stop = f"reached {cfg.steps} steps"
-            elif clock.up():
-                stop = f"time limit of {cfg.max_minutes} min"
-            elif signals.requested:
-                stop = f"interrupted ({signals.signal_name})"
-            valid_ppl = None
-            if step % cfg.eval_every == 0 or stop:
-                valid_ppl = valid()
-                info["valid_step"] = step
-                if valid_ppl > cfg.ppl_tolerance * info["start_ppl"]:
-                    stop = stop or f"valid ppl {valid_ppl:.2f} > {cfg.ppl_tolerance} x start {info['start_ppl']:.2f}"
-                    info["early_stopped"] = True
-                elif not collapsed:
-                    info["best_step"] = step
-                    save("best", valid_ppl=valid_ppl)
-            greedy_texts = texts[n_sampled:]
-            run.log({
-                "step": step, "reward": round(float(r_raw.mean()), 4), "r1": round(float(rw["r1"].mean()), 4),
-                "r2": round(float(rw["r2"].mean()), 4), "r3": round(float(rw["r3"].mean()), 4),
-                "baseline": round(info["baseline"], 4), "pg_loss": round(float(pg_loss.detach()), 4),
-                "mle_loss": round(float(mle_loss.detach()), 4),
-                "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
-                "reply_len": round(sum(len(x) for x in rw["replies"][:n_sampled]) / n_sampled, 2),
-                "kl": "" if kl is None else round(float(kl.mean()), 4),
-                "unique_share": round(len(set(sampled)) / n_sampled, 3),  # falls if the policy collapses
-                "top_share": round(top, 4), "sample_distinct_2": round(distinct_n(sampled, 2), 4),
-                "repeat_penalty": "" if repeat is None else round(float(repeat[:n_sampled].mean()), 4),
-                "dull_share": round(sum(t in dull_set for t in texts[:n_sampled]) / n_sampled, 3),
-                "greedy_dull_share": round(sum(t in dull_set for t in greedy_texts) / len(greedy_texts), 3)
-                if greedy_texts else "",
-                "elapsed_s": round(clock.total_s(), 1)})
-            if stop or step % cfg.save_every == 0:
-                save("last")
-    if stop is None:
-        stop = "finished earlier (nothing to do)"
-    print(f"stopped at step {info['step']}: {stop}; validated at step {info.get('valid_step', 0)}; best/ is step "
-          f"{info['best_step']}", flush=True)
-    return {"step": info["step"], "best_step": info["best_step"], "start_valid_ppl": info["start_ppl"],
-            "train_seconds": info["train_seconds"], "stopped": stop, "interrupted": stop.startswith("interrupted"),
-            "collapsed": stop.startswith("collapse"),
-            "done": bool(info["early_stopped"] or info["step"] >= cfg.steps)}
+    with StopRequest() as signals:
+        while stop is None and not state.early_stopped and state.step < cfg.steps:
+            stop = rl_step(run, state, signals)
+    stop = stop or Stop(StopKind.NOTHING, "finished earlier (nothing to do)")
+    print(f"stopped at step {state.step}: {stop.text}; validated at step {state.valid_step}; best/ is step "
+          f"{state.best_step}", flush=True)
+    return {"step": state.step, "best_step": state.best_step, "start_valid_ppl": state.start_ppl,
+            "train_seconds": state.train_seconds, "stopped": stop.text,
+            "interrupted": stop.kind is StopKind.INTERRUPTED, "collapsed": stop.kind is StopKind.COLLAPSE,
+            "done": bool(state.early_stopped or state.step >= cfg.steps)}

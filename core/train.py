@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -39,6 +38,7 @@ from core.corpora import (
     split_conversations,
     utterances,
 )
+from core.loop import SavedState, Stop, StopKind, Throughput, budget_stop
 from core.model import (
     LanguageModel,
     ModelConfig,
@@ -303,7 +303,55 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+# ----------------------------------------------------------------------------- the state of a run
+
+
+@dataclass
+class TrainState(SavedState):
+    """What an MLE run carries from one step to the next (and across a resume, in ``last/``)."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # the epoch being read
+    batch_in_epoch: int = 0  # batches of that epoch already trained on (a resume skips them)
+    best_ppl: float = math.inf  # the validation perplexity of best/
+    bad_evals: int = 0  # validations in a row without improvement
+    lr_scale: float = 1.0  # the plateau schedule's LR factor
+    train_seconds: float = 0.0  # wall time over all invocations, at the last save
+    early_stopped: bool = False  # patience ran out: the run stays stopped
+    valid_step: int = 0  # the last validated step
+    has_best: bool = False  # best/ is on disk (a run's first validation always writes it)
+
+
+@dataclass
+class MLERun:
+    """What an MLE run holds fixed from its first step to its last."""
+
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    world: int  # processes (DDP)
+    folder: RunFolder
+    data: Data
+    model: Seq2Seq | LanguageModel
+    ddp: nn.Module  # the model, wrapped in DistributedDataParallel with several processes
+    optimizer: torch.optim.Optimizer
+    sampler: SampledSoftmax | None
+    meta: dict[str, Any]  # written into each checkpoint's config.json
+    max_steps: int
+    clock: TimeBudget
+
+
+class StepStats(NamedTuple):
+    """What one training step reports."""
+
+    loss: float  # mean token loss of the batch
+    grad_norm: float  # global gradient norm before clipping
+    n_tokens: int  # target tokens of this process's batch
+
+
 # ----------------------------------------------------------------------------- training loop
+
+
 
 
 def make_adam(params: Any, lr: float) -> torch.optim.Adam:
@@ -329,13 +377,9 @@ def _param_groups(model: Seq2Seq | LanguageModel, cfg: TrainConfig) -> list[dict
             {"params": dec, "lr": cfg.lr * cfg.decoder_lr_ratio, "base_lr": cfg.lr * cfg.decoder_lr_ratio}]
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) MLE training as configured; returns a summary (steps, best validation perplexity, why it
-    stopped). Whatever stops it (step budget, time budget, early stopping, Ctrl-C), the last step is validated
-    if it was not already, and ``best/`` and ``last/`` are on disk when it returns."""
-    device = pick_device(cfg.device)
-    set_threads(cfg.threads)
-    rank, world = _setup_distributed(device)
+
+
+def _check_settings(cfg: TrainConfig, world: int) -> None:
     if world > 1 and cfg.teacher_forcing < 1.0:
         raise ValueError("teacher_forcing < 1 runs a per-step loop outside DistributedDataParallel; "
                          "use teacher_forcing 1.0 with several processes")
@@ -346,127 +390,158 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"sampled_softmax={cfg.sampled_softmax} must be >= 0 and sampled_proposal="
                          f"{cfg.sampled_proposal!r} one of ('unigram', 'uniform')")
     _check_schedule(cfg)
-    if cfg.init_from and not cfg.tokenizer:  # the start checkpoint's tokenizer, so the weights fit
-        cfg = replace(cfg, tokenizer=str(resolve(cfg.init_from) / "tokenizer.json"))
-    run = RunFolder(cfg.out, LOG_FIELDS, main=_is_main())
-    if run.has_last():  # before any work: a different run in the same folder is an error, not a resume
-        _check_same_run(cfg, read_config(run.out / "last")["meta"].get("train", {}))
-    if _is_main():
-        data = prepare_data(cfg)  # rank 0 first: it may train and save the tokenizer the others then load
+
+
+def _prepare_data_on_ranks(cfg: TrainConfig, world: int) -> Data:
+    """Rank 0 first: it may train and save the tokenizer the other ranks then load."""
+    data = prepare_data(cfg) if _is_main() else None
     if world > 1:
         dist.barrier()
-    if not _is_main():
-        data = prepare_data(cfg)
+    return data if data is not None else prepare_data(cfg)
+
+
+def setup_training(cfg: TrainConfig) -> tuple[MLERun, TrainState]:
+    """Check the settings, load the data, build the model and optimizer, and resume from ``last/`` if there is
+    one (else start from ``init_from`` or a seeded random init)."""
+    device = pick_device(cfg.device)
+    set_threads(cfg.threads)
+    rank, world = _setup_distributed(device)
+    _check_settings(cfg, world)
+    if cfg.init_from and not cfg.tokenizer:  # the start checkpoint's tokenizer, so the weights fit
+        cfg = replace(cfg, tokenizer=str(resolve(cfg.init_from) / "tokenizer.json"))
+    folder = RunFolder(cfg.out, LOG_FIELDS, main=_is_main())
+    if folder.has_last():  # before any work: a different run in the same folder is an error, not a resume
+        _check_same_run(cfg, read_config(folder.out / "last")["meta"].get("train", {}))
+    data = _prepare_data_on_ranks(cfg, world)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_config(data.tokenizer.vocab_size)).to(device)
     optimizer = make_adam(_param_groups(model, cfg), cfg.lr)
     sampler = make_sampler(cfg, data, device) if cfg.sampled_softmax else None
-    info = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ppl": float("inf"), "bad_evals": 0, "lr_scale": 1.0,
-            "train_seconds": 0.0, "early_stopped": False, "valid_step": 0}
-    resumed = run.resume(model, optimizer)
-    info.update(resumed or {})
+    resumed = folder.resume(model, optimizer)
+    state = TrainState.from_info(resumed)
     if resumed is None and cfg.init_from:
         load_weights(model, resolve(cfg.init_from) / "model.safetensors")
         if _is_main():
             print(f"initialised from {cfg.init_from}", flush=True)
-    info["has_best"] = run.has_best()
-    ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    meta_base = {"train": asdict(cfg), "corpus": cfg.corpus if cfg.task == "chat" else f"synthetic:{cfg.task}",
-                 "corpus_format": cfg.corpus_format, "hardware": hardware_name(device, world),
-                 "n_train_pairs": len(data.train), "parameters": count_parameters(model)}
+    state.has_best = folder.has_best()
+    meta = {"train": asdict(cfg), "corpus": cfg.corpus if cfg.task == "chat" else f"synthetic:{cfg.task}",
+            "corpus_format": cfg.corpus_format, "hardware": hardware_name(device, world),
+            "n_train_pairs": len(data.train), "parameters": count_parameters(model)}
     if _is_main():
         print(f"{cfg.kind} model: {count_parameters(model):,} parameters, {len(data.train):,} training pairs, "
               f"device {device}, {world} process(es)", flush=True)
-    use_amp = device.type == "cuda"
     n_batches = len(make_batches(data.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=0)) // world
-    max_steps = cfg.max_steps or int(cfg.epochs * n_batches)
-    if info["early_stopped"] or info["step"] >= max_steps:  # finished before: nothing to do
+    run = MLERun(cfg, device, rank, world, folder, data, model,
+                 nn.parallel.DistributedDataParallel(model) if world > 1 else model, optimizer, sampler, meta,
+                 max_steps=cfg.max_steps or int(cfg.epochs * n_batches),
+                 clock=TimeBudget(cfg.max_minutes, state.train_seconds))
+    return run, state
+
+
+def train_step(run: MLERun, state: TrainState, batch: Batch) -> StepStats:
+    """One optimizer step on ``batch`` (on the run's device): this step's LR (the warm-up, then the plateau scale
+    or the schedule), forward/backward on the mean token loss, gradient clipping; advances ``state``."""
+    cfg = run.cfg
+    scale = lr_factor(cfg, state.step, run.max_steps) * state.lr_scale
+    for g in run.optimizer.param_groups:
+        g["lr"] = g["base_lr"] * scale
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+        nll, n_tok = sequence_nll(run.ddp, batch, cfg.teacher_forcing, sampled=run.sampler,
+                                  label_smoothing=cfg.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    (nll / n_tok).backward()
+    grad_norm = float(nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip))
+    run.optimizer.step()
+    state.step += 1
+    state.batch_in_epoch += 1
+    return StepStats(float(nll.detach()) / n_tok, grad_norm, n_tok)
+
+
+def validate(run: MLERun, state: TrainState) -> float:
+    """Validation perplexity now; keeps best/, decays the LR on a plateau, flags early stopping."""
+    cfg = run.cfg
+    ppl = perplexity(run.model, run.data.valid, device=run.device, max_batches=cfg.valid_max_batches)
+    state.valid_step = state.step
+    if ppl < state.best_ppl or not state.has_best:  # a run's first validation always makes best/
+        state.best_ppl, state.bad_evals, state.has_best = ppl, 0, True
+        run.folder.save("best", run.model, run.data.tokenizer, meta=dict(run.meta, step=state.step, valid_ppl=ppl))
+    else:
+        state.bad_evals += 1
+        if cfg.lr_schedule == "plateau":
+            state.lr_scale *= cfg.lr_decay
+        state.early_stopped = state.bad_evals >= cfg.patience
+    return ppl
+
+
+def save_last(run: MLERun, state: TrainState) -> None:
+    """The resume checkpoint: weights, optimizer and RNG states, and ``state``."""
+    state.train_seconds = run.clock.total_s()
+    run.folder.save("last", run.model, run.data.tokenizer, meta=dict(run.meta, step=state.step),
+                    train_state=pack_train_state(run.optimizer, state.info()))
+
+
+def _after_step(run: MLERun, state: TrainState, stats: StepStats, signals: StopRequest,
+                meter: Throughput) -> Stop | None:
+    """Stop conditions, validation (on schedule, and once more at the last step), the log row (every step that
+    validates, and every 50 steps), ``last/`` (periodically, and always at the last step)."""
+    cfg = run.cfg
+    stop = budget_stop(state.step, run.max_steps, run.clock, signals, max_minutes=cfg.max_minutes,
+                       agree=lambda flag: _any_rank(flag, run.device))
+    valid_ppl = None
+    if state.step % cfg.eval_every == 0 or stop:
+        valid_ppl = validate(run, state)
+        if state.early_stopped and not stop:
+            stop = Stop(StopKind.EARLY_STOP, f"early stop: {cfg.patience} validations without improvement")
+    if valid_ppl is not None or state.step % 50 == 0:
+        run.folder.log({
+            "step": state.step, "epoch": state.epoch, "loss": round(stats.loss, 4),
+            "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
+            "lr": f"{run.optimizer.param_groups[0]['lr']:.3g}", "grad_norm": round(stats.grad_norm, 3),
+            "tokens_per_s": round(meter.read()), "elapsed_s": round(run.clock.total_s(), 1)})
+    if stop or state.step % cfg.save_every == 0:
+        save_last(run, state)
+    return stop
+
+
+def _train_epoch(run: MLERun, state: TrainState, signals: StopRequest, bar: tqdm, meter: Throughput) -> Stop | None:
+    """The rest of the current epoch (a resume skips the batches already trained on); None if it ran through."""
+    batches = iterate_batches(run.data.train, batch_size=run.cfg.batch_size, seed=run.cfg.seed, epoch=state.epoch,
+                              rank=run.rank, world=run.world, skip=state.batch_in_epoch)
+    for batch in batches:
+        stats = train_step(run, state, batch.to(run.device))
+        meter.add(stats.n_tokens * run.world)
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.loss:.3f}", epoch=state.epoch)
+        stop = _after_step(run, state, stats, signals, meter)
+        if stop:
+            return stop
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    return None
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) MLE training as configured; returns a summary (steps, best validation perplexity, why it
+    stopped). Whatever stops it (step budget, time budget, early stopping, Ctrl-C), the last step is validated
+    if it was not already, and ``best/`` and ``last/`` are on disk when it returns."""
+    run, state = setup_training(cfg)
+    if state.early_stopped or state.step >= run.max_steps:  # finished before: nothing to do
         if _is_main():
-            print(f"{run.out}: already finished at step {info['step']} (nothing to do)", flush=True)
-        return _summary(info, model, max_steps, "finished earlier (nothing to do)")
-    clock = TimeBudget(cfg.max_minutes, info["train_seconds"])
-    bar = tqdm(total=max_steps, initial=info["step"], disable=not (cfg.progress and _is_main()),
+            print(f"{run.folder.out}: already finished at step {state.step} (nothing to do)", flush=True)
+        return _summary(state, run, Stop(StopKind.NOTHING, "finished earlier (nothing to do)"))
+    bar = tqdm(total=run.max_steps, initial=state.step, disable=not (run.cfg.progress and _is_main()),
                mininterval=5, dynamic_ncols=True)
-    tokens_since, t_since = 0, time.time()
-
-    def validate() -> float:
-        """Validation perplexity now; keeps best/, decays the LR on a plateau, flags early stopping."""
-        ppl = perplexity(model, data.valid, device=device, max_batches=cfg.valid_max_batches)
-        info["valid_step"] = info["step"]
-        if ppl < info["best_ppl"] or not info["has_best"]:  # a run's first validation always makes best/
-            info["best_ppl"], info["bad_evals"], info["has_best"] = ppl, 0, True
-            run.save("best", model, data.tokenizer, meta=dict(meta_base, step=info["step"], valid_ppl=ppl))
-        else:
-            info["bad_evals"] += 1
-            if cfg.lr_schedule == "plateau":
-                info["lr_scale"] *= cfg.lr_decay
-            info["early_stopped"] = info["bad_evals"] >= cfg.patience
-        return ppl
-
-    stop_reason = None
-    ddp.train()
-    with StopRequest() as stop:
-        while stop_reason is None:
-            epoch_iter = iterate_batches(data.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=info["epoch"],
-                                         rank=rank, world=world, skip=info["batch_in_epoch"])
-            for batch in epoch_iter:
-                batch = batch.to(device)
-                # 1. learning rate: warm-up, then the plateau scale or the schedule
-                scale = lr_factor(cfg, info["step"], max_steps) * info["lr_scale"]
-                for g in optimizer.param_groups:
-                    g["lr"] = g["base_lr"] * scale
-                # 2. forward / backward on the mean token loss
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    nll, n_tok = sequence_nll(ddp, batch, cfg.teacher_forcing, sampled=sampler,
-                                              label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                (nll / n_tok).backward()
-                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
-                optimizer.step()
-                info["step"] += 1
-                info["batch_in_epoch"] += 1
-                tokens_since += n_tok * world
-                bar.update(1)
-                loss = float(nll.detach()) / n_tok
-                bar.set_postfix(loss=f"{loss:.3f}", epoch=info["epoch"])
-                # 3. stop conditions that do not need a validation
-                if info["step"] >= max_steps:
-                    stop_reason = f"reached {max_steps} steps"
-                elif _any_rank(clock.up(), device):
-                    stop_reason = f"time limit of {cfg.max_minutes} min"
-                elif _any_rank(stop.requested, device):
-                    stop_reason = f"interrupted ({stop.signal_name or 'signal'})"
-                # 4. validation (on schedule, and once more at the last step): best/, LR decay, early stopping
-                valid_ppl = None
-                if info["step"] % cfg.eval_every == 0 or stop_reason:
-                    valid_ppl = validate()
-                    if info["early_stopped"] and not stop_reason:
-                        stop_reason = f"early stop: {cfg.patience} validations without improvement"
-                # 5. log (every step that validates, and every 50 steps)
-                if valid_ppl is not None or info["step"] % 50 == 0:
-                    now = time.time()
-                    run.log({
-                        "step": info["step"], "epoch": info["epoch"], "loss": round(loss, 4),
-                        "valid_ppl": "" if valid_ppl is None else round(valid_ppl, 3),
-                        "lr": f"{optimizer.param_groups[0]['lr']:.3g}", "grad_norm": round(grad_norm, 3),
-                        "tokens_per_s": round(tokens_since / max(now - t_since, 1e-9)),
-                        "elapsed_s": round(clock.total_s(), 1)})
-                    tokens_since, t_since = 0, now
-                # 6. the resume checkpoint: periodically, and always at the last step
-                if stop_reason or info["step"] % cfg.save_every == 0:
-                    info["train_seconds"] = clock.total_s()
-                    run.save("last", model, data.tokenizer, meta=dict(meta_base, step=info["step"]),
-                             train_state=pack_train_state(optimizer, info))
-                if stop_reason:
-                    break
-            else:
-                info["epoch"] += 1
-                info["batch_in_epoch"] = 0
+    meter, stop = Throughput(), None
+    run.ddp.train()
+    with StopRequest() as signals:
+        while stop is None:
+            stop = _train_epoch(run, state, signals, bar, meter)
     bar.close()
     if _is_main():
-        print(f"stopped at step {info['step']}: {stop_reason}; validated at step {info['valid_step']}; "
-              f"best/ has valid ppl {info['best_ppl']:.2f}", flush=True)
-    return _summary(info, model, max_steps, stop_reason)
+        print(f"stopped at step {state.step}: {stop.text}; validated at step {state.valid_step}; "
+              f"best/ has valid ppl {state.best_ppl:.2f}", flush=True)
+    return _summary(state, run, stop)
+
 
 
 LR_SCHEDULES = ("plateau", "cosine", "linear")
@@ -498,12 +573,13 @@ def lr_factor(cfg: TrainConfig, step: int, max_steps: int) -> float:
     return cfg.lr_min + (1 - cfg.lr_min) * shape
 
 
-def _summary(info: dict[str, Any], model: nn.Module, max_steps: int, stopped: str) -> dict[str, Any]:
-    done = bool(info["early_stopped"] or info["step"] >= max_steps)
-    return {"step": info["step"], "epoch": info["epoch"], "best_valid_ppl": info["best_ppl"],
-            "train_seconds": info["train_seconds"], "parameters": count_parameters(model), "done": done,
-            "early_stopped": bool(info["early_stopped"]), "stopped": stopped,
-            "interrupted": stopped.startswith("interrupted")}
+def _summary(state: TrainState, run: MLERun, stop: Stop) -> dict[str, Any]:
+    return {"step": state.step, "epoch": state.epoch, "best_valid_ppl": state.best_ppl,
+            "train_seconds": state.train_seconds, "parameters": count_parameters(run.model),
+            "done": bool(state.early_stopped or state.step >= run.max_steps),
+            "early_stopped": bool(state.early_stopped), "stopped": stop.text,
+            "interrupted": stop.kind is StopKind.INTERRUPTED}
+
 
 
 # Settings that may change between a run and its resume; any other difference means a different run.

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.batching import collate
 from core.checkpoint import load_checkpoint
 from core.context import SEP_ID, window_ids
 from core.decoding import sequence_logprobs
 from core.export import export_run
+from core.metrics import normalize_reply
 from core.model import ModelConfig, Seq2Seq
 from core.rewards import (
     combine,
@@ -26,16 +28,20 @@ from core.rewards import (
 )
 from core.rl import (
     RLConfig,
+    RLState,
     flatten_turns,
     group_baseline,
+    policy_update,
     reinforce_loss,
     reply_kl,
+    rollout,
     self_play,
     standardized_reward,
     train_rl,
+    turn_baseline,
 )
 from core.tokenizer import train_tokenizer
-from core.train import TrainConfig, train
+from core.train import TrainConfig, make_adam, train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,3 +294,63 @@ def test_train_rl_cli_end_to_end(models):
     wrong = subprocess.run([*cmd[:7], str(root / "fwd/last"), *cmd[8:]], capture_output=True, text=True, env=env,
                            timeout=300)
     assert wrong.returncode == 2 and "--backward a backward one" in wrong.stderr
+
+
+def _rollout(models, **kw):
+    _, fwd, bwd, tok = models
+    policy = copy.deepcopy(fwd).requires_grad_(True).eval()
+    openings = [tok.encode("do you like football")] * 2 + [tok.encode("where do you live")] * 2
+    cfg = RLConfig(turns=2, max_len=6, **kw)
+    ro = rollout(policy, openings, forward=fwd, backward=bwd, tokenizer=tok, dull=[tok.encode("i don't know")],
+                 cfg=cfg, seed=3, group=2 if cfg.group_size > 1 else 1)
+    return policy, cfg, ro
+
+
+def test_rollout_scores_every_turn_of_every_dialogue(models):
+    """4 dialogues x 2 turns, each with a greedy candidate: 16 scored turns, the sampled ones first; the
+    reward is the standardised sum less the repeat penalty; turn i of the dialogues sharing an opening is a group."""
+    _, fwd, _, tok = models
+    _, _, ro = _rollout(models, greedy_candidates=True, repeat_penalty=0.2)
+    assert ro.n_sampled == 8 and len(ro.sources) == len(ro.replies) == len(ro.texts) == 16
+    assert all(t.shape == (16,) for t in (ro.rewards.r1, ro.rewards.r2, ro.rewards.r3, ro.rewards.r, ro.reward))
+    assert ro.sources[0] == tok.encode("do you like football") and ro.sources[1] == ro.replies[0]  # single-turn
+    assert ro.texts[0] == normalize_reply(tok.decode(ro.replies[0])) and len(ro.greedy_texts) == 8
+    assert ro.groups == [0, 1, 0, 1, 2, 3, 2, 3] * 2
+    expected = standardized_reward(ro.rewards.r1, ro.rewards.r2, ro.rewards.r3) - ro.repeat
+    assert torch.allclose(ro.reward, expected) and (ro.repeat >= 0).all()
+    again = _rollout(models, greedy_candidates=True, repeat_penalty=0.2)[2]
+    assert again.replies == ro.replies and torch.equal(again.reward, ro.reward)  # seeded
+    plain = _rollout(models, group_size=1, standardize=False)[2]
+    assert plain.n_sampled == len(plain.replies) == 8 and plain.groups is None and plain.repeat is None
+    assert torch.equal(plain.reward, plain.rewards.r)
+
+
+def test_policy_update_moves_the_policy_and_reports_its_losses(models):
+    _, fwd, _, tok = models
+    policy, cfg, ro = _rollout(models, kl_coef=0.5, lr=1e-2)
+    before = [p.detach().clone() for p in policy.parameters()]
+    reference = [p.detach().clone() for p in fwd.parameters()]
+    mle = collate([(tok.encode(q), tok.encode(a)) for q, a in PAIRS])
+    up = policy_update(policy, make_adam(policy.parameters(), cfg.lr), ro, mle, reference=fwd, cfg=cfg)
+    assert all(isinstance(v, float) and v == v for v in up) and up.mle_loss > 0
+    assert up.kl == pytest.approx(0.0, abs=1e-5)  # the policy was the reference when the turns were scored
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(reference, fwd.parameters()))  # the reference stays frozen
+
+
+def test_turn_baseline_is_the_group_mean_or_the_ema():
+    r = torch.tensor([1.0, 3.0, 10.0, 20.0])
+    per_turn, logged = turn_baseline(r, [0, 0, 1, 1], ema=None, decay=0.9)
+    assert per_turn.tolist() == [3.0, 1.0, 20.0, 10.0] and logged == pytest.approx(8.5)
+    assert turn_baseline(r, None, ema=None, decay=0.9) == (8.5, pytest.approx(8.5))  # first step: the mean
+    assert turn_baseline(r, None, ema=2.0, decay=0.9) == (2.0, pytest.approx(0.9 * 2.0 + 0.1 * 8.5))
+
+
+def test_rl_state_resumes_the_info_dict_of_older_run_folders():
+    """last/train_state.json of a run written before RLState (a dict, without the later keys) still loads."""
+    old = {"step": 40, "baseline": -0.2, "start_ppl": 81.5, "best_step": 40, "train_seconds": 12.5,
+           "early_stopped": False, "param_groups": [{"lr": 1e-4}], "py_rng": [3, [1, 2], None]}
+    state = RLState.from_info(old)
+    assert state == RLState(step=40, baseline=-0.2, start_ppl=81.5, best_step=40, train_seconds=12.5)
+    assert {k: v for k, v in state.info().items() if k in old} == {k: old[k] for k in state.info() if k in old}
+    assert RLState.from_info(None) == RLState()

@@ -15,11 +15,12 @@ from conftest import shipped_checkpoints_complete
 from safetensors.torch import load_file
 
 import core.train
+from core.batching import collate
 from core.checkpoint import load_checkpoint
 from core.model import ModelConfig, Seq2Seq
 from core.synthetic import make_task_pairs, task_splits
 from core.tokenizer import BOS_ID, EOS_ID
-from core.train import LOG_FIELDS, TrainConfig, make_adam, train
+from core.train import LOG_FIELDS, TrainConfig, TrainState, make_adam, setup_training, train, train_step, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 REVERSE_STEPS = 700
@@ -301,7 +302,7 @@ def test_init_from_starts_at_a_checkpoints_weights_and_tokenizer(tmp_path):
 
 def test_label_smoothing_is_a_training_loss_only():
     torch.manual_seed(0)
-    from core.batching import collate, encode_pairs
+    from core.batching import encode_pairs
     from core.model import build_model
     from core.tokenizer import train_tokenizer
 
@@ -332,3 +333,28 @@ def test_make_adam_is_fused_and_takes_the_same_steps_as_adam():
             opt.step()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_train_step_takes_one_step_at_the_scheduled_lr_and_validate_keeps_best(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "s"), task="sort", model=tiny_model(), lr=1e-3, warmup_steps=4, max_steps=8,
+                      valid_max_batches=1, threads=1, progress=False)
+    run, state = setup_training(cfg)
+    assert state == TrainState() and run.max_steps == 8
+    batch = collate(run.data.train[:16])
+    before = [p.detach().clone() for p in run.model.parameters()]
+    stats = train_step(run, state, batch)
+    assert (state.step, state.batch_in_epoch) == (1, 1) and stats.n_tokens == batch.n_tokens
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 4)  # the first warm-up step
+    assert stats.loss > 0 and stats.grad_norm > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
+    ppl = validate(run, state)  # the first validation always writes best/
+    assert state.best_ppl == ppl and state.has_best and state.valid_step == 1
+    assert load_checkpoint(tmp_path / "s/best")[2]["meta"]["step"] == 1
+
+
+def test_train_state_resumes_the_info_dict_of_older_run_folders():
+    old = {"step": 30, "epoch": 1, "batch_in_epoch": 4, "best_ppl": float("inf"), "bad_evals": 1, "lr_scale": 0.5,
+           "train_seconds": 3.0, "early_stopped": False, "valid_step": 20, "has_best": True,
+           "param_groups": [{"lr": 1e-3}], "py_rng": [3, [1, 2], None]}
+    state = TrainState.from_info(old)
+    assert state.info() == {k: v for k, v in old.items() if k not in ("param_groups", "py_rng")}
