@@ -21,7 +21,7 @@ from core.serving import BatchScheduler
 from core.tokenizer import EOS_ID
 from demo_app import controls
 from demo_app.context import AppContext
-from demo_app.tabs import search, search_branch
+from demo_app.tabs import search, search_branch, side_by_side
 
 torch.set_num_threads(1)
 MESSAGES = ["hi, how are you today?", "what do you do for fun?", "where are you from?"]
@@ -257,8 +257,9 @@ def test_the_search_tab_takes_a_reply_prefix(bots, ctx):
 # ----------------------------------------------------------------------------- the side-by-side tab's prefix
 
 
-def test_the_side_by_side_prefix_applies_to_every_column(bots):
-    from test_app_callbacks import run_chat
+def test_the_side_by_side_prefix_applies_to_every_column(bots, ctx):
+    def run_chat(message: str, **values):
+        return list(side_by_side.chat(ctx, message, [[] for _ in bots], values))
 
     prefix = next(c for c in controls.CONTROLS if c.name == "prefix")
     assert prefix.text and prefix.group == "main" and prefix.label == "Reply starts with"
@@ -267,10 +268,10 @@ def test_the_side_by_side_prefix_applies_to_every_column(bots):
     assert controls.resolve_settings({"prefix": "  "}, controls.default_settings(bots))[0]["prefix"] == ""
     settings, notes = controls.resolve_settings({"prefix": 5}, controls.default_settings(bots))
     assert settings["prefix"] == "" and "is not text" in notes[0]
-    last = run_chat(bots, "what do you do for fun?", prefix="i like")[-1]
+    last = run_chat("what do you do for fun?", prefix="i like")[-1]
     for name, record in last.details["bots"].items():
         assert record["text"].startswith("i like") and record["settings"]["prefix"] == "i like", name
-    bad = run_chat(bots, "hi", prefix="</s>")[-1]  # every column says why, the page stays up
+    bad = run_chat("hi", prefix="</s>")[-1]  # every column says why, the page stays up
     assert all("special token" in r["error"] for r in bad.details["bots"].values())
     assert all('class="reply-error"' in h[-1]["content"] for h in bad.histories)
     assert isinstance(pd.DataFrame(bad.nbest[0]["data"]), pd.DataFrame)
