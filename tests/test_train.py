@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shipped_checkpoints_complete
+from helpers import shipped_checkpoints_complete
 from safetensors.torch import load_file
 
 import core.train
