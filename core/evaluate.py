@@ -72,7 +72,7 @@ def word_overlap(turn: str, previous: str) -> float:
     return len(words & set(normalize_reply(previous).split())) / len(words) if words else 0.0
 
 
-def _answerable(bot: Speaker, text: str) -> bool:
+def answerable(bot: Speaker, text: str) -> bool:
     """Whether ``text`` leaves any tokens for the bot to answer (an empty or all-control-character turn does not)."""
     try:
         bot.encode_prompt(text)
@@ -150,7 +150,7 @@ def end_of_turn(text: str, turns: list[str], listener: Speaker, dull: set[str], 
     """Why ``text``, the next turn after ``turns`` (opening first), ends the dialogue, or None if it does not: it is
     dull, or empty for ``listener`` (the agent who would answer it), or shares more than ``overlap_limit`` of its
     words with the same agent's previous turn (two turns back; the opening is agent B's)."""
-    if not _answerable(listener, text) or normalize_reply(text) in dull:
+    if not answerable(listener, text) or normalize_reply(text) in dull:
         return "dull"
     if len(turns) >= 2 and word_overlap(text, turns[-2]) > overlap_limit:
         return "repetition"
@@ -288,11 +288,11 @@ def evaluate_bots(bots: dict[str, Bot], split: Split, *, n_prompts: int = 300, n
     reply is to a test message after its conversation (each bot reads as much of it as it was trained to)."""
     rng = random.Random(seed)
     some_bot = next(iter(bots.values()))
-    turns = [t for t in conversation_turns(split.test) if _answerable(some_bot, t[1])]  # empty prompts are refused
+    turns = [t for t in conversation_turns(split.test) if answerable(some_bot, t[1])]  # empty prompts are refused
     sample = rng.sample(turns, min(n_prompts, len(turns)))
-    openings = [o for o in opening_messages(split.test) if _answerable(some_bot, o)]
+    openings = [o for o in opening_messages(split.test) if answerable(some_bot, o)]
     openings = rng.sample(openings, min(n_dialogues, len(openings)))
-    pairs = [p for p in context_pairs(split.test, n_context_pairs, rng) if _answerable(some_bot, p[0])]
+    pairs = [p for p in context_pairs(split.test, n_context_pairs, rng) if answerable(some_bot, p[0])]
     people = people_prompts if people_prompts is not None else _read_prompts_file(PEOPLE_PROMPTS)
     dull_set = {normalize_reply(d) for d in (dull or DULL_REPLIES)}
     known = known_words(utterances(split.train))
@@ -360,7 +360,7 @@ def held_out_openings(bot: Bot) -> list[str]:
                                   int(train_cfg.get("split_seed", 1234)))
     except (ImportError, OSError) as e:  # the corpus package or file is not on this machine (a Space)
         raise ValueError(f"bot {bot.name!r}: its corpus {train_cfg['corpus']!r} cannot be read here ({e})") from e
-    return [o for o in openings if _answerable(bot, o)]
+    return [o for o in openings if answerable(bot, o)]
 
 
 @functools.lru_cache(maxsize=4)

@@ -25,7 +25,7 @@ import pandas as pd
 from core.bots import Bot
 from core.context import MAX_TURN_CHARS
 from core.errors import SettingError
-from core.evaluate import AGENTS, END_REASONS, MAX_TURNS, Dialogue, Step, converse, held_out_openings
+from core.evaluate import AGENTS, END_REASONS, MAX_TURNS, Dialogue, Step, answerable, converse, held_out_openings
 from core.serving import BatchScheduler, Ticket
 from demo_app.context import AppContext
 
@@ -137,16 +137,8 @@ def app_openings(ctx: AppContext) -> list[str]:
         except ValueError as e:
             why = str(e)
             continue
-        return [o for o in openings if all(_answers(b, o) for b in ctx.bots.values())]
+        return [o for o in openings if all(answerable(b, o) for b in ctx.bots.values())]
     raise ValueError(f"no held-out openings on this server ({why}): type an opening")
-
-
-def _answers(bot: Bot, text: str) -> bool:
-    try:
-        bot.encode_prompt(text)
-    except ValueError:
-        return False
-    return True
 
 
 def draw_opening(ctx: AppContext, rng: random.Random | None = None) -> str:

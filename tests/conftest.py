@@ -128,3 +128,18 @@ def launched_app(tiny_ctx):
         yield handle.url
     finally:
         handle.close()
+
+
+@pytest.fixture
+def arena_ctx(tiny_bots, tiny_checkpoints, tmp_path):
+    """The app's context over the tiny bots, with its own scheduler and a fresh SQLite vote store (the arena tabs)."""
+    from core.arena import Arena, ArenaStore
+    from core.serving import BatchScheduler
+    from demo_app.context import AppContext
+
+    store = ArenaStore(f"sqlite:///{tmp_path / 'arena.sqlite3'}")
+    scheduler = BatchScheduler(tiny_bots)
+    yield AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints,
+                     arena=Arena(store, tiny_bots, salt="test", rng=0))
+    scheduler.close()
+    store.close()

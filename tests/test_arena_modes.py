@@ -12,26 +12,17 @@ import random
 
 import pytest
 
-from core.arena import Arena, ArenaStore
 from core.arena.dialogues import Openings
 from core.arena.interchange import export_records
 from core.evaluate import simulate
-from core.serving import BatchScheduler
-from demo_app.context import AppContext
 from demo_app.tabs import arena as arena_tab
 from demo_app.tabs import arena_dialogue as dialogue_tab
 from demo_app.tabs import leaderboard as board_tab
 
 
 @pytest.fixture
-def ctx(tiny_bots, tiny_checkpoints, tmp_path):
-    """The app's context over the tiny bots, with a fresh SQLite vote store."""
-    store = ArenaStore(f"sqlite:///{tmp_path / 'arena.sqlite3'}")
-    scheduler = BatchScheduler(tiny_bots)
-    yield AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints,
-                     arena=Arena(store, tiny_bots, salt="test", rng=0))
-    scheduler.close()
-    store.close()
+def ctx(arena_ctx):
+    return arena_ctx  # tests/conftest.py: the tiny bots, their scheduler and a fresh SQLite vote store
 
 
 def leaks(ctx, *texts: str) -> list[str]:

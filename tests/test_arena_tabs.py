@@ -11,22 +11,15 @@ import re
 
 import pytest
 
-from core.arena import Arena, ArenaStore
 from core.arena.leaderboard import EMPTY_NOTE
-from core.serving import BatchScheduler
 from demo_app.context import AppContext
 from demo_app.tabs import arena as arena_tab
 from demo_app.tabs import leaderboard as board_tab
 
 
 @pytest.fixture
-def ctx(tiny_bots, tiny_checkpoints, tmp_path):
-    store = ArenaStore(f"sqlite:///{tmp_path / 'arena.sqlite3'}")
-    scheduler = BatchScheduler(tiny_bots)
-    yield AppContext(bots=tiny_bots, scheduler=scheduler, checkpoint_dir=tiny_checkpoints,
-                     arena=Arena(store, tiny_bots, salt="test", rng=0))
-    scheduler.close()
-    store.close()
+def ctx(arena_ctx):
+    return arena_ctx  # tests/conftest.py: the tiny bots, their scheduler and a fresh SQLite vote store
 
 
 def secrets_of(ctx) -> list[str]:

@@ -21,18 +21,6 @@ from typing import Any
 
 QUESTION = "Who would you prefer to talk to for a long conversation?"  # ACUTE-Eval's engagingness question
 DIALOGUE_TURNS = 8  # turns after the opening at most (the evaluation's simulated dialogues)
-END_LABELS = {"dull": "a dull (or empty) turn", "repetition": "a speaker repeating its own previous turn",
-              "limit": "the turn limit"}
-
-
-def _answerable(bot: Any, text: str) -> bool:
-    try:
-        bot.encode_prompt(text)
-    except ValueError:
-        return False
-    return True
-
-
 class Openings:
     """Draws from the held-out openings of ``bot`` (:func:`core.evaluate.held_out_openings`: the first turns of the
     test split's conversations of its training corpus, read once)."""
@@ -55,9 +43,9 @@ def play_dialogues(arena: Any, bots: Mapping[str, Any], battle: Any, session_id:
     """Bot A with itself and bot B with itself from ``opening`` (both at once), stored in the battle before they
     are returned. ``bots``: name -> a Bot, or anything that answers as one (the app passes its bots behind the
     batching scheduler). ValueError when a bot cannot answer the opening."""
-    from core.evaluate import simulate
+    from core.evaluate import answerable, simulate
 
-    if not _answerable(bots[battle.model_a], opening):
+    if not answerable(bots[battle.model_a], opening):
         raise ValueError("the opening leaves nothing to answer once cleaned: type some words")
     with ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(simulate, bots[name], [opening], max_turns=max_turns)

@@ -26,7 +26,8 @@ from typing import Any
 import gradio as gr
 
 from core.arena import ArenaError
-from core.arena.dialogues import DIALOGUE_TURNS, END_LABELS, QUESTION, Openings, play_dialogues
+from core.arena.dialogues import DIALOGUE_TURNS, QUESTION, Openings, play_dialogues
+from core.evaluate import END_REASONS
 from core.serving import Busy
 from demo_app.self_chat import Scheduled
 from demo_app.tabs.arena import VOTES_OFF, reveal_lines, shown
@@ -129,7 +130,7 @@ def vote(ctx: Any, session_id: str | None, winner: str, state: dict[str, Any] | 
              *[line.replace("**Bot ", "**Dialogue ") for line in reveal_lines(result)], ""]
     for side, end, n in zip("AB", state["ends"], state["lengths"]):
         lines.append(f"- Dialogue {side} lasted {n} turn(s) after the opening and ended at "
-                     f"{END_LABELS.get(end, end)}.")
+                     f"{END_REASONS.get(end, end)}.")
     lines += ["", "Start new dialogues (type or draw an opening) for the next one."]
     return _view(state, "Vote saved.", reveal="\n".join(lines), opening=state.get("opening", ""))
 
