@@ -22,7 +22,7 @@ import torch
 
 from core.bots import Bot, default_checkpoint_dir, load_bots
 from core.corpora import make_pairs
-from core.evaluate import load_split_for, to_markdown
+from core.evaluation.evaluate import load_split_for, to_markdown
 
 
 def count_rows(bot: Bot) -> tuple[list[int], Callable[[], None]]:

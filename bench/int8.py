@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.bots import Bot, load_bots  # noqa: E402
 from core.corpora import make_pairs  # noqa: E402
-from core.evaluate import load_split_for  # noqa: E402
+from core.evaluation.evaluate import load_split_for  # noqa: E402
 from core.model import Decoder  # noqa: E402
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"

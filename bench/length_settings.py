@@ -18,10 +18,10 @@ import pandas as pd
 
 from core.bots import Bot, load_bots
 from core.corpora import make_pairs
-from core.evaluate import load_split_for, to_markdown
-from core.metrics import ngrams, reply_metrics, words
-from core.rewards import dull_list
-from core.runs import set_threads
+from core.evaluation.evaluate import load_split_for, to_markdown
+from core.evaluation.metrics import ngrams, reply_metrics, words
+from core.training.rewards import dull_list
+from core.training.runs import set_threads
 
 SETTINGS: list[dict[str, Any]] = [
     {}, {"n_bonus": 0.25}, {"n_bonus": 0.5}, {"n_bonus": 1.0},

@@ -6,7 +6,7 @@
 For each of ``--n-openings`` validation openings, the policy samples ``--group`` replies (and its greedy reply);
 every reply is scored with r1 (ease of answering), the two halves of r3 (forward log p(a|q), backward
 log p(q|a), each per token) and the combination 0.25 r1 + 0.5 r3 (r2 needs an agent's previous turn; see
-core/rl.py). The table gives, per reward, the mean of (dull - non-dull) *within* an opening, over the openings
+core/training/rl.py). The table gives, per reward, the mean of (dull - non-dull) *within* an opening, over the openings
 that got both kinds, next to the same difference across all replies (what a single global baseline sees). A
 positive within-opening difference means the reward pushes a policy toward dull replies. This measurement is
 why RL uses a per-opening group baseline and standardised rewards (NOTES.md).
@@ -29,10 +29,10 @@ sys.path.insert(0, str(REPO))
 from core.checkpoint import load_checkpoint, read_config  # noqa: E402
 from core.corpora import opening_messages  # noqa: E402
 from core.decoding import DecodeConfig, generate, sequence_logprobs  # noqa: E402
-from core.metrics import normalize_reply  # noqa: E402
-from core.rewards import dull_list, ease_of_answering  # noqa: E402
+from core.evaluation.metrics import normalize_reply  # noqa: E402
 from core.tokenizer import EOS_ID  # noqa: E402
-from core.train import TrainConfig, prepare_data  # noqa: E402
+from core.training.rewards import dull_list, ease_of_answering  # noqa: E402
+from core.training.train import TrainConfig, prepare_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

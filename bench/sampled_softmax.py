@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from core.corpora import load_corpus, split_conversations
-from core.evaluate import to_markdown
+from core.evaluation.evaluate import to_markdown
 from core.model import ModelConfig
-from core.runs import set_threads
 from core.tokenizer import train_tokenizer
-from core.train import TrainConfig, train
+from core.training.runs import set_threads
+from core.training.train import TrainConfig, train
 
 
 def tokenizer_32k(work: Path, vocab: int, split_seed: int) -> Path:

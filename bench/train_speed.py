@@ -1,7 +1,7 @@
 """Training throughput: the project's teacher-forced step vs the classic per-timestep decoder loop.
 
 The project step is what ``chatbot-arena train`` does: one teacher-forced pass and the fused Adam of
-:func:`core.train.make_adam`; the loop is the tutorial's, with the default Adam. Both train the same real model
+:func:`core.training.train.make_adam`; the loop is the tutorial's, with the default Adam. Both train the same real model
 (the shipped size: 2-layer bi-GRU encoder, 2-layer GRU decoder, dot attention, H=E=256, BPE 8000) on the same
 chitchat batches, in one process, alternating so both see the same machine load.
 
@@ -31,7 +31,7 @@ from core.batching import Batch, collate, encode_pairs, make_batches  # noqa: E4
 from core.corpora import load_corpus, make_pairs, split_conversations  # noqa: E402
 from core.model import ModelConfig, Seq2Seq  # noqa: E402
 from core.tokenizer import PAD_ID, train_tokenizer  # noqa: E402
-from core.train import make_adam, sequence_nll  # noqa: E402
+from core.training.train import make_adam, sequence_nll  # noqa: E402
 
 
 def per_step_loop_nll(model: Seq2Seq, batch: Batch) -> torch.Tensor:

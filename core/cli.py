@@ -97,7 +97,7 @@ def _from_args(cls: type, args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from core.train import TrainConfig, train
+    from core.training.train import TrainConfig, train
 
     summary = train(TrainConfig.from_dict(vars(args)))  # the model's flags (--hidden ...) go into cfg.model
     print(summary)
@@ -105,7 +105,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_rl(args: argparse.Namespace) -> int:
-    from core.rl import RLConfig, train_rl
+    from core.training.rl import RLConfig, train_rl
 
     summary = train_rl(_from_args(RLConfig, args))
     print(summary)
@@ -281,9 +281,9 @@ def _cmd_respond(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from core.bots import default_checkpoint_dir
-    from core.evaluate import load_split_for, to_markdown
-    from core.rewards import dull_list
-    from core.tune import tune_antilm, write_bot_defaults
+    from core.evaluation.evaluate import load_split_for, to_markdown
+    from core.evaluation.tune import tune_antilm, write_bot_defaults
+    from core.training.rewards import dull_list
 
     bot = next(iter(_pick_bots(args, [args.bot]).values()))
     split = load_split_for(bot)
@@ -302,8 +302,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from core.bots import default_checkpoint_dir
-    from core.evaluate import evaluate_bots, load_split_for, to_markdown, write_report
-    from core.rewards import dull_list
+    from core.evaluation.evaluate import evaluate_bots, load_split_for, to_markdown, write_report
+    from core.training.rewards import dull_list
 
     bots = _pick_bots(args, None)
     split = load_split_for(next(iter(bots.values())))
@@ -324,7 +324,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.model import ModelConfig
-    from core.train import TrainConfig
+    from core.training.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="chatbot-arena", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     from core.decoding import DecodeConfig
-    from core.rl import RLConfig
+    from core.training.rl import RLConfig
 
     p = sub.add_parser("train-rl", help="RL fine-tuning by self-play from an MLE checkpoint",
                        epilog=EXAMPLES["train-rl"], formatter_class=fmt)
@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands that live in their own modules: each module has ``register(subparsers)``. Packages outside core
 # (the Gradio app's ``serve``) add theirs through the ``chatbot_arena.commands`` entry-point group of their
 # pyproject, so core never imports them.
-CORE_COMMAND_MODULES: tuple[str, ...] = ("core.pipeline", "core.arena.cli")
+CORE_COMMAND_MODULES: tuple[str, ...] = ("core.training.pipeline", "core.arena.cli")
 ENTRY_POINT_GROUP = "chatbot_arena.commands"
 
 

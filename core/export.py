@@ -88,9 +88,9 @@ def model_card(name: str, model_cfg: dict[str, Any], meta: dict[str, Any], log_r
 ## RL fine-tuning
 Started from `{rl.get('policy')}` (validation perplexity {meta.get('start_valid_ppl', float('nan')):.2f} on the first
 {rl.get('valid_max_batches')} validation batches, as in the table above) and
-trained by self-play REINFORCE (`core/rl.py`): {rl.get('batch_size')} dialogues per step ({rl.get('group_size')} per
-opening message, leave-one-out group baseline), {rl.get('turns')} turns of at most {rl.get('max_len')} tokens
-sampled at temperature {rl.get('temperature')}, reward 0.25 r1 + 0.25 r2 + 0.5 r3
+trained by self-play REINFORCE (`core/training/rl.py`): {rl.get('batch_size')} dialogues per step
+({rl.get('group_size')} per opening message, leave-one-out group baseline), {rl.get('turns')} turns of at most
+{rl.get('max_len')} tokens sampled at temperature {rl.get('temperature')}, reward 0.25 r1 + 0.25 r2 + 0.5 r3
 ({'each standardised over the step' if rl.get('standardize') else 'raw'}), KL coefficient {rl.get('kl_coef')},
 MLE weight {rl.get('mle_weight')}, Adam lr {rl.get('lr')}, {rl.get('steps')} steps. Dull list D
 ({len(meta.get('dull_list', []))} replies): {', '.join(f'"{d}"' for d in meta.get('dull_list', []))}.

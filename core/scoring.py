@@ -1,16 +1,21 @@
 """Teacher-forced scoring: log p(reply | source) of given pairs in one batch, with the distribution the
-decoders use. The RL rewards, tune, evaluate, the MMI-bidi rerank and the token view score with it.
+decoders use. The RL rewards, tune, evaluate, the MMI-bidi rerank and the token view score with it; training
+and evaluation share the teacher-forced NLL and perplexity.
 
     >>> sequence_logprobs(model, [src_ids], [reply_ids], mean=True)      # (1,) mean log p per token
+    >>> perplexity(model, examples)                                      # exp(mean token NLL), fixed order
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import math
 
-from core.batching import collate
-from core.model import Seq2Seq, tile_memory
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.batching import Batch, Example, collate, make_batches
+from core.model import LanguageModel, Seq2Seq, tile_memory
 from core.tokenizer import EOS_ID, NEVER_GENERATED, PAD_ID
 
 
@@ -43,3 +48,30 @@ def sequence_logprobs(model: Seq2Seq, src: list[list[int]], tgt: list[list[int]]
         mask = mask & ~(drop.unsqueeze(1) & (torch.arange(mask.size(1), device=device) == lengths.unsqueeze(1)))
     total = torch.where(mask, logp, 0.0).sum(1)  # (N*R,) padding may be -inf: select, never multiply
     return total / mask.sum(1) if mean else total
+
+
+def teacher_forced_nll(model: nn.Module, batch: Batch, *, label_smoothing: float = 0.0) -> tuple[Tensor, int]:
+    """Summed token NLL of ``batch`` under teacher forcing (one forward pass) and its token count; a seq2seq model
+    (or its DistributedDataParallel wrapper) reads ``batch.src``, a language model only the targets."""
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    logits = model(batch.tgt_in) if isinstance(core, LanguageModel) else model(
+        batch.src, batch.src_lens, batch.tgt_in)  # (B, T, V)
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+                          reduction="sum", label_smoothing=label_smoothing)
+    return nll, batch.n_tokens
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, data: list[Example], *, batch_size: int = 128, device: str | torch.device = "cpu",
+               max_batches: int = 0) -> float:
+    """exp(mean token NLL) of ``data`` (fixed order, no dropout)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    batches = make_batches(data, batch_size=batch_size, seed=0, epoch=0)
+    batches = batches[:max_batches] if max_batches else batches
+    for ex in batches:
+        nll, n = teacher_forced_nll(model, collate(ex).to(device))
+        total, count = total + float(nll), count + n
+    model.train(was_training)
+    return math.exp(total / max(count, 1))

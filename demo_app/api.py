@@ -1,7 +1,7 @@
 """The JSON API: the bot registry, one reply with its n-best list, and OpenAI-compatible chat completions.
 
     app = fastapi.FastAPI()
-    install_error_handling(app)                  # demo_app.errors: clean 4xx bodies, size and rate limits
+    install_error_handling(app)                  # demo_app.errors: clean 4xx bodies; the routes declare their limits
     app.include_router(api_router(ctx))          # ctx: demo_app.context.AppContext
 
     curl -s localhost:7860/api/v1/bots
@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.bots import read_bots_json
 from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
-from core.evaluate import AGENTS, END_REASONS, MAX_TURNS
+from core.evaluation.evaluate import AGENTS, END_REASONS, MAX_TURNS
 from core.serving import Busy
 from demo_app.api_common import (
     MAX_MESSAGE_CHARS,
@@ -60,7 +60,7 @@ from demo_app.api_common import (
     settings_catalog,
 )
 from demo_app.context import AppContext
-from demo_app.errors import ERROR_RESPONSES, ApiError
+from demo_app.errors import ERROR_RESPONSES, RATE_LIMIT, ApiError, GuardedRoute, route_limits
 from demo_app.openai_api import openai_router
 from demo_app.self_chat import TURN_RANGE, run_self_chat
 
@@ -163,7 +163,7 @@ def _bots_json_folders(ctx: AppContext) -> dict[str, dict[str, str | None]]:
 
 def api_router(ctx: AppContext) -> APIRouter:
     """The JSON and OpenAI-compatible routes over ``ctx.bots`` (see the module docstring)."""
-    router = APIRouter()
+    router = APIRouter(route_class=GuardedRoute)
 
     @router.get("/api/v1/bots", tags=["bots"], summary="The bots, their decoder defaults and every setting's range")
     def list_bots() -> dict[str, Any]:
@@ -180,6 +180,7 @@ def api_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/api/v1/reply", tags=["bots"], response_model=ReplyResponse, responses=ERROR_RESPONSES,
                  summary="One reply of one bot, with its n-best list, tokens and per-token log p")
+    @route_limits(rate=RATE_LIMIT)
     async def reply(req: ReplyRequest) -> ReplyResponse:
         _find_bot(ctx, req.bot, "bot")
         overrides = req.settings.model_dump(exclude_unset=True)
@@ -199,6 +200,7 @@ def api_router(ctx: AppContext) -> APIRouter:
                  description="Agent A (bot_a) answers the opening, agent B (bot_b) answers A, and so on, each "
                              "reading the conversation, until a dull turn, an agent repeating its own previous "
                              "turn, or max_turns: the rules of the evaluation's simulated dialogues.")
+    @route_limits(rate=RATE_LIMIT)
     async def self_chat(req: SelfChatRequest) -> SelfChatResponse:
         start = time.perf_counter()
         try:

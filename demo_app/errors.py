@@ -1,15 +1,20 @@
 """Clean errors and abuse limits for the HTTP API: every bad request gets a 4xx JSON body in OpenAI's error shape.
 
-    app = fastapi.FastAPI()
-    install_error_handling(app)                                  # before include_router(...)
-    app.include_router(api_router(ctx))
+    router = APIRouter(route_class=GuardedRoute)                 # each route declares what it accepts:
+    @router.post("/api/v1/reply", responses=ERROR_RESPONSES)
+    @route_limits(rate=RATE_LIMIT)                               # per client; the body checks' defaults below
+    async def reply(req: ReplyRequest) -> ReplyResponse: ...
+    install_error_handling(app)                                  # the handlers and the app's rate limiter
+    app.include_router(router)
 
 An error body is ``{"error": {"message": "...", "type": "invalid_request_error", "param": "settings.beam_size",
 "code": null}}``, so the official OpenAI clients show the message. What is checked, and where:
 
-- in a middleware, on the JSON routes (paths under ``json_prefixes``), before any handler runs: body size
-  (413 past ``max_body_bytes``), content type (415 unless JSON), UTF-8 (400), nesting depth (400 past
-  ``max_json_depth``), and per-client rate limits on the expensive routes (429 with ``Retry-After``);
+- by the route itself (:class:`GuardedRoute`, from the :class:`RouteLimits` declared with :func:`route_limits`
+  beside it), before its body is parsed: the per-client rate limit (429 with ``Retry-After``), then for a
+  method with a body its size (413 past ``max_body_bytes``), content type (415 unless JSON), UTF-8 (400) and
+  nesting depth (400 past ``max_json_depth``). A route that declares nothing gets the body checks with the
+  defaults and no rate limit. The statuses a route can answer this way are added to its OpenAPI responses;
 - by exception handlers: request validation (422 naming the field), :class:`ApiError` (the routes' own 4xx/503),
   HTTP errors (404 unknown route, 405 wrong method), and anything unexpected (500, logged, message generic).
 
@@ -24,23 +29,27 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+from starlette.types import Message
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024  # a chat request is a few KB; 1 MB bodies are refused before they are parsed
 MAX_JSON_DEPTH = 32
-JSON_PREFIXES = ("/api/", "/v1/", "/webhook/")
 RATE_LIMIT = "60/minute"  # per client, on each expensive route (see `limits` for the notation)
-LIMITED_ROUTES = (("POST", "/api/v1/reply"), ("POST", "/api/v1/self_chat"), ("POST", "/v1/chat/completions"))
+DECLARED = "declared"  # install_error_handling(rate_limit=DECLARED): each route's own rate
+BODY_METHODS = ("POST", "PUT", "PATCH")
 
 _STATUS_TYPE = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
                 413: "request_too_large", 415: "invalid_request_error", 422: "invalid_request_error",
@@ -63,12 +72,8 @@ class ErrorResponse(BaseModel):
 # responses= for the routes, so the OpenAPI schema documents every status the API can answer
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in (
-        (400, "Malformed request: invalid JSON, invalid UTF-8 or JSON nested too deep"),
         (404, "Unknown bot (model)"),
-        (413, "Request body too large"),
-        (415, "Content type is not application/json"),
         (422, "A field is missing, of the wrong type, unknown, or out of range (the message names it)"),
-        (429, "Too many requests from this client; see Retry-After"),
         (503, "The server is busy; see Retry-After"),
         (504, "No reply within the server's time limit; see Retry-After"),
     )
@@ -182,17 +187,18 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 class RateLimiter:
     """Per-client moving-window limits (the `limits` package, in memory) keyed by a salted hash of the address.
+    ``rate``: the rate of every route (an override); None: each hit's own rate (the route's declared one).
 
     >>> limiter = RateLimiter("60/minute")
     >>> limiter.hit("POST /api/v1/reply", "203.0.113.7")      # None when allowed, else seconds to wait
+    >>> RateLimiter().hit("POST /api/v1/reply", "203.0.113.7", rate="5/second")
     """
 
-    def __init__(self, rate: str = RATE_LIMIT) -> None:
-        from limits import parse
+    def __init__(self, rate: str | None = None) -> None:
         from limits.storage import MemoryStorage
         from limits.strategies import MovingWindowRateLimiter
 
-        self.item = parse(rate)
+        self.rate = rate
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
         self._salt = os.urandom(16)
 
@@ -200,12 +206,22 @@ class RateLimiter:
         """A salted hash of the client address: stable within this process, meaningless outside it."""
         return hashlib.blake2b(address.encode("utf-8", "replace"), key=self._salt, digest_size=12).hexdigest()
 
-    def hit(self, route: str, address: str) -> int | None:
-        """Count one request of ``address`` on ``route``; None if allowed, else the seconds until it would be."""
-        key = self.client_key(address)
-        if self.limiter.hit(self.item, route, key):
+    def item(self, rate: str | None = None) -> Any:
+        """The `limits` item of a hit: the override if set, else ``rate``."""
+        from limits import parse
+
+        chosen = self.rate or rate
+        if not chosen:
+            raise ValueError("no rate: give RateLimiter a rate or hit(..., rate=...)")
+        return parse(chosen)
+
+    def hit(self, route: str, address: str, rate: str | None = None) -> int | None:
+        """Count one request of ``address`` on ``route`` (at ``rate`` unless this limiter overrides it); None if
+        allowed, else the seconds until it would be."""
+        key, item = self.client_key(address), self.item(rate)
+        if self.limiter.hit(item, route, key):
             return None
-        reset = self.limiter.get_window_stats(self.item, route, key).reset_time
+        reset = self.limiter.get_window_stats(item, route, key).reset_time
         return max(1, math.ceil(reset - time.time()))
 
 
@@ -234,103 +250,134 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
     return False
 
 
-class RequestGuard:
-    """ASGI middleware for the JSON routes: size, content type, UTF-8, nesting depth and rate limits, checked
-    before a handler parses anything. Other paths (the Gradio app) pass through untouched."""
+@dataclass(frozen=True)
+class RouteLimits:
+    """What one route accepts, declared beside it with :func:`route_limits` and enforced by :class:`GuardedRoute`.
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int = MAX_BODY_BYTES, max_json_depth: int = MAX_JSON_DEPTH,
-                 json_prefixes: tuple[str, ...] = JSON_PREFIXES, limiter: RateLimiter | None = None,
-                 limited_routes: Iterable[tuple[str, str]] = LIMITED_ROUTES) -> None:
-        self.app, self.max_body_bytes, self.max_json_depth = app, max_body_bytes, max_json_depth
-        self.json_prefixes, self.limiter = json_prefixes, limiter
-        self.limited = {(m.upper(), p) for m, p in limited_routes}
+    ``rate``: per client, in `limits` notation ("60/minute"); None: no rate limit. ``max_body_bytes`` and
+    ``max_json_depth``: the body checks of a method with a body (POST, PUT, PATCH), which must be JSON."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(self.json_prefixes):
-            await self.app(scope, receive, send)
-            return
-        method = scope.get("method", "GET")
-        if self.limiter is not None and (method, path) in self.limited:
-            client = scope.get("client") or ("unknown", 0)
-            wait = self.limiter.hit(f"{method} {path}", str(client[0]))
-            if wait is not None:
-                await _send(scope, receive, send, error_response(
-                    429, f"too many requests to {path} from this client (limit {self.limiter.item}); "
-                         f"retry in {wait} s", headers={"Retry-After": str(wait)}))
-                return
-        if method not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        problem, body = await self._read_checked(scope, receive)
-        if problem is not None:
-            await _send(scope, receive, send, problem)
-            return
-        sent = False
+    rate: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_json_depth: int = MAX_JSON_DEPTH
 
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: wait for the disconnect
+    def statuses(self, methods: Iterable[str]) -> dict[int, str]:
+        """The statuses these checks can answer on a route with ``methods``, for its OpenAPI responses."""
+        out = {}
+        if any(m in BODY_METHODS for m in methods):
+            out |= {400: "Malformed request: invalid JSON, invalid UTF-8 or JSON nested too deep",
+                    413: f"Request body larger than {self.max_body_bytes} bytes",
+                    415: "Content type is not application/json"}
+        if self.rate:
+            out[429] = f"More than {self.rate} requests from this client; see Retry-After"
+        return out
 
-        await self.app(scope, replay, send)
 
-    async def _read_checked(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, bytes]:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        too_large = error_response(413, f"request body is larger than {self.max_body_bytes} bytes", param="body")
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return too_large, b""
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return error_response(400, "client disconnected before sending the whole body"), b""
-            chunk = message.get("body", b"")
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def route_limits(rate: str | None = None, *, max_body_bytes: int = MAX_BODY_BYTES,
+                 max_json_depth: int = MAX_JSON_DEPTH) -> Callable[[Endpoint], Endpoint]:
+    """Declare a route's limits on its endpoint (under the ``@router.post(...)`` line of a router whose
+    ``route_class`` is :class:`GuardedRoute`)."""
+    limits = RouteLimits(rate, max_body_bytes, max_json_depth)
+
+    def declare(endpoint: Endpoint) -> Endpoint:
+        endpoint.route_limits = limits  # type: ignore[attr-defined]
+        return endpoint
+
+    return declare
+
+
+class GuardedRoute(APIRoute):
+    """A FastAPI route that enforces its endpoint's :class:`RouteLimits` before anything parses the body, and
+    lists the statuses they can answer in its OpenAPI responses. Use as ``APIRouter(route_class=GuardedRoute)``."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        self.limits: RouteLimits = getattr(endpoint, "route_limits", RouteLimits())  # before super() builds the handler
+        super().__init__(path, endpoint, **kwargs)
+        for status, text in self.limits.statuses(self.methods or ()).items():
+            self.responses.setdefault(status, {"model": ErrorResponse, "description": text})
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+        limits, label = self.limits, f"{'/'.join(sorted(self.methods or ()))} {self.path}"
+
+        async def guarded(request: Request) -> Response:
+            limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+            if limits.rate and limiter is not None:
+                client = request.client.host if request.client else "unknown"
+                wait = limiter.hit(label, client, rate=limits.rate)
+                if wait is not None:
+                    rate = limiter.rate or limits.rate
+                    return error_response(429, f"too many requests to {self.path} from this client (limit {rate}); "
+                                               f"retry in {wait} s", headers={"Retry-After": str(wait)})
+            if request.method not in BODY_METHODS:
+                return await handler(request)
+            problem, body = await read_checked(request, limits)
+            if problem is not None:
+                return problem
+            return await handler(replayed(request, body))
+
+        return guarded
+
+
+def replayed(request: Request, body: bytes) -> Request:
+    """A request like ``request`` whose body (already read) is ``body``."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await request.receive()  # after the body: wait for the disconnect
+
+    return Request(request.scope, receive)
+
+
+async def read_checked(request: Request, limits: RouteLimits) -> tuple[JSONResponse | None, bytes]:
+    """Read the body of ``request`` up to ``limits.max_body_bytes`` and check it is JSON text: (the error response
+    or None, the body)."""
+    too_large = error_response(413, f"request body is larger than {limits.max_body_bytes} bytes", param="body")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_body_bytes:
+        return too_large, b""
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limits.max_body_bytes:
                 return too_large, b""
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if not (media == "application/json" or media.endswith("+json")):
-            shown = _short(media, 40) if media else "none"
-            return error_response(415, f"send the body as JSON with 'Content-Type: application/json' "
-                                       f"(got content type {shown})", param="content-type"), b""
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return error_response(400, f"request body is not valid UTF-8 (byte {e.start})", param="body"), b""
-        if json_depth_exceeds(body, self.max_json_depth):
-            return error_response(400, f"JSON nested deeper than {self.max_json_depth} levels", param="body"), b""
-        return None, body
-
-
-async def _send(scope: Scope, receive: Receive, send: Send, response: JSONResponse) -> None:
-    await response(scope, receive, send)
+    except ClientDisconnect:
+        return error_response(400, "client disconnected before sending the whole body"), b""
+    body = b"".join(chunks)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (media == "application/json" or media.endswith("+json")):
+        shown = _short(media, 40) if media else "none"
+        return error_response(415, f"send the body as JSON with 'Content-Type: application/json' "
+                                   f"(got content type {shown})", param="content-type"), b""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return error_response(400, f"request body is not valid UTF-8 (byte {e.start})", param="body"), b""
+    if json_depth_exceeds(body, limits.max_json_depth):
+        return error_response(400, f"JSON nested deeper than {limits.max_json_depth} levels", param="body"), b""
+    return None, body
 
 
 # ----------------------------------------------------------------------------- installing
 
 
-def install_error_handling(app: FastAPI, *, max_body_bytes: int = MAX_BODY_BYTES,
-                           max_json_depth: int = MAX_JSON_DEPTH, rate_limit: str | None = RATE_LIMIT,
-                           limited_routes: Iterable[tuple[str, str]] = LIMITED_ROUTES,
-                           json_prefixes: tuple[str, ...] = JSON_PREFIXES) -> None:
-    """Install the exception handlers and the :class:`RequestGuard` middleware on ``app``.
+def install_error_handling(app: FastAPI, *, rate_limit: str | None = DECLARED) -> None:
+    """Install the exception handlers and the rate limiter the :class:`GuardedRoute` routes of ``app`` use.
 
-    ``rate_limit``: per client and per route in ``limited_routes``, in `limits` notation ("60/minute",
-    "5/second"); None turns rate limiting off.
+    ``rate_limit``: ``DECLARED`` (default) limits each route at its declared rate; a rate in `limits` notation
+    ("5/second") replaces every declared rate (tests, a stricter deployment); None turns rate limiting off.
     """
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    limiter = RateLimiter(rate_limit) if rate_limit else None
-    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, max_json_depth=max_json_depth,
-                       json_prefixes=json_prefixes, limiter=limiter, limited_routes=tuple(limited_routes))
-
+    app.state.rate_limiter = None if rate_limit is None else RateLimiter(None if rate_limit == DECLARED else rate_limit)

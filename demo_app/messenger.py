@@ -52,7 +52,7 @@ from fastapi.responses import PlainTextResponse
 from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from core.serving import Busy
 from demo_app.context import AppContext
-from demo_app.errors import ApiError
+from demo_app.errors import ApiError, GuardedRoute, route_limits
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def messenger_router(ctx: AppContext, config: MessengerConfig | None = None) -> 
             log.info("messenger webhook: %s is not set, so the webhook %s", name, {
                 "MESSENGER_VERIFY_TOKEN": "refuses verification", "MESSENGER_APP_SECRET": "refuses every POST",
                 "MESSENGER_PAGE_TOKEN": "cannot send replies"}[name])
-    router = APIRouter(tags=["messenger"])
+    router = APIRouter(tags=["messenger"], route_class=GuardedRoute)
     refused = {403: {"description": "wrong verify token, or a missing or bad signature"}}
 
     @router.get("/webhook/messenger", response_class=PlainTextResponse, responses=refused,
@@ -321,6 +321,7 @@ def messenger_router(ctx: AppContext, config: MessengerConfig | None = None) -> 
                        type="permission_error")
 
     @router.post("/webhook/messenger", responses=refused, summary="Incoming messages (signed by the app secret)")
+    @route_limits(rate=None)  # Meta sends every event of the page from its servers: body checks only
     async def receive(request: Request) -> PlainTextResponse:
         body = await request.body()
         given = request.headers.get("x-hub-signature-256", "")

@@ -65,7 +65,7 @@ from demo_app.api_common import (
     decode,
 )
 from demo_app.context import AppContext
-from demo_app.errors import ERROR_RESPONSES, ApiError
+from demo_app.errors import ERROR_RESPONSES, RATE_LIMIT, ApiError, GuardedRoute, route_limits
 
 
 class ContentPart(BaseModel):
@@ -220,7 +220,7 @@ def _settings_or_422(bot: Bot, overrides: Mapping[str, Any]) -> DecodeConfig:
 
 def openai_router(ctx: AppContext) -> APIRouter:
     """The OpenAI-compatible routes over ``ctx.bots`` (see the module docstring)."""
-    router = APIRouter()
+    router = APIRouter(route_class=GuardedRoute)
     created = int(time.time())
 
     @router.get("/v1/models", tags=["openai"], summary="The bots, as OpenAI models")
@@ -241,6 +241,7 @@ def openai_router(ctx: AppContext) -> APIRouter:
                     "user and assistant messages before it, in order (the conversation the bot reads the last "
                     "context_turns of). system and developer messages are ignored: these small models follow no "
                     "instructions, and such a message is no turn of the conversation. Any other role is refused.")
+    @route_limits(rate=RATE_LIMIT)
     async def chat_completions(req: ChatCompletionRequest) -> Any:  # type: ignore[valid-type]
         bot = _find_bot(ctx, req.model, "model")
         prompt, history = chat_conversation(req.messages)

@@ -1,6 +1,6 @@
 """Self-chat: two bots of the app (or one bot twice) talk from an opening, by the evaluation's rules
-(:func:`core.evaluate.converse`), every decode through the app's batching scheduler. Plain functions, no gradio:
-the Self-chat tab (:mod:`demo_app.tabs.self_chat`) and the JSON route ``POST /api/v1/self_chat`` both use them.
+(:func:`core.evaluation.evaluate.converse`), every decode through the app's batching scheduler. Plain functions, no
+gradio: the Self-chat tab (:mod:`demo_app.tabs.self_chat`) and the JSON route ``POST /api/v1/self_chat`` both use them.
 
     >>> ctx = demo_app.server.make_context()
     >>> dialogue, steps = self_chat(ctx, "rl", "beam", "hi, how are you?", max_turns=8)
@@ -25,7 +25,16 @@ import pandas as pd
 from core.bots import Bot
 from core.context import MAX_TURN_CHARS
 from core.errors import SettingError
-from core.evaluate import AGENTS, END_REASONS, MAX_TURNS, Dialogue, Step, answerable, converse, held_out_openings
+from core.evaluation.evaluate import (
+    AGENTS,
+    END_REASONS,
+    MAX_TURNS,
+    Dialogue,
+    Step,
+    answerable,
+    converse,
+    held_out_openings,
+)
 from core.serving import BatchScheduler, Ticket
 from demo_app.context import AppContext
 
@@ -37,8 +46,8 @@ REPLY_TIMEOUT_S = 120.0  # one turn of all live dialogues; ctx.extra["api_timeou
 
 @dataclass
 class Scheduled:
-    """A bot of the app as an agent of :func:`core.evaluate.converse`: it answers through the batching scheduler
-    (one request per prompt, so the turns of many dialogues and of other visitors share searches)."""
+    """A bot of the app as an agent of :func:`core.evaluation.evaluate.converse`: it answers through the batching
+    scheduler (one request per prompt, so the turns of many dialogues and of other visitors share searches)."""
 
     scheduler: BatchScheduler
     bot: Bot
@@ -128,8 +137,8 @@ def run_self_chat(ctx: AppContext, bot_a: Any, bot_b: Any, opening: Any, max_tur
 
 def app_openings(ctx: AppContext) -> list[str]:
     """The held-out openings of the app: the test split's openings of the first bot whose checkpoint names its
-    corpus (:func:`core.evaluate.held_out_openings`), those every bot can answer. ValueError when no bot's corpus
-    can be read here (say, a Space without the corpus package)."""
+    corpus (:func:`core.evaluation.evaluate.held_out_openings`), those every bot can answer. ValueError when no bot's
+    corpus can be read here (say, a Space without the corpus package)."""
     why = "no bot is served"
     for bot in ctx.bots.values():
         try:

@@ -12,14 +12,25 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import fastapi
 import httpx
 import pytest
-from helpers import FullScheduler, api_app, error_of, serve
+from helpers import FullScheduler, api_app, declared_limits, error_of, serve
 
 from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from core.decoding import DecodeConfig
 from demo_app.context import AppContext
-from demo_app.errors import _STATUS_TYPE, RateLimiter, json_depth_exceeds
+from demo_app.errors import (
+    _STATUS_TYPE,
+    DECLARED,
+    RATE_LIMIT,
+    GuardedRoute,
+    RateLimiter,
+    RouteLimits,
+    install_error_handling,
+    json_depth_exceeds,
+    route_limits,
+)
 
 # ----------------------------------------------------------------------------- shared harness
 
@@ -271,15 +282,60 @@ def test_rate_limit_answers_429_with_retry_after(ctx):
         assert r.status_code == 200
 
 
+def test_each_route_declares_its_limits_and_its_schema_lists_them(ctx):
+    """The expensive routes are rate-limited at RATE_LIMIT, the webhook checks bodies only, and a GET route lists
+    no body statuses: read from the routes themselves and their OpenAPI responses."""
+    from demo_app.messenger import messenger_router
+
+    app = api_app(ctx, rate_limit=None)
+    app.include_router(messenger_router(ctx))
+    for path in ("/api/v1/reply", "/api/v1/self_chat", "/v1/chat/completions"):
+        assert declared_limits(app, path).rate == RATE_LIMIT, path
+    assert declared_limits(app, "/webhook/messenger", "POST") == RouteLimits(rate=None)
+    paths = app.openapi()["paths"]
+    assert {"400", "413", "415", "429"} <= set(paths["/api/v1/reply"]["post"]["responses"])
+    hook = set(paths["/webhook/messenger"]["post"]["responses"])
+    assert {"400", "413", "415"} <= hook and "429" not in hook
+    assert not {"400", "413", "415", "429"} & set(paths["/v1/models/{model}"]["get"]["responses"])
+
+
+def test_a_new_route_gets_what_it_declares():
+    """A route added with its own limits is held to them: its rate, its body size, its depth; with
+    ``rate_limit=None`` the app turns rate limits off and with a rate it overrides the declared one."""
+    def app_with(rate_limit):
+        app = fastapi.FastAPI()
+        install_error_handling(app, rate_limit=rate_limit)
+        router = fastapi.APIRouter(route_class=GuardedRoute)
+
+        @router.post("/api/echo")
+        @route_limits(rate="2/minute", max_body_bytes=100, max_json_depth=2)
+        async def echo(body: dict) -> dict:
+            return body
+
+        app.include_router(router)
+        return app
+
+    with serve(app_with(DECLARED)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        assert c.post("/api/echo", json={"a": "x" * 200}).status_code == 413
+        assert c.post("/api/echo", json={"a": [[1]]}).status_code == 400
+        assert c.post("/api/echo", json={"a": 1}).status_code == 429  # the third request this minute
+    with serve(app_with(None)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        assert [c.post("/api/echo", json={"a": i}).json() for i in range(4)] == [{"a": i} for i in range(4)]
+    with serve(app_with("1/minute")) as url, httpx.Client(base_url=url, timeout=30) as c:
+        assert [c.post("/api/echo", json={"a": 1}).status_code for _ in range(2)] == [200, 429]
+        assert "1/minute" in error_of(c.post("/api/echo", json={}))["message"]
+
+
 def test_client_key_is_a_salted_hash_not_the_address():
-    a, b = RateLimiter("1/minute"), RateLimiter("1/minute")
+    a, b = RateLimiter(), RateLimiter()
     key = a.client_key("203.0.113.7")
     # a hex digest (a random one holds "203" about one time in 200, so only the whole address is looked for)
     assert "203.0.113.7" not in key and "." not in key and int(key, 16) >= 0
     assert key == a.client_key("203.0.113.7") != b.client_key("203.0.113.7")  # fresh salt per limiter
-    assert a.hit("POST /x", "203.0.113.7") is None
-    assert a.hit("POST /x", "203.0.113.7") >= 1
-    assert a.hit("POST /x", "198.51.100.1") is None  # another client has its own budget
+    assert a.hit("POST /x", "203.0.113.7", rate="1/minute") is None
+    assert a.hit("POST /x", "203.0.113.7", rate="1/minute") >= 1
+    assert a.hit("POST /x", "198.51.100.1", rate="1/minute") is None  # another client has its own budget
+    assert RateLimiter("1/minute").hit("POST /x", "203.0.113.7", rate="5/minute") is None  # the override wins
 
 
 def test_json_depth_counts_brackets_outside_strings_only():

@@ -122,7 +122,7 @@ def test_attention_and_batch_endpoints(client):
 
 
 def test_serve_command_and_core_without_gradio():
-    code = ("import sys, core, core.cli, core.bots, core.decoding, core.metrics; core.cli.build_parser(); "
+    code = ("import sys, core, core.cli, core.bots, core.decoding, core.evaluation.metrics; core.cli.build_parser(); "
             "assert not [m for m in sys.modules if m.startswith('gradio')], 'core imported gradio'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
     out = subprocess.run([sys.executable, "-m", "core.cli", "serve", "--help"], cwd=REPO, capture_output=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.metrics import distinct_n, mean_length
+from core.evaluation.metrics import distinct_n, mean_length
 from core.serving import BatchScheduler
 from demo_app import controls, render
 from demo_app.context import AppContext
@@ -341,7 +341,7 @@ def test_batch_compare_table_metrics_and_csv(tiny_bots, tmp_path):
     for col in batch.METRIC_COLUMNS.values():
         assert pd.api.types.is_numeric_dtype(result.metrics[col])
     assert result.metrics["distinct-1"].between(0, 1).all()
-    for label in labels:  # the metrics of core.metrics, lengths in words
+    for label in labels:  # the metrics of core.evaluation.metrics, lengths in words
         row = result.metrics.set_index("bot").loc[label]
         texts = result.replies[label].tolist()
         assert row["mean length (words)"] == round(mean_length(texts), 4)

@@ -73,7 +73,8 @@ def test_a_per_turn_series_is_one_vote_per_turn_on_a_shared_conversation(arena):
 
 
 def dialogue(opening: str, *turns: str, end: str = "dull") -> SimpleNamespace:
-    """What core.evaluate.simulate returns for one dialogue: its turns (the opening first) and why it ended."""
+    """What core.evaluation.evaluate.simulate returns for one dialogue: its turns (the opening first) and why it
+    ended."""
     return SimpleNamespace(turns=[opening, *turns], end=end)
 
 

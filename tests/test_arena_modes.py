@@ -14,7 +14,7 @@ import pytest
 
 from core.arena.dialogues import Openings
 from core.arena.interchange import export_records
-from core.evaluate import simulate
+from core.evaluation.evaluate import simulate
 from demo_app.tabs import arena as arena_tab
 from demo_app.tabs import arena_dialogue as dialogue_tab
 from demo_app.tabs import leaderboard as board_tab

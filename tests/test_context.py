@@ -19,7 +19,7 @@ from core.context import (
 )
 from core.corpora import load_corpus, make_pairs, normalize_text
 from core.errors import SettingError
-from core.metrics import ngrams
+from core.evaluation.metrics import ngrams
 from core.tokenizer import train_tokenizer
 
 

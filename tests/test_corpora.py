@@ -349,7 +349,7 @@ def test_json_without_the_chitchat_layout_is_a_corpus_error(tmp_path):
 
 
 def test_training_refuses_a_corpus_smaller_than_a_batch(tmp_path):
-    from core.train import TrainConfig, prepare_data
+    from core.training.train import TrainConfig, prepare_data
 
     path = tmp_path / "pairs.tsv"
     path.write_text("".join(f"hello {i}\tworld {i}\n" for i in range(70)))  # 70 pairs, 63 of them in training

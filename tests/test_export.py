@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import core.export as export
 from core.checkpoint import load_checkpoint
 from core.model import ModelConfig
-from core.train import TrainConfig, train
+from core.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

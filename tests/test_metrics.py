@@ -1,10 +1,10 @@
-"""core.metrics on hand-counted examples."""
+"""core.evaluation.metrics on hand-counted examples."""
 
 import math
 
 import pytest
 
-from core.metrics import (
+from core.evaluation.metrics import (
     DULL_REPLIES,
     METRICS,
     bleu,
@@ -112,7 +112,7 @@ def test_unknown_word_rate_counts_replies_with_a_word_never_seen():
 
 
 def test_rate_upper_bound_is_the_one_sided_wilson_bound():
-    from core.metrics import rate_upper_bound
+    from core.evaluation.metrics import rate_upper_bound
 
     z = 1.645
     assert rate_upper_bound(0.0, 200) == pytest.approx(z * z / (200 + z * z))  # no dull reply seen: still > 0

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from core.corpora import load_corpus, make_pairs
-from core.pipeline import PRESETS, STANDARD_BOTS, plan, stage_minutes
+from core.training.pipeline import PRESETS, STANDARD_BOTS, plan, stage_minutes
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

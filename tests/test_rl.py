@@ -16,17 +16,18 @@ from core.batching import collate
 from core.checkpoint import load_checkpoint
 from core.context import SEP_ID, window_ids
 from core.decoding import sequence_logprobs
+from core.evaluation.metrics import normalize_reply
 from core.export import export_run
-from core.metrics import normalize_reply
 from core.model import ModelConfig, Seq2Seq
-from core.rewards import (
+from core.tokenizer import train_tokenizer
+from core.training.rewards import (
     combine,
     dull_list,
     ease_of_answering,
     information_flow,
     semantic_coherence,
 )
-from core.rl import (
+from core.training.rl import (
     RLConfig,
     RLState,
     flatten_turns,
@@ -40,8 +41,7 @@ from core.rl import (
     train_rl,
     turn_baseline,
 )
-from core.tokenizer import train_tokenizer
-from core.train import TrainConfig, make_adam, train
+from core.training.train import TrainConfig, make_adam, train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ import torch
 
 from core.checkpoint import read_config
 from core.model import ModelConfig
-from core.rewards import batch_repetition_penalty, reply_counts, top_share
-from core.rl import RL_LOG_FIELDS, RLConfig, train_rl
-from core.train import TrainConfig, train
+from core.training.rewards import batch_repetition_penalty, reply_counts, top_share
+from core.training.rl import RL_LOG_FIELDS, RLConfig, train_rl
+from core.training.train import TrainConfig, train
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,8 @@ import torch
 
 from core.checkpoint import pack_train_state
 from core.model import ModelConfig, Seq2Seq
-from core.runs import RunFolder, StopRequest, TimeBudget, append_log, set_threads, truncate_log
 from core.tokenizer import train_tokenizer
+from core.training.runs import RunFolder, StopRequest, TimeBudget, append_log, set_threads, truncate_log
 
 FIELDS = ["step", "loss"]
 

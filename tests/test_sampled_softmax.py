@@ -10,7 +10,8 @@ from torch import nn
 
 from core.batching import collate
 from core.model import LanguageModel, ModelConfig, SampledSoftmax, Seq2Seq
-from core.train import TrainConfig, perplexity, prepare_data, sequence_nll, train
+from core.scoring import perplexity
+from core.training.train import TrainConfig, prepare_data, sequence_nll, train
 
 torch.set_num_threads(1)
 V, H, M = 50, 12, 40

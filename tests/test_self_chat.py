@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from helpers import FullScheduler, api_app, error_of, serve
+from helpers import FullScheduler, api_app, declared_limits, error_of, serve
 
 from core.corpora import opening_messages
-from core.evaluate import (
+from core.evaluation.evaluate import (
     END_REASONS,
     Dialogue,
     converse,
@@ -24,7 +24,7 @@ from core.evaluate import (
 )
 from demo_app import self_chat as sc
 from demo_app.context import AppContext
-from demo_app.errors import LIMITED_ROUTES
+from demo_app.errors import RATE_LIMIT
 from demo_app.tabs import self_chat as tab
 
 
@@ -122,12 +122,12 @@ def test_held_out_openings_are_the_test_splits(tiny_bots):
 
 
 def test_without_the_corpus_the_draw_and_the_batch_say_so(tiny_ctx, monkeypatch):
-    import core.evaluate
+    import core.evaluation.evaluate
 
     def missing(*args):
         raise ModuleNotFoundError("No module named 'chitchat_dataset'")
 
-    monkeypatch.setattr(core.evaluate, "_test_openings", missing)  # as on a Space without the corpus package
+    monkeypatch.setattr(core.evaluation.evaluate, "_test_openings", missing)  # as on a Space without the corpus package
     opening, status = tab.on_draw(tiny_ctx)
     assert opening == "" and status.startswith("⚠ no held-out openings") and "chitchat_dataset" in status
     [(status, *_)] = list(tab.on_batch(tiny_ctx, [sc.pair_key("greedy", "greedy")], 5, 4))
@@ -216,7 +216,7 @@ def test_json_route_names_the_bad_field(launched_app, body, field):
 
 
 def test_json_route_is_rate_limited_and_busy_is_a_503(tiny_ctx, tiny_bots):
-    assert ("POST", "/api/v1/self_chat") in LIMITED_ROUTES
+    assert declared_limits(api_app(tiny_ctx), "/api/v1/self_chat").rate == RATE_LIMIT
     body = {"bot_a": "greedy", "opening": "hi", "max_turns": 1}
     with serve(api_app(tiny_ctx, rate_limit="2/minute")) as url, httpx.Client(base_url=url, timeout=60) as c:
         assert [c.post("/api/v1/self_chat", json=body).status_code for _ in range(3)] == [200, 200, 429]

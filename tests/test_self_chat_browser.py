@@ -1,6 +1,6 @@
 """A real Chromium runs a self-chat in the Self-chat tab and sees its turns, each with its agent, bot and score, and
-why it ended; then a batch run's plot and table. The dialogue shown is the one ``core.evaluate.simulate`` gives
-for the same bots and opening (one implementation). Screenshot: ``self_chat.png`` (the README's, with
+why it ended; then a batch run's plot and table. The dialogue shown is the one ``core.evaluation.evaluate.simulate``
+gives for the same bots and opening (one implementation). Screenshot: ``self_chat.png`` (the README's, with
 ``ARENA_SCREENSHOTS=docs``).
 
     OMP_NUM_THREADS=1 ARENA_SCREENSHOTS=docs .venv/bin/python -m pytest -q tests/test_self_chat_browser.py
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from test_app_browser import browser, keep_file, page, pytestmark, served  # noqa: F401 (fixtures, marks)
 
-from core.evaluate import AGENTS, END_REASONS, simulate
+from core.evaluation.evaluate import AGENTS, END_REASONS, simulate
 
 OPENING = "hi, how are you today?"
 PHRASES = {"dull": "said a dull turn", "repetition": "repeated its own previous turn", "limit": "the turn limit"}

@@ -3,7 +3,7 @@ previous turn, an empty turn, 8 turns at most), on a scripted bot."""
 
 from types import SimpleNamespace
 
-from core.evaluate import MAX_TURNS, simulate, simulate_dialogues, word_overlap
+from core.evaluation.evaluate import MAX_TURNS, simulate, simulate_dialogues, word_overlap
 
 
 class ScriptedBot:

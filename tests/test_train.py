@@ -14,13 +14,22 @@ import torch
 from helpers import shipped_checkpoints_complete
 from safetensors.torch import load_file
 
-import core.train
+import core.training.train
 from core.batching import collate
 from core.checkpoint import load_checkpoint
 from core.model import ModelConfig, Seq2Seq
-from core.synthetic import make_task_pairs, task_splits
 from core.tokenizer import BOS_ID, EOS_ID
-from core.train import LOG_FIELDS, TrainConfig, TrainState, make_adam, setup_training, train, train_step, validate
+from core.training.synthetic import make_task_pairs, task_splits
+from core.training.train import (
+    LOG_FIELDS,
+    TrainConfig,
+    TrainState,
+    make_adam,
+    setup_training,
+    train,
+    train_step,
+    validate,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REVERSE_STEPS = 700
@@ -149,7 +158,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 
 def test_teacher_forcing_below_one_trains_through_the_free_running_loop(tmp_path, monkeypatch):
-    import core.train as train_module
+    import core.training.train as train_module
 
     calls = []
     original = train_module._scheduled_sampling_logits
@@ -227,7 +236,7 @@ def test_time_limit_validates_the_last_step_and_leaves_best(tmp_path, capsys):
 def test_early_stopping_and_plateau_lr_decay(tmp_path, monkeypatch):
     # validation perplexities scripted: better, better, worse, worse -> two plateaus -> stop (patience 2)
     script = iter([10.0, 9.0, 9.5, 9.6])
-    monkeypatch.setattr(core.train, "perplexity", lambda *a, **k: next(script))
+    monkeypatch.setattr(core.training.train, "perplexity", lambda *a, **k: next(script))
     cfg = TrainConfig(out=str(tmp_path / "es"), task="sort", model=tiny_model(), lr=1e-3, warmup_steps=1,
                       lr_decay=0.5, patience=2, eval_every=1, save_every=100, max_steps=50, threads=1, progress=False)
     summary = train(cfg)
@@ -266,7 +275,7 @@ def test_shipped_checkpoint_configs_load_unchanged(name):
 def test_cosine_schedule_decays_to_lr_min_whatever_validation_says(tmp_path, monkeypatch):
     # worse validations do not halve the LR under a schedule: the log's LR follows the cosine alone
     script = iter([10.0, 11.0, 12.0, 13.0])
-    monkeypatch.setattr(core.train, "perplexity", lambda *a, **k: next(script))
+    monkeypatch.setattr(core.training.train, "perplexity", lambda *a, **k: next(script))
     cfg = TrainConfig(out=str(tmp_path / "cos"), task="sort", model=tiny_model(), lr=1e-3, warmup_steps=2,
                       lr_schedule="cosine", lr_min=0.1, patience=10, eval_every=4, save_every=100, max_steps=16,
                       threads=1, progress=False)
@@ -275,7 +284,7 @@ def test_cosine_schedule_decays_to_lr_min_whatever_validation_says(tmp_path, mon
     with open(tmp_path / "cos/log.csv") as f:
         lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f)}
     # step s of the log ran with lr_factor(s - 1): full LR after warm-up, half-way 0.55, the end at lr_min
-    assert lrs[4] == pytest.approx(1e-3 * core.train.lr_factor(cfg, 3, 16), rel=1e-2)
+    assert lrs[4] == pytest.approx(1e-3 * core.training.train.lr_factor(cfg, 3, 16), rel=1e-2)
     assert lrs[16] == pytest.approx(1e-4, rel=1e-2)
     assert lrs[4] > lrs[8] > lrs[12] > lrs[16]
     with pytest.raises(ValueError, match="lr_schedule='step'"):
@@ -310,8 +319,8 @@ def test_label_smoothing_is_a_training_loss_only():
     tok = train_tokenizer([t for p in train_p for t in p], kind="word")
     batch = collate(encode_pairs(tok, train_p[:8], max_src_len=20, max_tgt_len=20))
     model = build_model(tiny_model(vocab_size=tok.vocab_size)).eval().requires_grad_(False)
-    plain, n = core.train.sequence_nll(model, batch)
-    smooth, _ = core.train.sequence_nll(model, batch, label_smoothing=0.1)
+    plain, n = core.training.train.sequence_nll(model, batch)
+    smooth, _ = core.training.train.sequence_nll(model, batch, label_smoothing=0.1)
     logits = model(batch.src, batch.src_lens, batch.tgt_in).flatten(0, 1)
     keep = batch.tgt_out.flatten() != 0
     logp = logits[keep].log_softmax(-1)

@@ -8,8 +8,8 @@ import pytest
 
 from core.bots import load_bots
 from core.corpora import make_pairs, split_conversations
-from core.metrics import rate_upper_bound
-from core.tune import tune_antilm, write_bot_defaults
+from core.evaluation.metrics import rate_upper_bound
+from core.evaluation.tune import tune_antilm, write_bot_defaults
 
 SMALL = {"antilm": [0.2, 0.6], "gamma": [2], "n_bonus": [0.0, 0.5]}
 # every bound of tune off; a test sets the one it checks

@@ -14,7 +14,8 @@ Battle kinds (:data:`core.arena.schema.KINDS`):
               conversation so far is shared: every earlier turn with the chosen reply (the winner's; a tie's is
               drawn from the battle id) on both sides, which both bots read (ParlAI's per-turn pairwise evaluation)
     dialogue  ``new_battle(s, kind="dialogue")``, ``record_dialogues`` (each bot's self-chat from one opening, as
-              :func:`core.evaluate.simulate` makes them), ``vote`` (ACUTE-Eval: the visitor judges whole dialogues)
+              :func:`core.evaluation.evaluate.simulate` makes them), ``vote`` (ACUTE-Eval: the visitor judges whole
+              dialogues)
 
 Pairs (``pairing``): ``balanced`` (default) serves every pair about equally often (the pair with the fewest
 battles so far, ties broken at random; counts start from the store, so a restart keeps the balance); ``active``
@@ -300,7 +301,8 @@ class Arena:
     def record_dialogues(self, battle_id: str, session_id: str, *, opening: str, opening_source: str,
                          dialogue_a: Any, dialogue_b: Any, max_turns: int) -> int:
         """Store a 'dialogue' battle's two self-chats (objects with ``turns``, the opening first, and ``end``, as
-        :func:`core.evaluate.simulate` returns); return the number of turns after the opening of the longer one."""
+        :func:`core.evaluation.evaluate.simulate` returns); return the number of turns after the opening of the
+        longer one."""
         rec = self._own(battle_id, session_id)
         if rec.kind != "dialogue":
             raise ArenaError("only a whole-dialogue battle stores dialogues: start a new battle")

@@ -6,10 +6,10 @@
     >>> a, b = play_dialogues(arena, bots, battle, session, opening, "held_out")   # bot X with itself, Y with itself
     >>> arena.vote(battle.id, session, "model_a")        # QUESTION: who would you rather talk to for long?
 
-Each self-chat is :func:`core.evaluate.simulate` (two copies of one bot take turns from the opening, each reading the
-conversation; it stops before a dull turn, before a speaker repeats its own previous turn, or at ``max_turns``): the
-same rules and code as the evaluation's simulated dialogues. Both are stored (``Arena.record_dialogues``) before
-the page shows them, so a vote always refers to the dialogues the visitor read.
+Each self-chat is :func:`core.evaluation.evaluate.simulate` (two copies of one bot take turns from the opening, each
+reading the conversation; it stops before a dull turn, before a speaker repeats its own previous turn, or at
+``max_turns``): the same rules and code as the evaluation's simulated dialogues. Both are stored
+(``Arena.record_dialogues``) before the page shows them, so a vote always refers to the dialogues the visitor read.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any
 QUESTION = "Who would you prefer to talk to for a long conversation?"  # ACUTE-Eval's engagingness question
 DIALOGUE_TURNS = 8  # turns after the opening at most (the evaluation's simulated dialogues)
 class Openings:
-    """Draws from the held-out openings of ``bot`` (:func:`core.evaluate.held_out_openings`: the first turns of the
-    test split's conversations of its training corpus, read once)."""
+    """Draws from the held-out openings of ``bot`` (:func:`core.evaluation.evaluate.held_out_openings`: the first turns
+    of the test split's conversations of its training corpus, read once)."""
 
     def __init__(self, bot: Any) -> None:
         self.bot = bot
 
     def draw(self, rng: random.Random) -> str:
         """One held-out opening at random; ValueError when there is none (e.g. the corpus is not on this machine)."""
-        from core.evaluate import held_out_openings
+        from core.evaluation.evaluate import held_out_openings
 
         openings = held_out_openings(self.bot)
         if not openings:
@@ -43,7 +43,7 @@ def play_dialogues(arena: Any, bots: Mapping[str, Any], battle: Any, session_id:
     """Bot A with itself and bot B with itself from ``opening`` (both at once), stored in the battle before they
     are returned. ``bots``: name -> a Bot, or anything that answers as one (the app passes its bots behind the
     batching scheduler). ValueError when a bot cannot answer the opening."""
-    from core.evaluate import answerable, simulate
+    from core.evaluation.evaluate import answerable, simulate
 
     if not answerable(bots[battle.model_a], opening):
         raise ValueError("the opening leaves nothing to answer once cleaned: type some words")

@@ -27,7 +27,7 @@ import gradio as gr
 
 from core.arena import ArenaError
 from core.arena.dialogues import DIALOGUE_TURNS, QUESTION, Openings, play_dialogues
-from core.evaluate import END_REASONS
+from core.evaluation.evaluate import END_REASONS
 from core.serving import Busy
 from demo_app.self_chat import Scheduled
 from demo_app.tabs.arena import VOTES_OFF, reveal_lines, shown

@@ -19,7 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from core.corpora import read_prompts
-from core.metrics import METRICS, reply_metrics
+from core.evaluation.metrics import METRICS, reply_metrics
 from core.serving import Busy
 from demo_app.context import AppContext
 from demo_app.render import escape_text
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 TITLE = "Batch compare"
 ID = "batch"
 MAX_BATCH_PROMPTS = 100
-# core.metrics.reply_metrics keys -> column names: every metric of the registry, then the latency
+# core.evaluation.metrics.reply_metrics keys -> column names: every metric of the registry, then the latency
 METRIC_COLUMNS = {**{name: m.label for name, m in METRICS.items()}, "mean_latency_s": "latency per reply (s)"}
 
 
@@ -85,7 +85,7 @@ def batch_compare(ctx: AppContext, text: str | None, file_path: str | Path | Non
             continue
         seconds = time.perf_counter() - t0
         columns[bot.label] = texts
-        m = reply_metrics(texts, latencies=[seconds / len(prompts)] * len(prompts))  # core.metrics
+        m = reply_metrics(texts, latencies=[seconds / len(prompts)] * len(prompts))  # core.evaluation.metrics
         rows.append({"bot": bot.label, **{METRIC_COLUMNS[k]: round(v, 4) for k, v in m.items()}})
     replies = pd.DataFrame(columns)
     metrics = pd.DataFrame(rows)

@@ -1,7 +1,7 @@
 """The Self-chat tab: two bots (or one bot twice) talk from an opening, turn by turn, each turn with its score, until
 a dull turn, an agent repeating its own previous turn, or the turn limit: the evaluation's simulated dialogues
-(:func:`core.evaluate.converse`), decoded through the app's scheduler (:mod:`demo_app.self_chat`). A batch mode runs
-bot pairs over K held-out openings and plots the dialogue lengths and end reasons per pair.
+(:func:`core.evaluation.evaluate.converse`), decoded through the app's scheduler (:mod:`demo_app.self_chat`). A batch
+mode runs bot pairs over K held-out openings and plots the dialogue lengths and end reasons per pair.
 
 API (``gradio_client.Client(url)``):
     /self_chat        (bot_a, bot_b, opening, max_turns) -> chat, status, dialogue JSON (turns and end reason)
@@ -20,11 +20,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core.evaluate import AGENTS, END_REASONS, MAX_TURNS, Dialogue, DialogueTurn
+from core.evaluation.evaluate import AGENTS, END_REASONS, MAX_TURNS, Dialogue, DialogueTurn
 from core.serving import Busy
 from demo_app import self_chat as sc
-from demo_app.callbacks import META_START, escape_text
 from demo_app.context import AppContext
+from demo_app.render import META_START, escape_text
 
 TITLE = "Self-chat"
 ID = "self_chat"

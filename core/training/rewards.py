@@ -26,7 +26,7 @@ from torch import Tensor
 from core.batching import collate
 from core.corpora import Conversation
 from core.decoding import sequence_logprobs
-from core.metrics import DULL_REPLIES, normalize_reply
+from core.evaluation.metrics import DULL_REPLIES, normalize_reply
 from core.model import Seq2Seq
 from core.tokenizer import PAD_ID
 

@@ -7,9 +7,9 @@
     torchrun --nproc_per_node 2 -m core.cli train --out runs/ddp         # DistributedDataParallel
 
 A run folder holds ``last/`` (full checkpoint with optimizer and RNG state, for resume), ``best/`` (best
-validation perplexity), ``tokenizer.json`` and ``log.csv`` (see core.runs). Running the same command again resumes
-from ``last/``. Whatever stops a run (its step or time budget, early stopping, Ctrl-C), its last step is validated
-and ``best/`` written before it returns.
+validation perplexity), ``tokenizer.json`` and ``log.csv`` (see core.training.runs). Running the same command again
+resumes from ``last/``. Whatever stops a run (its step or time budget, early stopping, Ctrl-C), its last step is
+validated and ``best/`` written before it returns.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from core.batching import Batch, Example, collate, encode_pairs, iterate_batches, make_batches
+from core.batching import Batch, Example, encode_pairs, iterate_batches, make_batches
 from core.checkpoint import load_weights, pack_train_state, read_config, resolve
 from core.context import MAX_CONTEXT_TURNS, conversation_examples
 from core.corpora import (
@@ -38,7 +38,6 @@ from core.corpora import (
     split_conversations,
     utterances,
 )
-from core.loop import SavedState, Stop, StopKind, Throughput, budget_stop
 from core.model import (
     LanguageModel,
     ModelConfig,
@@ -48,9 +47,11 @@ from core.model import (
     count_parameters,
     pick_device,
 )
-from core.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
-from core.synthetic import TASKS, task_splits
+from core.scoring import perplexity, teacher_forced_nll
 from core.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
+from core.training.loop import SavedState, Stop, StopKind, Throughput, budget_stop
+from core.training.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
+from core.training.synthetic import TASKS, task_splits
 
 LOG_FIELDS = ["step", "epoch", "loss", "valid_ppl", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
 
@@ -226,10 +227,8 @@ def sequence_nll(model: nn.Module, batch: Batch, teacher_forcing: float = 1.0, *
         real = batch.tgt_out != PAD_ID  # (B, T)
         return sampled.nll(states[real], core.decoder.out, batch.tgt_out[real]), batch.n_tokens
     if teacher_forcing >= 1.0:
-        logits = model(batch.tgt_in) if isinstance(core, LanguageModel) else model(
-            batch.src, batch.src_lens, batch.tgt_in)  # (B, T, V)
-    else:
-        logits = _scheduled_sampling_logits(core, batch, teacher_forcing)
+        return teacher_forced_nll(model, batch, label_smoothing=label_smoothing)
+    logits = _scheduled_sampling_logits(core, batch, teacher_forcing)
     nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD_ID,
                           reduction="sum", label_smoothing=label_smoothing)
     return nll, batch.n_tokens
@@ -262,22 +261,6 @@ def _scheduled_sampling_logits(model: Seq2Seq | LanguageModel, batch: Batch, rat
             use_gold = torch.rand(B, device=tok.device) < ratio
             tok = torch.where(use_gold, batch.tgt_in[:, t + 1], logits[:, 0].argmax(-1))
     return torch.cat(out, 1)  # (B, T, V)
-
-
-@torch.inference_mode()
-def perplexity(model: nn.Module, data: list[Example], *, batch_size: int = 128, device: str | torch.device = "cpu",
-               max_batches: int = 0) -> float:
-    """exp(mean token NLL) of ``data`` (fixed order, no dropout)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    batches = make_batches(data, batch_size=batch_size, seed=0, epoch=0)
-    batches = batches[:max_batches] if max_batches else batches
-    for ex in batches:
-        nll, n = sequence_nll(model, collate(ex).to(device))
-        total, count = total + float(nll), count + n
-    model.train(was_training)
-    return math.exp(total / max(count, 1))
 
 
 # ----------------------------------------------------------------------------- distributed helpers

@@ -305,7 +305,7 @@ def run_pipeline(out: str | Path, *, corpus: str | None = None, corpus_format: s
 def _train_stage(stage: str, p: Preset, runs: Path, *, corpus: str, corpus_format: str | None,
                  max_minutes: float, threads: int, device: str) -> dict[str, Any]:
     from core.model import ModelConfig
-    from core.train import TrainConfig, train
+    from core.training.train import TrainConfig, train
 
     kind = {"mle": "seq2seq", "anneal": "seq2seq", "lm": "lm", "backward": "backward"}[stage]
     settings: dict[str, Any] = {**p.train, **getattr(p, stage)}
@@ -323,7 +323,7 @@ def _train_stage(stage: str, p: Preset, runs: Path, *, corpus: str, corpus_forma
 
 def _rl_stage(p: Preset, runs: Path, policy: Path, *, max_minutes: float, threads: int, device: str
               ) -> dict[str, Any]:
-    from core.rl import RLConfig, train_rl
+    from core.training.rl import RLConfig, train_rl
 
     cfg = RLConfig(out=str(runs / "rl"), policy=str(policy), backward=str(runs / "backward" / "best"),
                    max_minutes=max_minutes, threads=threads, device=device, **p.rl)
@@ -348,10 +348,10 @@ def write_bots_json(path: Path, *, with_rl: bool = True) -> str:
 
 def _tune_stage(p: Preset, ckpts: Path, *, threads: int, device: str) -> str:
     from core.bots import load_bots
-    from core.evaluate import load_split_for
-    from core.rewards import dull_list
-    from core.runs import set_threads
-    from core.tune import tune_antilm, write_bot_defaults
+    from core.evaluation.evaluate import load_split_for
+    from core.evaluation.tune import tune_antilm, write_bot_defaults
+    from core.training.rewards import dull_list
+    from core.training.runs import set_threads
 
     set_threads(threads)
     bots = load_bots(ckpts, device=device)
@@ -370,9 +370,9 @@ def _tune_stage(p: Preset, ckpts: Path, *, threads: int, device: str) -> str:
 
 def _evaluate_stage(p: Preset, ckpts: Path, *, threads: int, device: str) -> str:
     from core.bots import load_bots
-    from core.evaluate import evaluate_bots, load_split_for, to_markdown, write_report
-    from core.rewards import dull_list
-    from core.runs import set_threads
+    from core.evaluation.evaluate import evaluate_bots, load_split_for, to_markdown, write_report
+    from core.training.rewards import dull_list
+    from core.training.runs import set_threads
 
     set_threads(threads)
     bots = load_bots(ckpts, device=device)

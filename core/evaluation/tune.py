@@ -9,11 +9,11 @@ whose least likely token is on average within ``max_worst_drop`` nats of plain b
 is one rare word the LM finds surprising, e.g. "nursing potter", which a per-token mean hides), whose share of
 replies holding a token below ``RARE_TOKEN_LOGP`` nats grows by at most ``max_rare_increase`` (a mean over replies
 lets a few such replies through), whose share of replies holding a word never seen in the training split (a junk
-fragment glued from sub-word pieces, "waterji": :func:`core.metrics.unknown_word_rate`) grows by at most
+fragment glued from sub-word pieces, "waterji": :func:`core.evaluation.metrics.unknown_word_rate`) grows by at most
 ``max_unknown_increase``, and whose dull rate is no higher than plain beam's and at most ``max_dull_rate`` (the
 share of dull replies a visitor tolerates: one in ten by default) with 95% confidence (the rate's one-sided upper
-bound over the sampled prompts, :func:`core.metrics.rate_upper_bound`: on 200 prompts a measured 6% passes a cap of
-10% and a measured 10% does not, since a fresh sample could well have more), pick the one with the
+bound over the sampled prompts, :func:`core.evaluation.metrics.rate_upper_bound`: on 200 prompts a measured 6% passes a
+cap of 10% and a measured 10% does not, since a fresh sample could well have more), pick the one with the
 highest distinct-2 (ties: the higher log-probability). Replies are decoded for a fixed, seeded sample of
 validation prompts. The grid may hold any DecodeConfig field; ``gamma_words`` chooses whether gamma counts
 tokens (False) or words (True).
@@ -37,7 +37,7 @@ import pandas as pd
 from core.bots import Bot
 from core.corpora import Split, make_pairs, utterances
 from core.decoding import DecodeConfig
-from core.metrics import DULL_REPLIES, known_words, rate_upper_bound, reply_metrics, unknown_word_rate
+from core.evaluation.metrics import DULL_REPLIES, known_words, rate_upper_bound, reply_metrics, unknown_word_rate
 
 _TYPES = typing.get_type_hints(DecodeConfig)
 RARE_TOKEN_LOGP = -8.0  # a token the model gives less than e^-8 ~ 3e-4: a word that does not belong

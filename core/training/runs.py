@@ -1,4 +1,4 @@
-"""One run folder's plumbing, shared by MLE training (core.train) and RL fine-tuning (core.rl).
+"""One run folder's plumbing, shared by MLE training (core.training.train) and RL fine-tuning (core.training.rl).
 
 A run folder holds::
 

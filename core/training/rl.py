@@ -3,7 +3,7 @@
     chatbot-arena train-rl --policy runs/mle/best --backward runs/backward/best --out runs/rl
 
 Each step: B / G opening messages of the training split start B dialogues, G per opening; the policy (sampling)
-plays both agents for ``turns`` turns; every generated turn gets r = 0.25 r1 + 0.25 r2 + 0.5 r3 (core.rewards,
+plays both agents for ``turns`` turns; every generated turn gets r = 0.25 r1 + 0.25 r2 + 0.5 r3 (core.training.rewards,
 scored by the frozen MLE and backward models; each reward standardised over the step first); the baseline of a
 turn is the mean reward of the other G - 1 dialogues of its group at the same turn; the policy moves along
 (r - baseline) * grad log p(turn | the window it read: the previous turns, as the policy was trained), plus
@@ -14,11 +14,11 @@ Collapse guard: every step logs ``top_share`` (share of the most frequent sample
 ``sample_distinct_2`` (distinct-2 of the sampled turns); a step with top_share above ``collapse_share`` prints
 an alarm, and ``collapse_steps`` such steps in a row stop the run without saving the collapsed policy as
 ``best/``. Remedy: ``repeat_penalty`` subtracts ``repeat_penalty * (count - 1)`` from the (standardised) reward
-of a reply sampled ``count`` times in the step (core.rewards.batch_repetition_penalty).
+of a reply sampled ``count`` times in the step (core.training.rewards.batch_repetition_penalty).
 Running the same command again resumes from ``<out>/last``.
 
 In code, :func:`train_rl` = :func:`setup_rl` (an :class:`RLRun` of what stays fixed, an :class:`RLState` of what
-changes and is saved), then :func:`rl_step` until a :class:`~core.loop.Stop`: :func:`draw_openings`,
+changes and is saved), then :func:`rl_step` until a :class:`~core.training.loop.Stop`: :func:`draw_openings`,
 :func:`rollout` (self-play + rewards -> :class:`Rollout`), :func:`policy_update` (KL price, baseline, REINFORCE +
 MLE, optimizer step -> :class:`Update`), :func:`collapse_guard`, :func:`fluency_check` (best/),
 :func:`rl_log_row`, :func:`save_policy` (last/).
@@ -43,10 +43,12 @@ from core.checkpoint import pack_train_state, resolve
 from core.context import window_ids
 from core.corpora import opening_messages
 from core.decoding import DecodeConfig, generate
-from core.loop import SavedState, Stop, StopKind, budget_stop
-from core.metrics import distinct_n, normalize_reply
+from core.evaluation.metrics import distinct_n, normalize_reply
 from core.model import Seq2Seq, pick_device
-from core.rewards import (
+from core.scoring import perplexity
+from core.tokenizer import EOS_ID, Tokenizer
+from core.training.loop import SavedState, Stop, StopKind, budget_stop
+from core.training.rewards import (
     batch_repetition_penalty,
     combine,
     dull_list,
@@ -56,9 +58,8 @@ from core.rewards import (
     sequence_logprobs,
     top_share,
 )
-from core.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
-from core.tokenizer import EOS_ID, Tokenizer
-from core.train import Data, TrainConfig, make_adam, perplexity, prepare_data, sequence_nll, window_settings
+from core.training.runs import RunFolder, StopRequest, TimeBudget, hardware_name, set_threads
+from core.training.train import Data, TrainConfig, make_adam, prepare_data, sequence_nll, window_settings
 
 RL_LOG_FIELDS = ["step", "reward", "r1", "r2", "r3", "baseline", "pg_loss", "mle_loss", "valid_ppl", "reply_len",
                  "kl", "unique_share", "top_share", "sample_distinct_2", "repeat_penalty", "dull_share",
@@ -278,7 +279,7 @@ class Rollout:
 
     sources: list[list[int]]  # (N,) the window each agent read
     replies: list[list[int]]  # (N,) its turn
-    texts: list[str]  # (N,) the turns, decoded and normalised (core.metrics.normalize_reply)
+    texts: list[str]  # (N,) the turns, decoded and normalised (core.evaluation.metrics.normalize_reply)
     n_sampled: int  # the first n_sampled turns were sampled
     rewards: TurnRewards  # r1, r2, r3 and their weighted sum r, as scored
     reward: torch.Tensor  # (N,) what the update starts from: r (standardised if set) less the repeat penalty

@@ -1,5 +1,5 @@
-"""What the MLE loop (core.train) and the RL loop (core.rl) share: a loop state saved in ``last/`` as a typed
-dataclass, and why a run stopped as a type. Imports only core.runs.
+"""What the MLE loop (core.training.train) and the RL loop (core.training.rl) share: a loop state saved in ``last/`` as
+a typed dataclass, and why a run stopped as a type. Imports only core.training.runs.
 
     >>> @dataclass
     ... class MyState(SavedState):
@@ -17,7 +17,7 @@ from dataclasses import asdict, fields
 from enum import Enum
 from typing import Any, NamedTuple, TypeVar
 
-from core.runs import StopRequest, TimeBudget
+from core.training.runs import StopRequest, TimeBudget
 
 S = TypeVar("S", bound="SavedState")
 
