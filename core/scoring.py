@@ -37,7 +37,8 @@ def sequence_logprobs(model: Seq2Seq, src: list[list[int]], tgt: list[list[int]]
         mem = tile_memory(mem, repeat)  # [N, ...] -> [N*R, ...]
     tgts = collate([([PAD_ID], t) for t in tgt]).to(device)
     logits, _, _ = model.decoder(tgts.tgt_in, mem.state, mem)  # (N*R, T, V)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, torch.finfo(torch.float32).tiny)  # no nan
     logits[..., list(NEVER_GENERATED)] = float("-inf")  # the decoders never emit these: same distribution
     logits[:, :min_len, EOS_ID] = float("-inf")  # nor </s> before min_len tokens
     logp = torch.log_softmax(logits, -1).gather(2, tgts.tgt_out.unsqueeze(-1)).squeeze(-1)  # (N*R, T)

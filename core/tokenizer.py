@@ -25,6 +25,7 @@ class Tokenizer:
 
     def __init__(self, hf: HFTokenizer) -> None:
         self.hf = hf
+        hf.encode_special_tokens = True  # "<pad>" or "</s>" typed in a message is text, never a special id
         for i, s in enumerate(SPECIALS):
             if hf.token_to_id(s) != i:
                 raise ValueError(f"tokenizer must map {s!r} to id {i}, found {hf.token_to_id(s)}")
@@ -34,7 +35,7 @@ class Tokenizer:
         return self.hf.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no <s> or </s>)."""
+        """Token ids of ``text`` (no <s> or </s>; a special token's name in the text is encoded as text)."""
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:

@@ -18,7 +18,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from chromium import browser, page, served  # noqa: F401  (fixtures of the browser tests)
 from helpers import SHIPPED, free_port, shipped_checkpoints_complete
+from postgres import db_url, postgres_cluster, postgres_url  # noqa: F401  (fixtures of the storage tests)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

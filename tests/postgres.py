@@ -1,9 +1,10 @@
 """A throw-away PostgreSQL cluster for the storage tests: initdb + pg_ctl in a temp dir, on a free port.
 
-    from postgres import postgres_cluster, postgres_url  # noqa: F401  (pytest fixtures)
-
-    def test_something(postgres_url):          # a fresh, empty database per test
+    def test_something(postgres_url):          # a fresh, empty database per test (fixtures registered in conftest)
         store = ArenaStore(postgres_url)
+
+    def test_both(db_url):                     # the test runs on SQLite and on PostgreSQL
+        store = ArenaStore(db_url)
 
 The binaries come from Debian's ``postgresql`` package (``make test`` installs it when it runs as root with
 apt-get): ``/usr/lib/postgresql/<version>/bin``, else ``pg_ctl`` on the PATH. initdb refuses to run as root, so
@@ -128,3 +129,11 @@ def postgres_cluster() -> Iterator[Cluster]:
 def postgres_url(postgres_cluster: Cluster) -> str:
     """A fresh empty database on the session's cluster."""
     return postgres_cluster.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'votes' / 'arena.sqlite3'}"
+    return request.getfixturevalue("postgres_url")

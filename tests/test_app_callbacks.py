@@ -4,6 +4,7 @@ chat rendering (demo_app.render) called directly (no server, no browser), on the
 import contextlib
 import dataclasses
 import json
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -280,6 +281,53 @@ def test_conversation_of_skips_placeholders_errors_and_small_print():
                render.user_message("x" * (render.MAX_SHOWN_CHARS + 5)),
                {"role": "assistant", "content": render.PENDING}]
     assert render.conversation_of(history) == ["a < b\nc", "", "again", "x" * render.MAX_SHOWN_CHARS]
+
+
+def test_a_released_slider_answers_the_last_message_again_and_a_newer_release_supersedes_it(tiny_bots):
+    """live_rerun (what a slider's release runs): before any message nothing changes; a release answers the last
+    message again with the new values; a newer release of the same session stops the older run at its next step
+    while another session's run goes on."""
+    first = run_chat(tiny_bots, "where are you from?", beam_size=10)[-1]
+    with context(tiny_bots) as ctx:
+        live = sbs.LiveRuns()
+        [idle] = sbs.live_rerun(ctx, live, "s1", None, None, {"beam_size": 2}, debounce_s=0)
+        assert idle.histories == [sbs.KEEP] * len(NAMES) and idle.status is sbs.KEEP
+        done = list(sbs.live_rerun(ctx, live, "s1", first.last_prompt, first.histories, {"beam_size": 2},
+                                   debounce_s=0))
+        assert done[-1].details["bots"]["beam"]["settings"]["beam_size"] == 2
+        assert [len(h) for h in done[-1].histories] == [2] * len(NAMES)
+        assert done[-1].last_prompt == "where are you from?"
+
+        older = sbs.live_rerun(ctx, live, "s1", first.last_prompt, first.histories, {"beam_size": 3}, debounce_s=0)
+        other = sbs.live_rerun(ctx, live, "s2", first.last_prompt, first.histories, {"beam_size": 3}, debounce_s=0)
+        started, other_started = next(older), next(other)  # both runs begun: the placeholders are out
+        newer = list(sbs.live_rerun(ctx, live, "s1", first.last_prompt, first.histories, {"beam_size": 4},
+                                    debounce_s=0))
+        assert list(older) == []  # superseded: no further step
+        rest = list(other)
+        assert rest and rest[-1].details["bots"]["beam"]["settings"]["beam_size"] == 3  # s2 is not s1's to stop
+        assert newer[-1].details["bots"]["beam"]["settings"]["beam_size"] == 4
+        assert started.histories != [sbs.KEEP] * len(NAMES) and other_started.histories != [sbs.KEEP] * len(NAMES)
+
+
+def test_a_release_within_the_debounce_of_a_newer_one_decodes_nothing(tiny_bots):
+    first = run_chat(tiny_bots, "where are you from?")[-1]
+    with context(tiny_bots) as ctx:
+        live = sbs.LiveRuns()
+        waiting = sbs.live_rerun(ctx, live, "s1", first.last_prompt, first.histories, {"beam_size": 2},
+                                 debounce_s=0.3)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            result = pool.submit(list, waiting)  # takes its token, then waits out the debounce
+            deadline = time.monotonic() + 10
+            while not live._latest and time.monotonic() < deadline:
+                time.sleep(0.01)
+            newer = list(sbs.live_rerun(ctx, live, "s1", first.last_prompt, first.histories, {"beam_size": 3},
+                                        debounce_s=0))
+            [skipped] = result.result(timeout=60)
+        assert skipped.histories == [sbs.KEEP] * len(NAMES)  # the superseded release decoded nothing
+        assert newer[-1].details["bots"]["beam"]["settings"]["beam_size"] == 3
 
 
 def test_rerun_without_a_message_explains(tiny_bots):

@@ -10,10 +10,12 @@ tests/test_app_browser.py.
 
 from __future__ import annotations
 
-from test_app_browser import browser, keep_file, page, pytestmark, served  # noqa: F401 (fixtures, marks)
+from chromium import BROWSER_MARKS, keep_file
 
 from core.arena.dialogues import QUESTION
 from core.arena.interchange import export_records
+
+pytestmark = BROWSER_MARKS
 
 
 def bubbles(page, elem_id: str) -> list[str]:  # noqa: F811 (the page fixture)

@@ -11,19 +11,10 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from postgres import postgres_cluster, postgres_url  # noqa: F401  (fixtures)
 
 from core.arena import Arena, ArenaError, ArenaStore, NotReady
 from core.arena.battles import continued_side
 from core.arena.interchange import export_records, import_votes, read_votes, write_votes
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    """An empty database of each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'votes' / 'arena.sqlite3'}"
-    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

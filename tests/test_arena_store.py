@@ -10,7 +10,6 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-from postgres import postgres_cluster, postgres_url  # noqa: F401  (fixtures)
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
@@ -26,14 +25,6 @@ from core.arena import (
     resolve_db_url,
 )
 from core.arena.store import SCHEMA_VERSION
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    """An empty database of each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'votes' / 'arena.sqlite3'}"
-    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

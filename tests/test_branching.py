@@ -118,7 +118,7 @@ def test_branching_from_a_pruned_node_starts_the_reply_with_its_path(bots, name)
         assert table["difference"].iloc[-1] == pytest.approx(round(b.score_difference, 3))
 
 
-def test_a_forced_path_that_cannot_be_said_is_a_clear_error(bots):
+def test_a_forced_path_that_cannot_be_said_is_a_clear_error_and_blockers_leave_it_alone(bots):
     bot = bots["beam"]
     with pytest.raises(ValueError, match="start node"):
         branch(bot, "hi", [])
@@ -129,8 +129,10 @@ def test_a_forced_path_that_cannot_be_said_is_a_clear_error(bots):
             bot.respond("hi", prefix_ids=path)
     with pytest.raises(ValueError, match="not both"):
         bot.respond("hi", prefix_ids=hi, prefix="hello")
-    with pytest.raises(ValueError, match="no reply can start with"):  # its second token is blocked there
-        branch(bot, "hi", hi * 2, overrides={"no_repeat_ngram": 1})
+    # a forced start is what was asked for: the n-gram blockers leave it alone and block what follows it
+    b = branch(bot, "hi", hi * 2, overrides={"no_repeat_ngram": 1})
+    rest = b.branch.tokens[2 * len(hi):]
+    assert b.branch.tokens[: 2 * len(hi)] == hi * 2 and not set(rest) & set(hi)
 
 
 # ----------------------------------------------------------------------------- core: the token view
@@ -243,7 +245,8 @@ def test_the_search_tab_takes_a_reply_prefix(bots, ctx):
     assert "Plain beam: *i love" in result.status  # the baseline starts with it too
     forced = bots["antilm"].tokenizer.encode("i love")
     assert [x["token"] for x in result.reply.trace if x["step"] < len(forced)] == forced  # one candidate a step
-    for bad, message in [("</s>", "special token"), ("word " * 40, "longer than max_len"), ("x" * 401, "at most 400")]:
+    for bad, message in [("   \x00 ", "nothing left"), ("word " * 40, "longer than max_len"),
+                         ("x" * 401, "at most 400")]:
         out = search.run_search(ctx, "antilm", "hi", prefix=bad)
         assert out.status.startswith("⚠") and message in out.status and out.reply is None
     assert search.run_search(ctx, "antilm", "hi", prefix="   ").reply.settings["prefix"] == ""  # blank: none
@@ -271,7 +274,7 @@ def test_the_side_by_side_prefix_applies_to_every_column(bots, ctx):
     last = run_chat("what do you do for fun?", prefix="i like")[-1]
     for name, record in last.details["bots"].items():
         assert record["text"].startswith("i like") and record["settings"]["prefix"] == "i like", name
-    bad = run_chat("hi", prefix="</s>")[-1]  # every column says why, the page stays up
-    assert all("special token" in r["error"] for r in bad.details["bots"].values())
+    bad = run_chat("hi", prefix="word " * 40)[-1]  # every column says why, the page stays up
+    assert all("longer than max_len" in r["error"] for r in bad.details["bots"].values())
     assert all('class="reply-error"' in h[-1]["content"] for h in bad.histories)
     assert isinstance(pd.DataFrame(bad.nbest[0]["data"]), pd.DataFrame)

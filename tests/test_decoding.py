@@ -10,7 +10,7 @@ from dataclasses import fields
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scripted import A, B, C, D, E, Scripted, V, classic_table, decode, favours_a, flat_table, lm_loves_a, tiny_models
 
@@ -644,26 +644,81 @@ def real_parts():
         Seq2Seq(ModelConfig(kind="backward", **base)).eval()
 
 
+CONFIG_FIELDS = {f.name: f for f in fields(DecodeConfig)}
+CONFIG_TYPES = typing.get_type_hints(DecodeConfig)
+
+
+def field_values(name: str, drawn: dict) -> st.SearchStrategy:
+    """Values of DecodeConfig.<name> drawn from its metadata alone (choices, type, lo/hi, lo_open; a ``hi`` that
+    names another field is that field's drawn value). A field of a new kind fails here, so it cannot go untested."""
+    meta, typ = CONFIG_FIELDS[name].metadata, CONFIG_TYPES[name]
+    hi = drawn[meta["hi"]] if isinstance(meta["hi"], str) else meta["hi"]
+    if meta["choices"]:
+        return st.sampled_from(sorted(meta["choices"]))
+    if typ is bool:
+        return st.booleans()
+    if typ is str:
+        return st.just(CONFIG_FIELDS[name].default) | st.text(max_size=hi)
+    if typ == (int | None):
+        return st.none() | st.integers(0, 2**32 - 1)
+    if typ is int:
+        return st.integers(meta["lo"], hi)
+    if typ is float:
+        return st.floats(meta["lo"], hi, exclude_min=meta["lo_open"], allow_nan=False)
+    raise TypeError(f"no strategy for DecodeConfig.{name} ({typ}): teach field_values its metadata")
+
+
 @st.composite
 def decode_configs(draw):
-    beam = draw(st.integers(1, 50))
-    max_len = draw(st.integers(1, 100))
-    strategy = draw(st.sampled_from(sorted(STRATEGIES)))
-    length_norm = draw(st.booleans())
-    return DecodeConfig(
-        strategy=strategy, beam_size=beam,
-        num_groups=draw(st.sampled_from([g for g in range(1, beam + 1) if beam % g == 0])),
-        diversity_penalty=draw(st.floats(0, 10)), penalty_alpha=draw(st.floats(0, 1)),
-        repetition_penalty=draw(st.floats(0.1, 10)), length_penalty=0.0 if length_norm else draw(st.floats(0, 2)),
-        typical_p=draw(st.floats(0.01, 1)), min_p=draw(st.floats(0, 1)),
-        nbest=draw(st.integers(1, beam)), max_len=max_len, min_len=draw(st.integers(0, max_len)),
-        antilm=draw(st.floats(0, 1)), gamma=draw(st.integers(0, 100)), n_bonus=draw(st.floats(0, 1)),
-        length_norm=length_norm, mmi_lambda=draw(st.floats(0, 1)),
-        temperature=draw(st.floats(0.05, 5)), top_k=draw(st.integers(1 if strategy == "contrastive" else 0, 1000)),
-        top_p=draw(st.floats(0.01, 1)), no_repeat_ngram=draw(st.integers(0, 10)),
-        delay_tokens=draw(st.integers(0, 100)),
-        seed=draw(st.none() | st.integers(0, 2**31)),
-    )
+    """Any valid DecodeConfig: every field drawn from its metadata; where settings that are each in range do not
+    fit together (the SettingError names the field), that field is drawn again (after ten tries: its default)."""
+    bounded_by_another = [n for n, f in CONFIG_FIELDS.items() if isinstance(f.metadata["hi"], str)]
+    drawn: dict = {}
+    for name in [n for n in CONFIG_FIELDS if n not in bounded_by_another] + bounded_by_another:
+        drawn[name] = draw(field_values(name, drawn))
+    for attempt in range(20):
+        try:
+            return DecodeConfig(**drawn)
+        except SettingError as e:
+            drawn[e.field] = draw(field_values(e.field, drawn)) if attempt < 10 else CONFIG_FIELDS[e.field].default
+    assume(False)
+
+
+def test_settings_at_the_edge_of_their_ranges_still_give_replies(real_parts):
+    """Found by the metadata-drawn configs: a temperature far below float32's range (1e-99 read as 0 gave 0 / 0),
+    a top-p or typical-p mass that float32 reads as 0 (every token dropped), and a forced prefix that repeats a
+    token under no_repeat_ngram=1 (the blocker vetoed the prefix) each gave an error or an empty reply."""
+    tok, model, lm, _ = real_parts
+    ids = tok.encode("hello there")
+    greedy = generate(model, [ids], DecodeConfig(strategy="greedy", max_len=8))[0].tokens
+    for strategy in ("sample", "delayed_beam"):
+        cold = DecodeConfig(strategy=strategy, beam_size=2, nbest=1, temperature=1e-99, max_len=8, seed=0)
+        assert generate(model, [ids], cold)[0].tokens == greedy  # a near-zero temperature is the argmax
+    for tiny in ({"top_p": 1e-81}, {"typical_p": 5e-324}):
+        [r] = generate(model, [ids], DecodeConfig(strategy="sample", beam_size=2, nbest=1, max_len=8, seed=0, **tiny))
+        assert r.tokens and r.score > float("-inf")
+    forced = encode_prefix("ha ha ha", tok, 30)
+    assert len(set(forced)) < len(forced)
+    [r] = generate(model, [ids], DecodeConfig(prefix="ha ha ha", no_repeat_ngram=1, max_len=20), tokenizer=tok)
+    assert r.tokens[: len(forced)] == forced
+    after = r.tokens[len(forced):]
+    assert not set(after) & (set(forced) | {EOS_ID}) - {EOS_ID} or after == [EOS_ID]  # the prefix blocks what follows
+    assert sum(r.nbest[0].parts.values()) == pytest.approx(r.score, rel=1e-4, abs=1e-3)
+
+
+def test_the_config_strategy_draws_every_field_over_its_whole_range():
+    """Every field of DecodeConfig gets a strategy from its metadata, and the drawn configs reach both ends."""
+    seen: dict = {name: set() for name in CONFIG_FIELDS}
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+    @given(cfg=decode_configs())
+    def collect(cfg):
+        for name in CONFIG_FIELDS:
+            seen[name].add(getattr(cfg, name))
+
+    collect()
+    assert all(len(values) >= 2 for values in seen.values()), {n: v for n, v in seen.items() if len(v) < 2}
+    assert seen["strategy"] == set(STRATEGIES)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -671,6 +726,17 @@ def decode_configs(draw):
 def test_any_text_and_any_valid_settings_give_a_reply_within_max_len(real_parts, text, cfg):
     tok, model, lm, backward = real_parts
     ids = tok.encode(normalize_text(text))[-40:] or [UNK_ID]
+    if cfg.prefix:
+        try:
+            forced = encode_prefix(cfg.prefix, tok, cfg.max_len)
+        except SettingError as e:  # a prefix with nothing to encode, or too long: a clean error naming it
+            assert e.field == "prefix"
+            with pytest.raises(SettingError, match="prefix"):
+                generate(model, [ids], cfg, lm=lm, backward=backward, tokenizer=tok)
+            cfg = cfg.with_overrides(prefix="")
+        else:
+            [r] = generate(model, [ids], cfg, lm=lm, backward=backward, tokenizer=tok)
+            assert r.tokens[: len(forced)] == forced  # the reply starts with the forced prefix
     [r] = generate(model, [ids], cfg, lm=lm, backward=backward, tokenizer=tok)
     assert isinstance(r.text, str)
     assert all(sum(h.parts.values()) == pytest.approx(h.score, rel=1e-4, abs=1e-3) for h in r.nbest)

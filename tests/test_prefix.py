@@ -84,8 +84,9 @@ def test_bots_take_the_prefix_after_a_conversation(tiny_bots):
     r = bot.respond("why not?", history=["want to go hiking?", "no"], prefix="hello there")
     assert r.text.startswith("hello there") and r.settings["prefix"] == "hello there"
     assert describe_settings(r.settings).endswith("· starts with 'hello there' · max 30")
-    with pytest.raises(ValueError, match="special token"):
-        bot.respond("hi", prefix="</s>")
+    assert bot.respond("hi", prefix="</s>").text.startswith("</s>")  # the characters, never the end token
+    with pytest.raises(ValueError, match="longer than max_len"):
+        bot.respond("hi", prefix="word " * 40)
     with pytest.raises(ValueError, match="at most 400"):
         DecodeConfig(prefix="x" * 401)
     with pytest.raises(ValueError, match="must be a string"):
@@ -104,8 +105,8 @@ def test_the_json_and_openai_apis_take_the_prefix(url, tiny_bots):
         assert r.status_code == 200, r.text
         assert r.json()["text"] == tiny_bots["beam"].respond("hi there", prefix="so what").text
         assert r.json()["text"].startswith("so what") and r.json()["settings"]["prefix"] == "so what"
-        bad = c.post("/api/v1/reply", json={"bot": "beam", "message": "hi", "settings": {"prefix": "</s>"}})
-        assert bad.status_code == 422 and "special token" in error_of(bad)["message"]
+        bad = c.post("/api/v1/reply", json={"bot": "beam", "message": "hi", "settings": {"prefix": "word " * 40}})
+        assert bad.status_code == 422 and "longer than max_len" in error_of(bad)["message"]
         long = c.post("/api/v1/reply", json={"bot": "beam", "message": "hi", "settings": {"prefix": "x" * 401}})
         assert long.status_code == 422 and "prefix" in str(error_of(long))
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
@@ -121,5 +122,5 @@ def test_the_command_line_takes_the_prefix(tiny_checkpoints, tiny_bots, tmp_path
               "greedy", "--prefix", "well", "--format", "json")
     assert '"reply": "' + tiny_bots["greedy"].respond("hi there", prefix="well").text + '"' in out.stdout
     bad = cli("respond", "--file", str(tmp_path / "p.txt"), "--checkpoints", str(tiny_checkpoints), "--bots",
-              "greedy", "--prefix", "</s>", check=False)
-    assert bad.returncode == 2 and "special token" in bad.stderr and "Traceback" not in bad.stderr
+              "greedy", "--prefix", "word " * 40, check=False)
+    assert bad.returncode == 2 and "longer than max_len" in bad.stderr and "Traceback" not in bad.stderr

@@ -11,9 +11,11 @@ tests/test_app_browser.py.
 
 from __future__ import annotations
 
-from test_app_browser import browser, keep_file, page, pytestmark, served  # noqa: F401 (fixtures, marks)
+from chromium import BROWSER_MARKS, keep_file
 
 from core.evaluation.evaluate import AGENTS, END_REASONS, simulate
+
+pytestmark = BROWSER_MARKS
 
 OPENING = "hi, how are you today?"
 PHRASES = {"dull": "said a dull turn", "repetition": "repeated its own previous turn", "limit": "the turn limit"}

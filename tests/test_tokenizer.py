@@ -100,3 +100,16 @@ def test_wrapper_rejects_specials_elsewhere(vocab):
     hf = HFTokenizer(models.WordLevel(vocab, unk_token="hello"))
     with pytest.raises(ValueError, match="must map"):
         Tokenizer(hf)
+
+
+def test_a_special_tokens_name_in_a_message_is_text_not_the_special_id(tmp_path):
+    """A visitor typing "<pad>" or "</s>" gets those characters read as text: no padding id inside the prompt
+    (the model read it as an empty source) and no fake turn separator in the conversation window."""
+    tok = train_tokenizer(["hello there", "how are you", "<pad> and </s> are only words here"] * 5, vocab_size=300)
+    ids = tok.encode("hi <pad> there </s> you <s> <unk>")
+    assert not set(ids) & {PAD_ID, BOS_ID, EOS_ID, UNK_ID}
+    assert tok.decode(ids) == "hi <pad> there </s> you <s> <unk>"
+    assert tok.encode_batch(["</s>"]) == [tok.encode("</s>")] and EOS_ID not in tok.encode("</s>")
+    saved = tmp_path / "tokenizer.json"
+    tok.save(saved)
+    assert Tokenizer.load(saved).encode("<pad>") == tok.encode("<pad>")  # so does a loaded one

@@ -94,8 +94,18 @@ def _keep_mass(logits: Tensor, order: Tensor, mass: float) -> Tensor:
     the token that crosses it is kept, so every row keeps at least one."""
     probs = logits.softmax(-1).gather(1, order)  # (N, V) in that order
     mass_before = probs.cumsum(-1) - probs  # (N, V) mass of the tokens taken before
-    drop = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, mass_before >= mass)  # vocabulary order
+    past = mass_before >= mass  # a mass below float32's smallest number reads as 0 here: still keep the first
+    past[:, 0] = False
+    drop = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, past)  # vocabulary order
     return logits.masked_fill(drop, NEG_INF)
+
+
+def tempered(logits: Tensor, temperature: float) -> Tensor:
+    """``logits / temperature`` as a softmax sees it, shifted by each row's largest finite logit first, so a
+    temperature near 0 gives the row's argmax (never inf - inf = nan). Rows (N, V); -inf stays -inf."""
+    top = logits.amax(-1, keepdim=True)  # (N, 1)
+    temperature = max(temperature, torch.finfo(logits.dtype).tiny)  # a smaller one would read as 0 (0 / 0 = nan)
+    return (logits - torch.where(torch.isfinite(top), top, 0.0)) / temperature
 
 
 def top_p_filter(logits: Tensor, p: float) -> Tensor:

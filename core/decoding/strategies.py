@@ -18,6 +18,7 @@ from core.decoding.registry import (
     beam_candidates,
     min_p_filter,
     register,
+    tempered,
     top_k_filter,
     top_p_filter,
     typical_filter,
@@ -89,7 +90,7 @@ class Sampler(Strategy):
         B, R, V = step_scores.shape
         cfg = self.cfg
         flat = step_scores.view(B * R, V)  # (B*R, V)
-        logits = top_p_filter(top_k_filter(flat / cfg.temperature, cfg.top_k), cfg.top_p)
+        logits = top_p_filter(top_k_filter(tempered(flat, cfg.temperature), cfg.top_k), cfg.top_p)
         logits = typical_filter(min_p_filter(logits, cfg.min_p), cfg.typical_p)
         dead = torch.isneginf(logits).all(-1, keepdim=True)  # (B*R, 1) everything blocked: draw </s>, score -inf
         logits = logits.masked_fill(dead & (torch.arange(V, device=flat.device) == EOS_ID), 0.0)
