@@ -10,7 +10,8 @@ The binaries come from Debian's ``postgresql`` package (``make test`` installs i
 apt-get): ``/usr/lib/postgresql/<version>/bin``, else ``pg_ctl`` on the PATH. initdb refuses to run as root, so
 as root the cluster runs as the ``postgres`` user (``runuser``) in a temp dir it owns. Where PostgreSQL is not
 installed the tests that need it skip, naming the reason; with ``CI=true`` they fail instead.
-The cluster runs with ``fsync=off``: it is thrown away after the session.
+The cluster runs with ``fsync=off`` and listens on a Unix socket in its own temp dir only (no TCP port, so two
+test runs on one machine never race for a port): it is thrown away after the session.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -43,12 +43,6 @@ def find_bindir() -> Path | None:
     return Path(on_path).resolve().parent if on_path and shutil.which("initdb") else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     """A PostgreSQL server of its own: ``url(dbname)`` for SQLAlchemy, ``create_database()`` for a fresh one."""
 
@@ -56,7 +50,7 @@ class Cluster:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="arena-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = 5432  # names the socket file in self.root; no TCP port is opened
         self.user = "arena"
         self.as_root = os.geteuid() == 0
         if self.as_root:
@@ -73,7 +67,7 @@ class Cluster:
                       "--locale=C")
         if r.returncode != 0:
             raise RuntimeError(f"initdb failed: {r.stderr.strip()[-500:]}")
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses='' -c fsync=off -c max_connections=200"
         r = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", opts, "-w",
                       "-t", "60", "start")
         if r.returncode != 0:
@@ -88,14 +82,14 @@ class Cluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql+psycopg://{self.user}@/{dbname}?host={self.root}&port={self.port}"
 
     def create_database(self) -> str:
         """A new empty database; returns its SQLAlchemy URL."""
         import psycopg
 
         name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres",
+        with psycopg.connect(f"host={self.root} port={self.port} user={self.user} dbname=postgres",
                              autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
