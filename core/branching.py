@@ -109,8 +109,7 @@ def branch(bot: Bot, message: str, path: Sequence[int], *, history: Sequence[str
     setting, if any, is already inside a traced path, so it is dropped), traced; ``original``: the unforced
     reply, decoded here when not given. A path ending with </s> forces the whole reply. ValueError (a
     SettingError for a bad path or setting) with a message for people when no reply can start with ``path``
-    under the settings (the n-gram blockers leave a forced start alone, but a search can still end with no
-    hypothesis). ``respond``: what
+    under the settings (a blocking rule, say no-repeat n-gram, forbids one of its tokens). ``respond``: what
     decodes, with :meth:`~core.bots.Bot.respond`'s signature (default ``bot.respond``; e.g. a scheduler's
     :meth:`~core.serving.BatchScheduler.responder`, whose Busy and timeouts it raises)."""
     overrides = dict(overrides or {})
@@ -123,8 +122,8 @@ def branch(bot: Bot, message: str, path: Sequence[int], *, history: Sequence[str
         new = respond(message, history=history, trace=True, prefix_ids=list(path), **{**overrides, "prefix": ""})
     if not new.nbest or not original.nbest:
         shown = bot.tokenizer.decode([t for t in path if t != EOS_ID])
-        raise ValueError(f"no reply can start with {shown!r} under these settings: no hypothesis was left "
-                         "(try fewer blocking settings)")
+        raise ValueError(f"no reply can start with {shown!r} under these settings: one of its tokens is blocked "
+                         "there (no-repeat n-gram, min length, ...)")
     return Branch(list(path), original, new, parts_difference(original.nbest[0], new.nbest[0]))
 
 

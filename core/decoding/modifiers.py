@@ -151,18 +151,16 @@ def word_starts(tokenizer: Tokenizer) -> Tensor:
 
 
 class NoRepeatNGram:
-    """Block a token that would complete an n-gram already present in the row's prefix. The first ``forced``
-    steps (a forced reply prefix's) are never blocked: the prefix is what was asked for, and its n-grams block the
-    tokens after it."""
+    """Block a token that would complete an n-gram already present in the row's prefix."""
 
     needs_prefix = True
 
-    def __init__(self, n: int, forced: int = 0) -> None:
-        self.n, self.forced = n, forced
+    def __init__(self, n: int) -> None:
+        self.n = n
 
     def __call__(self, scores: Tensor, step: Step) -> Tensor:
         n, prefix = self.n, step.prefix  # prefix (N, t)
-        if prefix is None or prefix.size(1) < n or step.t < self.forced:
+        if prefix is None or prefix.size(1) < n:
             return scores
         if n == 1:
             return scores.scatter(1, prefix, NEG_INF)  # every used token is blocked
@@ -174,14 +172,13 @@ class NoRepeatNGram:
 
 class NoRepeatContextNGram:
     """Block a token that would complete an n-gram of the bot's own earlier turns (ParlAI's context blocking):
-    ``turns[b]`` holds the token lists of prompt b's own earlier turns. The first ``forced`` steps (a forced
-    reply prefix's) are never blocked."""
+    ``turns[b]`` holds the token lists of prompt b's own earlier turns."""
 
     needs_prefix = True
     needs_prompts = True
 
-    def __init__(self, n: int, turns: Sequence[Sequence[Sequence[int]]], forced: int = 0) -> None:
-        self.n, self.forced = n, forced
+    def __init__(self, n: int, turns: Sequence[Sequence[Sequence[int]]]) -> None:
+        self.n = n
         self.next_of: list[dict[tuple[int, ...], set[int]]] = []  # per prompt: first n-1 tokens -> last tokens
         for own in turns:
             table: dict[tuple[int, ...], set[int]] = {}
@@ -191,7 +188,7 @@ class NoRepeatContextNGram:
             self.next_of.append(table)
 
     def __call__(self, scores: Tensor, step: Step) -> Tensor:
-        if step.prefix is None or step.prompts is None or step.prefix.size(1) < self.n - 1 or step.t < self.forced:
+        if step.prefix is None or step.prompts is None or step.prefix.size(1) < self.n - 1:
             return scores
         rows, toks = [], []
         ends = step.prefix[:, step.prefix.size(1) - self.n + 1:].tolist() if self.n > 1 else [[]] * scores.size(0)
@@ -229,8 +226,7 @@ def _repetition_delta(logp: float, theta: float) -> float:
 
 class ForcePrefix:
     """The reply starts with ``ids``: at step t < len(ids) every token but ids[t] is blocked. The forced token keeps
-    the score every other modifier gave it, so its log p, anti-LM and bonus parts count as for any token; the n-gram
-    blockers leave these steps alone (built with ``forced=len(ids)``), so no setting can veto the prefix. Applied
+    the score every other modifier gave it, so its log p, anti-LM and bonus parts count as for any token. Applied
     last."""
 
     def __init__(self, ids: Sequence[int]) -> None:
@@ -308,11 +304,10 @@ def build_modifiers(cfg: DecodeConfig, starts: Tensor | None = None,
         mods.append(MinLength(cfg.min_len))
     if cfg.repetition_penalty != 1.0:
         mods.append(RepetitionPenalty(cfg.repetition_penalty))
-    forced = len(prefix or ())
     if cfg.no_repeat_ngram > 0:
-        mods.append(NoRepeatNGram(cfg.no_repeat_ngram, forced))
+        mods.append(NoRepeatNGram(cfg.no_repeat_ngram))
     if cfg.no_repeat_context_ngram > 0 and own_turns is not None and any(own_turns):
-        mods.append(NoRepeatContextNGram(cfg.no_repeat_context_ngram, own_turns, forced))
+        mods.append(NoRepeatContextNGram(cfg.no_repeat_context_ngram, own_turns))
     if cfg.antilm > 0 and cfg.gamma > 0:
         if cfg.gamma_words and starts is None:
             raise ValueError("gamma_words=True counts words: pass the tokenizer (generate(..., tokenizer=...))")
