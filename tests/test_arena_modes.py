@@ -106,6 +106,19 @@ def test_a_whole_dialogue_vote_through_the_callbacks(ctx):
     assert ctx.arena.store.dialogue_of(again.state["battle_id"])["opening_source"] == "held_out"
 
 
+def test_a_drawn_opening_always_fits_the_opening_box(ctx):
+    """The held-out openings include some longer than the box takes; a drawn one is never one of them (a drawn
+    opening the battle then refused was a flaky failure of the HTTP test below)."""
+    from core.evaluation.evaluate import held_out_openings
+
+    bot = next(iter(ctx.bots.values()))
+    assert max(map(len, held_out_openings(bot))) > dialogue_tab.MAX_OPENING_CHARS
+    openings, rng = Openings(bot), random.Random(0)
+    assert all(len(openings.draw(rng, max_chars=40)) <= 40 for _ in range(200))
+    view = dialogue_tab.draw_opening(openings, rng, None)
+    assert len(view.opening) <= dialogue_tab.MAX_OPENING_CHARS and view.state["drawn"] == view.opening
+
+
 def test_leaderboard_categories_and_style_control(ctx):
     for k in range(4):
         view = arena_tab.send(ctx, f"s{k}", "hi", None)

@@ -28,11 +28,12 @@ class Openings:
     def __init__(self, bot: Any) -> None:
         self.bot = bot
 
-    def draw(self, rng: random.Random) -> str:
-        """One held-out opening at random; ValueError when there is none (e.g. the corpus is not on this machine)."""
+    def draw(self, rng: random.Random, max_chars: int | None = None) -> str:
+        """One held-out opening at random, of at most ``max_chars`` characters (the longest a page takes); ValueError
+        when there is none (e.g. the corpus is not on this machine)."""
         from core.evaluation.evaluate import held_out_openings
 
-        openings = held_out_openings(self.bot)
+        openings = [o for o in held_out_openings(self.bot) if max_chars is None or len(o) <= max_chars]
         if not openings:
             raise ValueError("this corpus has no held-out openings the bots can answer: type one")
         return rng.choice(openings)

@@ -74,7 +74,7 @@ def _messages(turns: list[str]) -> list[dict[str, str]]:
 def draw_opening(openings: Openings, rng: random.Random, state: dict[str, Any] | None) -> DialogueView:
     """A held-out opening for the opening box (remembered, so a battle from it counts as held-out)."""
     try:
-        opening = openings.draw(rng)
+        opening = openings.draw(rng, max_chars=MAX_OPENING_CHARS)  # one the battle below accepts
     except Exception as e:  # noqa: BLE001 - a corpus that cannot be read must not break the page
         log.warning("arena: no held-out openings: %s", e)
         return _view(state, "⚠ No held-out openings on this server: type an opening.")
