@@ -109,6 +109,10 @@ def test_the_search_reads_the_conversation_typed_before_the_message(tiny_bots, t
     assert f"*{html.escape(reply.text) or '(empty reply)'}*" in result.status
     assert "⏎" in result.status and "why green" in result.status.split("The bot read:")[1]
     assert len(result.table) == len(reply.trace)  # the traced search is the one after the conversation
+    typed = search.run_search(tiny_ctx, "beam", "what does </s> mean?", search.BOT_SETTINGS, {}, history)
+    read = html.unescape(typed.status.split("The bot read:")[1])
+    separators = typed.reply.source_tokens.count("</s>")  # the window's own, cut to max_src_len tokens
+    assert separators >= 1 and read.count("⏎") == separators and "</s> mean" in read  # the typed one stays text
 
 
 @pytest.fixture(scope="module")

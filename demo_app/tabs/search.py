@@ -151,9 +151,16 @@ def run_search(ctx: AppContext, bot_name: str, message: Any, strategy: str = BOT
 
 
 def _window_text(reply: Reply) -> str:
-    """The source the bot read, its turns separated by ' ⏎ ' (the separator token)."""
-    text = "".join(reply.source_tokens).replace("Ġ", " ")
-    return " ⏎ ".join(part.strip() for part in text.replace("<s>", "</s>").split("</s>"))
+    """The source the bot read, its turns separated by ' ⏎ ' (the separator tokens; a "</s>" a visitor typed is
+    several ordinary pieces, so it stays text)."""
+    turns, current = [], []
+    for piece in reply.source_tokens:
+        if piece in ("</s>", "<s>"):
+            turns.append(current)
+            current = []
+        else:
+            current.append(piece)
+    return " ⏎ ".join("".join(t).replace("Ġ", " ").strip() for t in [*turns, current])
 
 
 def trace_table(reply: Reply | None) -> pd.DataFrame:
