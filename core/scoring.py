@@ -19,6 +19,14 @@ from core.model import LanguageModel, Seq2Seq, tile_memory
 from core.tokenizer import EOS_ID, NEVER_GENERATED, PAD_ID
 
 
+def tempered(logits: Tensor, temperature: float) -> Tensor:
+    """``logits / temperature`` as a softmax sees it, shifted by each row's largest finite logit first, so a
+    temperature near 0 gives the row's argmax (never inf - inf = nan). logits (..., V); -inf stays -inf."""
+    top = logits.amax(-1, keepdim=True)  # (N, 1)
+    temperature = max(temperature, torch.finfo(logits.dtype).tiny)  # a smaller one would read as 0 (0 / 0 = nan)
+    return (logits - torch.where(torch.isfinite(top), top, 0.0)) / temperature
+
+
 def sequence_logprobs(model: Seq2Seq, src: list[list[int]], tgt: list[list[int]], *, mean: bool = False,
                       min_len: int = 1, repeat: int = 1, temperature: float = 1.0,
                       eos: list[bool] | None = None) -> Tensor:
@@ -38,9 +46,9 @@ def sequence_logprobs(model: Seq2Seq, src: list[list[int]], tgt: list[list[int]]
     tgts = collate([([PAD_ID], t) for t in tgt]).to(device)
     logits, _, _ = model.decoder(tgts.tgt_in, mem.state, mem)  # (N*R, T, V)
     logits = logits.float()
-    logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, torch.finfo(torch.float32).tiny)  # no nan
     logits[..., list(NEVER_GENERATED)] = float("-inf")  # the decoders never emit these: same distribution
     logits[:, :min_len, EOS_ID] = float("-inf")  # nor </s> before min_len tokens
+    logits = tempered(logits, temperature)  # shifted by the largest allowed logit first: no nan near T = 0
     logp = torch.log_softmax(logits, -1).gather(2, tgts.tgt_out.unsqueeze(-1)).squeeze(-1)  # (N*R, T)
     mask = tgts.tgt_mask  # (N*R, T)
     if eos is not None:

@@ -35,11 +35,12 @@ class Tokenizer:
         return self.hf.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no <s> or </s>; a special token's name in the text is encoded as text)."""
-        return self.hf.encode(text, add_special_tokens=False).ids
+        """Token ids of ``text`` (no <s> or </s>). A special token's name in the text is never its special id:
+        byte-level BPE encodes it as text; a word-level vocabulary, which holds the names as words, gives <unk>."""
+        return _no_specials(self.hf.encode(text, add_special_tokens=False).ids)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        return [_no_specials(e.ids) for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special tokens are skipped."""
@@ -58,6 +59,12 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
         return cls(HFTokenizer.from_file(str(path)))
+
+
+def _no_specials(ids: list[int]) -> list[int]:
+    """<pad>, <s> and </s> only ever come from the code (padding, the decoder's start, turn separators and ends):
+    any that text produced becomes <unk>."""
+    return [UNK_ID if i in (PAD_ID, BOS_ID, EOS_ID) else i for i in ids]
 
 
 def train_tokenizer(

@@ -185,6 +185,16 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 # ----------------------------------------------------------------------------- rate limits
 
 
+def parse_rate(rate: str) -> Any:
+    """The `limits` item of a rate such as "60/minute"; ValueError naming it when it is not one."""
+    from limits import parse
+
+    try:
+        return parse(rate)
+    except ValueError as e:
+        raise ValueError(f"rate limit {rate!r} is not in `limits` notation (e.g. '60/minute'): {e}") from None
+
+
 class RateLimiter:
     """Per-client moving-window limits (the `limits` package, in memory) keyed by a salted hash of the address.
     ``rate``: the rate of every route (an override); None: each hit's own rate (the route's declared one).
@@ -199,6 +209,8 @@ class RateLimiter:
         from limits.strategies import MovingWindowRateLimiter
 
         self.rate = rate
+        if rate is not None:
+            parse_rate(rate)  # a typo fails when the app starts, not on the first request
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
         self._salt = os.urandom(16)
 
@@ -208,12 +220,10 @@ class RateLimiter:
 
     def item(self, rate: str | None = None) -> Any:
         """The `limits` item of a hit: the override if set, else ``rate``."""
-        from limits import parse
-
         chosen = self.rate or rate
         if not chosen:
             raise ValueError("no rate: give RateLimiter a rate or hit(..., rate=...)")
-        return parse(chosen)
+        return parse_rate(chosen)
 
     def hit(self, route: str, address: str, rate: str | None = None) -> int | None:
         """Count one request of ``address`` on ``route`` (at ``rate`` unless this limiter overrides it); None if
@@ -261,6 +271,12 @@ class RouteLimits:
     max_body_bytes: int = MAX_BODY_BYTES
     max_json_depth: int = MAX_JSON_DEPTH
 
+    def __post_init__(self) -> None:
+        if self.rate is not None:
+            parse_rate(self.rate)  # a typo fails where the route is declared, not on its first request
+        if self.max_body_bytes < 1 or self.max_json_depth < 1:
+            raise ValueError(f"route limits must be positive: {self}")
+
     def statuses(self, methods: Iterable[str]) -> dict[int, str]:
         """The statuses these checks can answer on a route with ``methods``, for its OpenAPI responses."""
         out = {}
@@ -296,11 +312,13 @@ class GuardedRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         self.limits: RouteLimits = getattr(endpoint, "route_limits", RouteLimits())  # before super() builds the handler
         super().__init__(path, endpoint, **kwargs)
+        self.responses = {**self.responses}  # the caller's dict (often a shared constant) stays as it was
         for status, text in self.limits.statuses(self.methods or ()).items():
             self.responses.setdefault(status, {"model": ErrorResponse, "description": text})
 
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = super().get_route_handler()
+        # one budget per route and client (a router included twice shares it: one endpoint, one budget)
         limits, label = self.limits, f"{'/'.join(sorted(self.methods or ()))} {self.path}"
 
         async def guarded(request: Request) -> Response:
@@ -310,8 +328,8 @@ class GuardedRoute(APIRoute):
                 wait = limiter.hit(label, client, rate=limits.rate)
                 if wait is not None:
                     rate = limiter.rate or limits.rate
-                    return error_response(429, f"too many requests to {self.path} from this client (limit {rate}); "
-                                               f"retry in {wait} s", headers={"Retry-After": str(wait)})
+                    return error_response(429, f"too many requests to {request.url.path} from this client (limit "
+                                               f"{rate}); retry in {wait} s", headers={"Retry-After": str(wait)})
             if request.method not in BODY_METHODS:
                 return await handler(request)
             problem, body = await read_checked(request, limits)
@@ -374,10 +392,13 @@ def install_error_handling(app: FastAPI, *, rate_limit: str | None = DECLARED) -
     """Install the exception handlers and the rate limiter the :class:`GuardedRoute` routes of ``app`` use.
 
     ``rate_limit``: ``DECLARED`` (default) limits each route at its declared rate; a rate in `limits` notation
-    ("5/second") replaces every declared rate (tests, a stricter deployment); None turns rate limiting off.
+    ("5/second") replaces every declared rate (tests, a stricter deployment); None turns rate limiting off. Routes
+    added with ``@app.post(...)`` afterwards are guarded too (the app's route class becomes GuardedRoute); a
+    router's routes are guarded when the router is built with ``route_class=GuardedRoute``.
     """
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
     app.state.rate_limiter = None if rate_limit is None else RateLimiter(None if rate_limit == DECLARED else rate_limit)
+    app.router.route_class = GuardedRoute

@@ -21,9 +21,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Locator, Page
+
+Served = tuple[str, Any]  # (URL, the server's AppContext)
 
 CHROMIUM = Path("/usr/bin/chromium")  # the binary `make browser` checks for
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,7 +48,7 @@ BROWSER_MARKS = [
 
 
 @pytest.fixture(scope="module")
-def served(app_checkpoints, tmp_path_factory):
+def served(app_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """(URL, context) of the full server on the shipped bots (or the tiny ones), with a fresh vote store."""
     import torch
 
@@ -60,7 +67,8 @@ def served(app_checkpoints, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, once per test module (a failure under CI=true when it is missing)."""
     if not CHROMIUM.exists():
         pytest.fail(f"CI=true and no browser at {CHROMIUM}: `make browser` must install Debian's chromium")
     from playwright.sync_api import sync_playwright
@@ -72,7 +80,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, served):
+def page(browser: Browser, served: Served) -> Iterator[Page]:
     """A fresh page (its own Gradio session) for each test: no test depends on what another one did."""
     url, _ = served
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
@@ -86,15 +94,18 @@ def page(browser, served):
     context.close()
 
 
-def names(served) -> list[str]:
+def names(served: Served) -> list[str]:
+    """The bots' names as the page's element ids spell them."""
     return [n.replace("/", "_") for n in served[1].bots]
 
 
-def replies_in(page, name: str):
+def replies_in(page: Page, name: str) -> Locator:
+    """The small print under each reply of the column of bot ``name`` (one per answered message)."""
     return page.locator(f"#chat-{name} .reply-meta")
 
 
-def send(page, served, text: str) -> None:
+def send(page: Page, served: Served, text: str) -> None:
+    """Type ``text``, press Send and wait until every column has its new reply."""
     counts = [replies_in(page, n).count() for n in names(served)]
     page.locator("#message textarea").fill(text)
     page.locator("#send").click()
@@ -102,7 +113,8 @@ def send(page, served, text: str) -> None:
         replies_in(page, name).nth(before).wait_for()
 
 
-def keep_screenshot(page, tmp_path: Path, name: str) -> None:
+def keep_screenshot(page: Page, tmp_path: Path, name: str) -> None:
+    """A full-page screenshot named ``name``, checked and kept (see :func:`keep_file`)."""
     shot = tmp_path / name
     page.screenshot(path=str(shot), full_page=True)
     keep_file(shot)

@@ -28,7 +28,7 @@ import uvicorn
 from core.serving import BatchScheduler, Busy
 from demo_app.api import api_router
 from demo_app.context import AppContext
-from demo_app.errors import GuardedRoute, RouteLimits, install_error_handling
+from demo_app.errors import install_error_handling
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "checkpoints"
@@ -53,17 +53,6 @@ def shipped_checkpoints_complete(root: Path = SHIPPED) -> bool:
 
 
 # ----------------------------------------------------------------------------- the API harness
-
-
-def declared_limits(app: fastapi.FastAPI, path: str, method: str = "POST") -> RouteLimits:
-    """The limits the route ``method path`` of ``app`` declares (demo_app.errors.route_limits)."""
-    routes = list(app.routes)
-    while routes:
-        route = routes.pop()
-        routes += getattr(getattr(route, "original_router", None), "routes", [])  # an included router (FastAPI)
-        if isinstance(route, GuardedRoute) and route.path == path and method in route.methods:
-            return route.limits
-    raise LookupError(f"no guarded route {method} {path}")
 
 
 def api_app(ctx: AppContext, **limits: Any) -> fastapi.FastAPI:

@@ -48,7 +48,7 @@ class Cluster:
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="arena-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix="arena-pg-", dir="/tmp"))  # short: a socket path has < 108 bytes
         self.data = self.root / "data"
         self.port = 5432  # names the socket file in self.root; no TCP port is opened
         self.user = "arena"

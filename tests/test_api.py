@@ -15,7 +15,7 @@ from typing import Any
 import fastapi
 import httpx
 import pytest
-from helpers import FullScheduler, api_app, declared_limits, error_of, serve
+from helpers import FullScheduler, api_app, error_of, serve
 
 from core.context import MAX_HISTORY_TURNS, MAX_TURN_CHARS
 from core.decoding import DecodeConfig
@@ -282,21 +282,41 @@ def test_rate_limit_answers_429_with_retry_after(ctx):
         assert r.status_code == 200
 
 
-def test_each_route_declares_its_limits_and_its_schema_lists_them(ctx):
-    """The expensive routes are rate-limited at RATE_LIMIT, the webhook checks bodies only, and a GET route lists
-    no body statuses: read from the routes themselves and their OpenAPI responses."""
-    from demo_app.messenger import messenger_router
-
-    app = api_app(ctx, rate_limit=None)
-    app.include_router(messenger_router(ctx))
+def test_every_api_route_of_the_server_is_guarded_as_it_declares(launched_app):
+    """Read from the running server's OpenAPI schema: every route that takes a body has the body checks (so none
+    was added unguarded), the expensive routes are rate-limited at RATE_LIMIT (so no @route_limits sits above its
+    route decorator, where it would be ignored), the webhook checks bodies only, a GET route lists no body status."""
+    paths = httpx.get(f"{launched_app.rstrip('/')}/openapi.json", timeout=30).json()["paths"]
+    posts = {p: ops["post"]["responses"] for p, ops in paths.items() if "post" in ops}
+    assert {"/api/v1/reply", "/api/v1/self_chat", "/v1/chat/completions", "/webhook/messenger"} <= set(posts)
+    unguarded = [p for p, responses in posts.items() if not {"400", "413", "415"} <= set(responses)]
+    assert not unguarded, unguarded
     for path in ("/api/v1/reply", "/api/v1/self_chat", "/v1/chat/completions"):
-        assert declared_limits(app, path).rate == RATE_LIMIT, path
-    assert declared_limits(app, "/webhook/messenger", "POST") == RouteLimits(rate=None)
-    paths = app.openapi()["paths"]
-    assert {"400", "413", "415", "429"} <= set(paths["/api/v1/reply"]["post"]["responses"])
-    hook = set(paths["/webhook/messenger"]["post"]["responses"])
-    assert {"400", "413", "415"} <= hook and "429" not in hook
+        assert RATE_LIMIT in posts[path]["429"]["description"], path
+    assert "429" not in posts["/webhook/messenger"]
     assert not {"400", "413", "415", "429"} & set(paths["/v1/models/{model}"]["get"]["responses"])
+
+
+def test_limits_are_checked_where_they_are_declared_and_copy_the_responses_they_extend():
+    for bad in ("60/minit", "sixty"):
+        with pytest.raises(ValueError, match="limits` notation"):
+            route_limits(rate=bad)
+        with pytest.raises(ValueError, match="limits` notation"):
+            install_error_handling(fastapi.FastAPI(), rate_limit=bad)
+    with pytest.raises(ValueError, match="positive"):
+        RouteLimits(max_body_bytes=0)
+    shared = {404: {"description": "not found"}}
+    app = fastapi.FastAPI()
+    install_error_handling(app)
+
+    @app.post("/api/plain", responses=shared)  # an app route, no router: guarded all the same
+    async def plain(body: dict) -> dict:
+        return body
+
+    assert shared == {404: {"description": "not found"}}
+    assert {"413", "415"} <= set(app.openapi()["paths"]["/api/plain"]["post"]["responses"])
+    with serve(app) as url:
+        assert httpx.post(f"{url}/api/plain", content=b"x", timeout=30).status_code == 415
 
 
 def test_a_new_route_gets_what_it_declares():

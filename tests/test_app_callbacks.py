@@ -4,8 +4,10 @@ chat rendering (demo_app.render) called directly (no server, no browser), on the
 import contextlib
 import dataclasses
 import json
+import threading
 import time
-from concurrent.futures import Future
+import types
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -310,21 +312,27 @@ def test_a_released_slider_answers_the_last_message_again_and_a_newer_release_su
         assert started.histories != [sbs.KEEP] * len(NAMES) and other_started.histories != [sbs.KEEP] * len(NAMES)
 
 
-def test_a_release_within_the_debounce_of_a_newer_one_decodes_nothing(tiny_bots):
+def test_a_release_within_the_debounce_of_a_newer_one_decodes_nothing(tiny_bots, monkeypatch):
+    """The older release waits out its debounce; a newer release of the same session comes meanwhile; the older one
+    then yields nothing. The wait is an event the test opens, so no timing is involved."""
+    waiting, go, calls = threading.Event(), threading.Event(), []
+
+    def debounce(seconds: float) -> None:  # the first release waits for the test; later ones pass at once
+        calls.append(seconds)
+        if len(calls) == 1:
+            waiting.set()
+            assert go.wait(60)
+
+    monkeypatch.setattr(sbs, "time", types.SimpleNamespace(sleep=debounce, perf_counter=time.perf_counter))
     first = run_chat(tiny_bots, "where are you from?")[-1]
     with context(tiny_bots) as ctx:
         live = sbs.LiveRuns()
-        waiting = sbs.live_rerun(ctx, live, "s1", first.last_prompt, first.histories, {"beam_size": 2},
-                                 debounce_s=0.3)
-        from concurrent.futures import ThreadPoolExecutor
-
+        older = sbs.live_rerun(ctx, live, "s1", first.last_prompt, first.histories, {"beam_size": 2})
         with ThreadPoolExecutor(1) as pool:
-            result = pool.submit(list, waiting)  # takes its token, then waits out the debounce
-            deadline = time.monotonic() + 10
-            while not live._latest and time.monotonic() < deadline:
-                time.sleep(0.01)
-            newer = list(sbs.live_rerun(ctx, live, "s1", first.last_prompt, first.histories, {"beam_size": 3},
-                                        debounce_s=0))
+            result = pool.submit(list, older)  # takes its token, then waits in the debounce
+            assert waiting.wait(60)
+            newer = list(sbs.live_rerun(ctx, live, "s1", first.last_prompt, first.histories, {"beam_size": 3}))
+            go.set()  # the older release's debounce ends after the newer release began
             [skipped] = result.result(timeout=60)
         assert skipped.histories == [sbs.KEEP] * len(NAMES)  # the superseded release decoded nothing
         assert newer[-1].details["bots"]["beam"]["settings"]["beam_size"] == 3

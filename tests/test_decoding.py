@@ -696,6 +696,12 @@ def test_settings_at_the_edge_of_their_ranges_still_give_replies(real_parts):
     for strategy in ("sample", "delayed_beam"):
         cold = DecodeConfig(strategy=strategy, beam_size=2, nbest=1, temperature=1e-99, max_len=8, seed=0)
         assert generate(model, [ids], cold)[0].tokens == greedy  # a near-zero temperature is the argmax
+    loud_unk = copy.deepcopy(model)  # its top token is always <unk>, which no decoder emits
+    with torch.no_grad():  # the same near-zero temperature in teacher-forced scoring (the RL policy's log-probs)
+        loud_unk.decoder.out.bias[UNK_ID] += 100.0
+        cold = sequence_logprobs(loud_unk, [ids], [[t for t in greedy if t != EOS_ID]], temperature=1e-300,
+                                 eos=[greedy[-1] == EOS_ID])  # a reply cut at max_len never drew its </s>
+    assert torch.isfinite(cold).all() and cold.item() == pytest.approx(0.0, abs=1e-4)  # greedy's path: p = 1 each
     for tiny in ({"top_p": 1e-81}, {"typical_p": 5e-324}):
         [r] = generate(model, [ids], DecodeConfig(strategy="sample", beam_size=2, nbest=1, max_len=8, seed=0, **tiny))
         assert r.tokens and r.score > float("-inf")
@@ -706,7 +712,8 @@ def test_settings_at_the_edge_of_their_ranges_still_give_replies(real_parts):
 
 
 def test_the_config_strategy_draws_every_field_over_its_whole_range():
-    """Every field of DecodeConfig gets a strategy from its metadata, and the drawn configs reach both ends."""
+    """Every field of DecodeConfig gets a strategy from its metadata, every field takes at least two values over
+    the drawn configs (so a rule between fields cannot pin one), and every registered strategy is drawn."""
     seen: dict = {name: set() for name in CONFIG_FIELDS}
 
     @settings(max_examples=300, deadline=None, database=None, derandomize=True)

@@ -80,6 +80,22 @@ def test_the_import_arrows_point_one_way():
     assert not bad, "\n".join(bad)
 
 
+# a tab and the module that holds a part of it (each may import the other); no other tab imports another tab
+TAB_PARTS = {frozenset({"search", "search_branch"}), frozenset({"arena", "arena_dialogue"})}
+
+
+def test_a_tab_imports_no_other_tab_but_its_own_part():
+    tabs = ROOT / "demo_app" / "tabs"
+    bad = []
+    for path in sorted(tabs.glob("*.py")):
+        for line, target in imports(path):
+            if target.startswith("demo_app.tabs."):
+                other = target.split(".")[2]
+                if other != path.stem and frozenset({path.stem, other}) not in TAB_PARTS:
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
 def test_the_checker_sees_a_wrong_arrow(tmp_path):
     """A base module importing training, and evaluation importing training (inside a function), are caught."""
     (tmp_path / "core" / "evaluation").mkdir(parents=True)

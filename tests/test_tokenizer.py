@@ -110,6 +110,8 @@ def test_a_special_tokens_name_in_a_message_is_text_not_the_special_id(tmp_path)
     assert not set(ids) & {PAD_ID, BOS_ID, EOS_ID, UNK_ID}
     assert tok.decode(ids) == "hi <pad> there </s> you <s> <unk>"
     assert tok.encode_batch(["</s>"]) == [tok.encode("</s>")] and EOS_ID not in tok.encode("</s>")
+    words = train_tokenizer(["a b c"] * 3, vocab_size=50, kind="word", min_frequency=1)  # the names are in its vocab
+    assert words.encode("a <pad> b </s> <s>") == [words.encode("a")[0], UNK_ID, words.encode("b")[0], UNK_ID, UNK_ID]
     saved = tmp_path / "tokenizer.json"
     tok.save(saved)
     assert Tokenizer.load(saved).encode("<pad>") == tok.encode("<pad>")  # so does a loaded one

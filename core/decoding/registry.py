@@ -100,14 +100,6 @@ def _keep_mass(logits: Tensor, order: Tensor, mass: float) -> Tensor:
     return logits.masked_fill(drop, NEG_INF)
 
 
-def tempered(logits: Tensor, temperature: float) -> Tensor:
-    """``logits / temperature`` as a softmax sees it, shifted by each row's largest finite logit first, so a
-    temperature near 0 gives the row's argmax (never inf - inf = nan). Rows (N, V); -inf stays -inf."""
-    top = logits.amax(-1, keepdim=True)  # (N, 1)
-    temperature = max(temperature, torch.finfo(logits.dtype).tiny)  # a smaller one would read as 0 (0 / 0 = nan)
-    return (logits - torch.where(torch.isfinite(top), top, 0.0)) / temperature
-
-
 def top_p_filter(logits: Tensor, p: float) -> Tensor:
     """Keep the most likely tokens of each row (N, V) until they hold ``p`` of the probability mass (nucleus);
     the token that crosses ``p`` is kept, so every row keeps at least one. p=1: unchanged."""

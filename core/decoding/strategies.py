@@ -18,12 +18,12 @@ from core.decoding.registry import (
     beam_candidates,
     min_p_filter,
     register,
-    tempered,
     top_k_filter,
     top_p_filter,
     typical_filter,
 )
 from core.errors import SettingError
+from core.scoring import tempered
 from core.tokenizer import EOS_ID
 
 if TYPE_CHECKING:

@@ -12,10 +12,10 @@ Columns, one row per bot:
                       for bots sharing a model)
     test_ppl_shuffled the same replies and messages after the earlier turns of another conversation: above
                       test_ppl when the model uses its window (equal for a model that reads the message only)
-    <reply metrics>   every metric of core.evaluation.metrics.METRICS on the bot's replies to the test prompts:
-                      distinct_1, distinct_2, mean_words, dull_rate, top_reply_share (see
-    :data:`core.evaluation.metrics.METRICS`) unknown_word_rate share of replies holding a word that never occurs in the
-                      training split (junk fragments such as "waterji", glued from sub-word pieces)
+    <reply metrics>   every metric of :data:`core.evaluation.metrics.METRICS` on the bot's replies to the test
+                      prompts: distinct_1, distinct_2, mean_words, dull_rate, top_reply_share
+    unknown_word_rate share of replies holding a word that never occurs in the training split (junk fragments
+                      such as "waterji", glued from sub-word pieces)
     bleu              corpus BLEU-4 of replies against the reference replies
     dull_rate_people  dull rate on prompts written by people, not taken from the corpus (PEOPLE_PROMPTS)
     context_sensitivity  share of pairs (the same message after two different conversations) whose replies differ
