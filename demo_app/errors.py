@@ -24,6 +24,7 @@ is stored or logged. Behind a reverse proxy, run uvicorn with ``--proxy-headers`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -185,8 +186,10 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 # ----------------------------------------------------------------------------- rate limits
 
 
+@functools.lru_cache(maxsize=64)
 def parse_rate(rate: str) -> Any:
-    """The `limits` item of a rate such as "60/minute"; ValueError naming it when it is not one."""
+    """The `limits` item of a rate such as "60/minute" (parsed once per rate, not on every request); ValueError
+    naming it when it is not one."""
     from limits import parse
 
     try:

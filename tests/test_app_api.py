@@ -1,6 +1,5 @@
 """The launched app driven over HTTP by gradio_client, as an API user would (tiny checkpoints of conftest.py)."""
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -130,31 +129,6 @@ def test_serve_command_and_core_without_gradio():
     for flag in ("--host", "--port", "--device", "--checkpoints", "--data-dir", "--db", "--no-batching", "--mcp",
                  "examples:"):
         assert flag in out
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every module a Python file imports (absolute names; relative imports resolved inside its package)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                package = path.relative_to(REPO).parts[: -node.level]
-                found.add(".".join(package + ((node.module,) if node.module else ())))
-            else:
-                found.add(node.module or "")
-            found |= {f"{node.module}.{a.name}" for a in node.names if node.module}
-    return found
-
-
-def test_layers_point_one_way():
-    """core never imports the app (nor gradio), anywhere in its files, not even inside a function."""
-    offenders = {str(p.relative_to(REPO)): sorted(m for m in imported_modules(p)
-                                                  if m.split(".")[0] in ("demo_app", "gradio", "spaces"))
-                 for p in (REPO / "core").rglob("*.py")}
-    assert not {k: v for k, v in offenders.items() if v}
 
 
 def test_chat_outputs_are_in_the_form_gradio_sends_them(client):

@@ -76,6 +76,8 @@ def violations(path: Path, root: Path = ROOT) -> list[str]:
 
 
 def test_the_import_arrows_point_one_way():
+    """Every layer's forbidden imports, anywhere in its files (inside functions too); so core never imports the
+    app, the Space or gradio."""
     bad = [v for path in sources("core") for v in violations(path)]
     assert not bad, "\n".join(bad)
 

@@ -99,7 +99,9 @@ PRESETS: dict[str, Preset] = {
 }
 
 # the four standard bots with the shipped bots.json's decoders (chosen on chitchat's validation split); the anti-LM
-# settings are replaced by the tune stage
+# settings are replaced by the tune stage. The RL bot decodes as the anti-LM bot does, with its own length bonus.
+_ANTILM_SEARCH = {"strategy": "beam", "beam_size": 10, "antilm": 0.5, "gamma": 4, "antilm_min_p": 0.05,
+                  "no_repeat_context_ngram": 3}
 STANDARD_BOTS: list[dict[str, Any]] = [
     {"name": "greedy", "label": "Greedy", "description": "Takes the single most likely token at every step.",
      "checkpoint": "mle", "lm": None, "backward": None, "decoder": {"strategy": "greedy"}},
@@ -114,16 +116,14 @@ STANDARD_BOTS: list[dict[str, Any]] = [
                     "only acts on tokens the model finds plausible, plus a length bonus of 0.5 per token. It never "
                     "says again three words in a row that it said earlier in the conversation.",
      "checkpoint": "mle", "lm": "lm", "backward": "backward",
-     "decoder": {"strategy": "beam", "beam_size": 10, "antilm": 0.5, "gamma": 4, "n_bonus": 0.5,
-                 "antilm_min_p": 0.05, "no_repeat_context_ngram": 3}},
+     "decoder": {**_ANTILM_SEARCH, "n_bonus": 0.5}},
     {"name": "rl", "label": "RL policy",
      "description": "The MLE model fine-tuned by policy gradient on simulated dialogues that read the conversation "
                     "(ease of answering, information flow, coherence; Li et al. 2016), decoded as the anti-LM bot "
                     "is (beam K=10, anti-LM 0.5 on the first 4 tokens with the same plausibility floor, no "
                     "three words of its own earlier turns again) with a length bonus of 1.0 per token.",
      "checkpoint": "rl", "lm": "lm", "backward": "backward",
-     "decoder": {"strategy": "beam", "beam_size": 10, "antilm": 0.5, "gamma": 4, "n_bonus": 1.0,
-                 "antilm_min_p": 0.05, "no_repeat_context_ngram": 3}},
+     "decoder": {**_ANTILM_SEARCH, "n_bonus": 1.0}},
 ]
 
 
